@@ -1,0 +1,43 @@
+# Tailor — every target installs what it needs first (see `make help`).
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Public interface (README): DATA, MODEL, K, OUT, USERS, EXCLUDE_SEEN, PORT, NPROC, EPOCHS.
+DATA ?= synthetic
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast lint prepare demo clean-cache
+
+help: ## list targets and their variables
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-16s %s\n", $$1, $$2}'
+
+# Re-runs only when the lock or the project metadata change, so a second `make install` does nothing.
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	# torchrec declares fbgemm-gpu (the CUDA build); fbgemm-gpu-cpu from the lock stands in for it.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps torchrec==1.8.0
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -c "import torchrec, faiss, mlflow, bentoml, pandas"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the pinned environment (idempotent)
+
+lint: $(STAMP) ## ruff over the project
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint ## lint, then every test (slow ones included)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## the fast tests only
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+prepare: $(STAMP) ## read, validate and featurize DATA; print a summary (DATA=spec, ARGS=extra flags)
+	@$(PY) -m features.prepare --data "$(DATA)" $(ARGS)
+
+clean-cache: ## delete the processed-data cache (.cache/tailor)
+	rm -rf .cache/tailor

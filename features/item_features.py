@@ -1,0 +1,53 @@
+"""Per-item features, one row per item-vocabulary row: category ids, availability, popularity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from features.vocab import Vocabulary
+
+
+def item_features(events: pd.DataFrame, items: pd.DataFrame, item_vocab: Vocabulary, *,
+                  popularity_days: float, cut: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Row ``r`` describes ``item_vocab.ids[r]``.
+
+    Columns: item_idx, item_id, category_id / parent_category_id (raw, <NA> when unknown),
+    category_idx / parent_category_idx (dense codes, -1 when unknown), available (items without
+    metadata count as available), recent_views / recent_carts / recent_purchases / popularity
+    (events in the ``popularity_days`` before ``cut``; all events when the data has no time) and
+    total_events.
+    """
+    out = pd.DataFrame({"item_idx": np.arange(len(item_vocab), dtype=np.int64),
+                        "item_id": pd.Series(item_vocab.index, dtype="string")})
+    meta = items.drop_duplicates("item_id", keep="last").set_index("item_id") if len(items) else \
+        pd.DataFrame(index=pd.Index([], dtype="string"))
+    for col in ("category_id", "parent_category_id"):
+        raw = meta[col].reindex(out["item_id"]).astype("string").to_numpy() if col in meta else \
+            pd.array([pd.NA] * len(out), dtype="string")
+        out[col] = pd.array(raw, dtype="string")
+        codes, _ = pd.factorize(out[col], sort=True, use_na_sentinel=True)
+        out[col.replace("_id", "_idx")] = codes.astype(np.int64)
+    if "available" in meta:
+        avail = meta["available"].reindex(out["item_id"]).astype("boolean").fillna(True)
+        out["available"] = avail.to_numpy(dtype=bool)
+    else:
+        out["available"] = True
+
+    has_time = events["timestamp"].notna().any()
+    recent = events
+    if has_time:
+        end = cut if cut is not None else events["timestamp"].max() + pd.Timedelta(milliseconds=1)
+        start = end - pd.Timedelta(days=popularity_days)
+        recent = events[(events["timestamp"] >= start) & (events["timestamp"] < end)]
+    rows = item_vocab.lookup(recent["item_id"])
+    known = rows >= 0
+    n = len(item_vocab)
+    for event, col in (("view", "recent_views"), ("addtocart", "recent_carts"),
+                       ("purchase", "recent_purchases")):
+        mask = known & (recent["event"] == event).to_numpy()
+        out[col] = np.bincount(rows[mask], minlength=n).astype(np.int64)
+    out["popularity"] = out["recent_views"] + out["recent_carts"] + out["recent_purchases"]
+    all_rows = item_vocab.lookup(events["item_id"])
+    out["total_events"] = np.bincount(all_rows[all_rows >= 0], minlength=n).astype(np.int64)
+    return out

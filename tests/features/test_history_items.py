@@ -1,0 +1,69 @@
+import numpy as np
+import pandas as pd
+
+from features.history import build_histories
+from features.item_features import item_features
+from features.split import sort_events
+from features.vocab import Vocabulary
+from tests.helpers import make_events
+
+
+def _events():
+    rows = [
+        ("u1", "a", "view", "2024-01-01 00:00"), ("u1", "b", "addtocart", "2024-01-02 00:00"),
+        ("u1", "zz", "view", "2024-01-03 00:00"),  # unknown to the vocabulary: dropped
+        ("u1", "c", "purchase", "2024-01-04 00:00"),
+        ("u1", "a", "view", "2024-01-09 00:00"),  # after the cut below
+        ("u2", "c", "view", "2024-01-05 00:00"),
+    ]
+    return sort_events(make_events(rows))
+
+
+def test_history_keeps_the_last_L_known_events_before_the_cut():
+    vocab = Vocabulary.fit(["a", "b", "c"])
+    cut = pd.Timestamp("2024-01-05 00:00", tz="UTC")
+    hist = build_histories(_events(), vocab, max_len=2, cut=cut)
+    pos = hist.position()
+    u1 = pos["u1"]
+    assert list(vocab.id_of(hist.items_of(u1))) == ["b", "c"]  # oldest first, L = 2
+    start, end = hist.offsets[u1], hist.offsets[u1 + 1]
+    assert list(hist.event_code[start:end]) == [1, 2]
+    np.testing.assert_allclose(hist.age_days[start:end], [3.0, 1.0])
+    assert list(hist.steps_back[start:end]) == [1, 0]
+    assert "u2" not in pos  # u2's only event is at the cut
+
+
+def test_history_order_follows_users_and_unknown_users_are_empty():
+    vocab = Vocabulary.fit(["a", "b", "c"])
+    hist = build_histories(_events(), vocab, max_len=10, users=np.array(["u2", "ghost", "u1"]))
+    assert list(hist.user_ids) == ["u2", "ghost", "u1"]
+    assert list(hist.lengths) == [1, 0, 4]
+    picked = hist.select(np.array([2, 0]))
+    assert list(picked.user_ids) == ["u1", "u2"]
+    assert list(vocab.id_of(picked.items_of(1))) == ["c"]
+
+
+def test_history_without_time_has_nan_ages_and_positions():
+    events = make_events([("u1", "a", "purchase"), ("u1", "b", "purchase")], with_time=False)
+    hist = build_histories(events, Vocabulary.fit(["a", "b"]), max_len=5)
+    assert np.isnan(hist.age_days).all()
+    assert list(hist.steps_back) == [1, 0]
+
+
+def test_item_features_popularity_categories_and_availability():
+    events = _events()
+    vocab = Vocabulary.fit(["a", "b", "c", "d"])
+    items = pd.DataFrame({"item_id": pd.array(["a", "b", "c"], dtype="string"),
+                          "category_id": pd.array(["x", "y", "x"], dtype="string"),
+                          "available": [True, False, True]})
+    feats = item_features(events, items, vocab, popularity_days=7,
+                          cut=pd.Timestamp("2024-01-10", tz="UTC"))
+    f = feats.set_index("item_id")
+    assert list(feats["item_idx"]) == [0, 1, 2, 3]
+    assert f.loc["a", "category_idx"] == f.loc["c", "category_idx"] != f.loc["b", "category_idx"]
+    assert f.loc["d", "category_idx"] == -1 and pd.isna(f.loc["d", "category_id"])
+    assert list(f["available"]) == [True, False, True, True]  # no metadata: available
+    # window = Jan 3..Jan 10: a (Jan 9 view), c (Jan 4 purchase, Jan 5 view)
+    assert f.loc["a", "popularity"] == 1 and f.loc["b", "popularity"] == 0
+    assert f.loc["c", "recent_purchases"] == 1 and f.loc["c", "recent_views"] == 1
+    assert f.loc["a", "total_events"] == 2
