@@ -1,0 +1,64 @@
+"""The trained two-tower model behind the shared ``Recommender`` contract.
+
+``user_vectors`` and ``item_vectors`` are what the FAISS index and the service use; ``score``
+adds the interest term for full-catalog ranking in evaluation and batch scoring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from features.history import Histories
+from models.base import Recommender
+from models.inputs import history_batch
+from models.two_tower import TwoTower
+
+
+def item_tensors(item_features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    """(item rows, category rows) of every item, in vocabulary order."""
+    item_idx = torch.arange(len(item_features), dtype=torch.long)
+    cats = torch.from_numpy(item_features["category_idx"].to_numpy(dtype=np.int64)) \
+        if "category_idx" in item_features else torch.full_like(item_idx, -1)
+    return item_idx, cats
+
+
+@torch.no_grad()
+def compute_item_vectors(model: TwoTower, item_features: pd.DataFrame) -> np.ndarray:
+    model.eval()
+    item_idx, cats = item_tensors(item_features)
+    return model.item_embed(item_idx, cats).numpy().astype(np.float32)
+
+
+class TwoTowerRecommender(Recommender):
+    name = "two_tower"
+
+    def __init__(self, model: TwoTower, item_vectors: np.ndarray) -> None:
+        self.model = model.eval()
+        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        self._items_t = torch.from_numpy(self.item_vectors)
+
+    @property
+    def n_items(self) -> int:
+        return self.item_vectors.shape[0]
+
+    @torch.no_grad()
+    def user_vectors(self, histories: Histories) -> np.ndarray:
+        """Normalized user vectors (n, dim); empty histories give zero vectors."""
+        batch = history_batch(histories, self.model.cfg.history_len)
+        vecs = self.model.user_embed(batch.items, batch.events, batch.gaps, batch.mask)
+        vecs = vecs * batch.mask.any(dim=1, keepdim=True)
+        return vecs.numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def score(self, histories: Histories) -> np.ndarray:
+        batch = history_batch(histories, self.model.cfg.history_len)
+        users = self.model.user_embed(batch.items, batch.events, batch.gaps, batch.mask)
+        users = users * batch.mask.any(dim=1, keepdim=True)
+        logits = users @ self._items_t.T / self.model.cfg.temperature
+        if batch.query.numel():
+            q, i, boost = self.model.interest(batch.hist_items, batch.hist_events,
+                                              batch.steps_back, batch.age_days, batch.query)
+            logits.index_put_((q, i), boost, accumulate=True)
+        return logits.numpy()

@@ -1,0 +1,191 @@
+"""The two-tower model: a user tower over recent history, an item tower over id + category.
+
+Both towers read one TorchRec ``EmbeddingCollection`` through ``KeyedJaggedTensor`` inputs, so
+the item-id table is shared (a history item and a candidate item are the same row) and the
+tables can be sharded by ``DistributedModelParallel``. The user tower encodes the last L events
+(item, event type, time gap), never a per-user id row: a shopper unseen in training gets an
+embedding from a few events, and deleting their events deletes their influence.
+
+The model returns embeddings; the loss lives in ``training/``. Next to the tower score the model
+carries a small "interest" term: how strongly each item of the history (by event type, how many
+steps back and how many days ago) predicts that the shopper comes back to it. Training learns
+those weights with the same softmax, so on shops where people buy what they just looked at the
+ranking uses that signal, and where they do not (review data) it learns to ignore it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+
+N_EVENT_TYPES = 3
+GAP_BUCKETS = 12      # log2 buckets of hours to the next event; the last one means "no time"
+STEP_BUCKETS = 8      # 0, 1, 2, 3-4, 5-8, 9-16, 17-32, 33+
+AGE_BUCKETS = 10      # log2 buckets of days; the last one means "no time"
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    n_items: int
+    n_categories: int = 0
+    dim: int = 64
+    history_len: int = 50
+    encoder: str = "transformer"     # "transformer" (causal self-attention) or "pooling"
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    temperature: float = 0.05        # softmax temperature over cosine scores
+    interest: bool = True            # learn the "comes back to what they looked at" term
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def step_bucket(steps: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, 3-4, 5-8, ... as bucket ids."""
+    b = torch.ceil(torch.log2(steps.clamp(min=1).float())).long() + 1
+    return torch.where(steps <= 0, torch.zeros_like(b), b).clamp(max=STEP_BUCKETS - 1)
+
+
+def log_bucket(values: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """log2 buckets of a non-negative quantity; NaN (no time) gets the last bucket."""
+    b = torch.floor(torch.log2(values.clamp(min=0) + 1.0)).long().clamp(max=n_buckets - 2)
+    return torch.where(torch.isnan(values), torch.full_like(b, n_buckets - 1), b)
+
+
+class TwoTower(nn.Module):
+    def __init__(self, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        tables = [EmbeddingConfig(name="item", embedding_dim=d, num_embeddings=cfg.n_items,
+                                  feature_names=["hist_item", "cand_item"])]
+        if cfg.n_categories:
+            tables.append(EmbeddingConfig(name="category", embedding_dim=d,
+                                          num_embeddings=cfg.n_categories,
+                                          feature_names=["cand_category"]))
+        self.embeddings = EmbeddingCollection(tables=tables, device=torch.device("cpu"))
+        for table in self.embeddings.embeddings.values():
+            nn.init.normal_(table.weight, std=1.0 / math.sqrt(d))
+        self.event_emb = nn.Embedding(N_EVENT_TYPES, d)
+        self.gap_emb = nn.Embedding(GAP_BUCKETS, d)
+        self.pos_emb = nn.Embedding(cfg.history_len, d)
+        self.input_norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.encoder == "transformer":
+            layer = nn.TransformerEncoderLayer(d, cfg.n_heads, dim_feedforward=2 * d,
+                                               dropout=cfg.dropout, batch_first=True,
+                                               norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        elif cfg.encoder == "pooling":
+            self.encoder = None
+            self.pool_score = nn.Linear(d, 1)  # attention-weighted pooling over the history
+        else:
+            raise ValueError(f"encoder must be 'transformer' or 'pooling', got {cfg.encoder!r}")
+        self.user_out = nn.Linear(d, d)
+        self.item_out = nn.Linear(d, d)
+        # Interest term: log-weights per event type, steps back and age, and an overall scale.
+        self.interest_event = nn.Parameter(torch.tensor([0.0, 1.0, 1.0]))
+        self.interest_step = nn.Parameter(-0.3 * torch.arange(STEP_BUCKETS, dtype=torch.float32))
+        self.interest_age = nn.Parameter(torch.zeros(AGE_BUCKETS))
+        self.interest_scale = nn.Parameter(torch.tensor(1.0 if cfg.interest else 0.0),
+                                           requires_grad=cfg.interest)
+
+    # ---- sparse look-ups (one KeyedJaggedTensor per call, as TorchRec shards them) ----
+    def _lookup(self, hist_items: torch.Tensor, hist_lengths: torch.Tensor,
+                cand_items: torch.Tensor, cand_categories: torch.Tensor | None):
+        batch = hist_lengths.numel()
+        # Candidates ride in the first bag of the batch: every feature shares the batch size.
+        cand_lengths = torch.zeros(batch, dtype=torch.long)
+        if batch:
+            cand_lengths[0] = cand_items.numel()
+        keys, values, lengths = ["hist_item", "cand_item"], [hist_items, cand_items], \
+            [hist_lengths, cand_lengths]
+        if self.cfg.n_categories:
+            keys.append("cand_category")
+            values.append(cand_categories)
+            lengths.append(cand_lengths)
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.cat(values).long(),
+                                                  lengths=torch.cat(lengths).long())
+        return self.embeddings(kjt)
+
+    def forward(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,
+                mask: torch.Tensor, cand_items: torch.Tensor, cand_categories: torch.Tensor,
+                pair_query: torch.Tensor, pair_items: torch.Tensor, pair_events: torch.Tensor,
+                pair_steps: torch.Tensor, pair_age_days: torch.Tensor):
+        """Training pass (what ``DistributedModelParallel`` wraps): user vectors at every
+        position (B, L, dim), candidate item vectors (C, dim) and the interest triples."""
+        users = self.user_embed(items, events, gaps, mask, all_positions=True)
+        cands = self.item_embed(cand_items, cand_categories)
+        interest = self.interest(pair_items, pair_events, pair_steps, pair_age_days, pair_query)
+        return users, cands, interest
+
+    def item_embed(self, item_idx: torch.Tensor, category_idx: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """Normalized item vectors, shape (n, dim). category_idx -1 means unknown."""
+        empty = torch.zeros(0, dtype=torch.long)
+        cats = None
+        if self.cfg.n_categories:
+            cats = (category_idx if category_idx is not None else torch.full_like(item_idx, -1))
+            known_cat = cats >= 0
+            cats = cats.clamp(min=0)
+        out = self._lookup(empty, torch.zeros(1, dtype=torch.long), item_idx, cats)
+        vec = out["cand_item"].values()
+        if self.cfg.n_categories:
+            vec = vec + out["cand_category"].values() * known_cat.unsqueeze(1)
+        return F.normalize(self.item_out(vec) + vec, dim=-1)
+
+    def user_embed(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,
+                   mask: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+        """Encode right-aligned histories (B, L): item rows, event codes, hours to the next
+        event (NaN without time) and a validity mask. Returns normalized (B, dim) vectors of the
+        last position, or (B, L, dim) for every position when ``all_positions`` (training)."""
+        b, length = items.shape
+        lengths = mask.sum(1)
+        out = self._lookup(items[mask], lengths, torch.zeros(0, dtype=torch.long),
+                           torch.zeros(0, dtype=torch.long) if self.cfg.n_categories else None)
+        flat = out["hist_item"].values()
+        x = torch.zeros(b, length, self.cfg.dim, dtype=flat.dtype)
+        x[mask] = flat
+        positions = torch.arange(length).unsqueeze(0).expand(b, length)
+        x = x + self.event_emb(events.clamp(min=0)) + self.gap_emb(log_bucket(gaps, GAP_BUCKETS))
+        x = x + self.pos_emb(positions + (self.cfg.history_len - length))
+        x = self.dropout(self.input_norm(x)) * mask.unsqueeze(-1)
+        if self.encoder is not None:
+            causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+            h = self.encoder(x, mask=causal)
+        else:
+            h = self._pool(x, mask, all_positions)
+        h = h * mask.unsqueeze(-1)
+        vec = F.normalize(self.user_out(h) + h, dim=-1)
+        return vec if all_positions else vec[:, -1]
+
+    def _pool(self, x: torch.Tensor, mask: torch.Tensor, all_positions: bool) -> torch.Tensor:
+        """Attention-weighted mean of the events up to each position (causal, like the encoder)."""
+        logits = self.pool_score(x).squeeze(-1).masked_fill(~mask, -1e9)
+        weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * mask
+        num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
+        den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)
+        return num / den
+
+    def interest(self, hist_items: torch.Tensor, hist_events: torch.Tensor,
+                 steps_back: torch.Tensor, age_days: torch.Tensor, query: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sparse boost for the items in each query's history: (query, item, boost) triples.
+
+        Each (query, history event) pair adds exp(w_event + w_steps + w_age) to the item's
+        interest mass m; the boost is scale * log(1 + m), so repeats saturate. Callers add it to
+        the tower logits (``logits.index_put_((query, item), boost, accumulate=True)``).
+        """
+        log_w = (self.interest_event[hist_events.clamp(min=0)]
+                 + self.interest_step[step_bucket(steps_back)]
+                 + self.interest_age[log_bucket(age_days, AGE_BUCKETS)])
+        n_items = self.cfg.n_items
+        keys, inverse = torch.unique(query * n_items + hist_items, return_inverse=True)
+        mass = torch.zeros(keys.numel(), dtype=log_w.dtype).index_add(0, inverse, torch.exp(log_w))
+        return keys // n_items, keys % n_items, self.interest_scale * torch.log1p(mass)

@@ -1,0 +1,125 @@
+"""The training loop: seeded, deterministic, early-stopped on the validation split."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from features.pipeline import Prepared
+from models.scoring import item_tensors
+from models.two_tower import TwoTower, TwoTowerConfig
+from training.data import collate, make_windows, timeline_order
+from training.loss import batch_loss
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40                  # upper bound; early stopping usually ends sooner
+    patience: int = 3                 # epochs without validation gain before stopping
+    batch_size: int = 128             # windows of up to L targets each
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    view_weight: float = 1.0          # loss weight of each target's event type
+    cart_weight: float = 2.0
+    purchase_weight: float = 4.0
+    full_softmax_max_items: int = 60_000  # above: sampled softmax with logQ correction
+    n_negatives: int = 8192
+    max_minutes: float = 8.0          # wall-clock budget for the epochs
+    seed: int = 0
+    threads: int = 0                  # 0: every core
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    model: TwoTower
+    best_epoch: int
+    best_score: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    examples: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
+        validate: Callable[[TwoTower], float] | None = None,
+        model: TwoTower | None = None) -> FitResult:
+    """Train on the train fold; keep the weights of the best validation epoch."""
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = model or TwoTower(model_cfg)
+    rng = np.random.default_rng(cfg.seed)
+    ordered = prepared.has_time or prepared.split.protocol != "predefined"
+    train = prepared.split.fold("train")
+    item_idx, item_cats = item_tensors(prepared.item_features)
+    weights = torch.tensor([cfg.view_weight, cfg.cart_weight, cfg.purchase_weight])
+    sampler = None
+    if model_cfg.n_items > cfg.full_softmax_max_items:
+        counts = np.bincount(prepared.item_vocab.lookup(train["item_id"]),
+                             minlength=model_cfg.n_items).astype(np.float64)
+        probs = counts ** 0.75 + 1.0  # smoothed popularity, every item can be drawn
+        sampler = torch.from_numpy(probs / probs.sum()).float()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    best = FitResult(copy.deepcopy(model), 0, -math.inf)
+    started = time.perf_counter()
+    stale = 0
+    for epoch in range(1, cfg.epochs + 1):
+        windows = make_windows(timeline_order(train, ordered, rng), prepared.item_vocab,
+                               model_cfg.history_len)
+        order = rng.permutation(len(windows))
+        model.train()
+        total, seen, t0 = 0.0, 0, time.perf_counter()
+        bar = tqdm(range(0, len(order), cfg.batch_size), disable=not cfg.progress,
+                   desc=f"epoch {epoch}", leave=False, mininterval=1.0)
+        for start in bar:
+            batch = collate(windows, order[start:start + cfg.batch_size])
+            if batch.targets.numel() == 0:
+                continue
+            loss = batch_loss(model, model_cfg, batch, item_idx, item_cats, weights, sampler,
+                              cfg.n_negatives, generator)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = int(batch.targets.numel())
+            total += float(loss.detach()) * n
+            seen += n
+            bar.set_postfix(loss=f"{total / max(seen, 1):.3f}",
+                            ex_s=f"{seen / (time.perf_counter() - t0):,.0f}")
+        bar.close()
+        record = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
+                  "examples_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+        score = validate(model) if validate else -record["loss"]
+        record["valid_score"] = score
+        best.history.append(record)
+        best.examples += seen
+        if cfg.progress:
+            print(f"epoch {epoch}: loss {record['loss']:.4f}  valid {score:.4f}  "
+                  f"{record['examples_per_s']:,.0f} ex/s", flush=True)
+        if score > best.best_score:
+            best.model, best.best_epoch, best.best_score, stale = \
+                copy.deepcopy(model), epoch, score, 0
+        else:
+            stale += 1
+        elapsed_min = (time.perf_counter() - started) / 60
+        if stale >= cfg.patience or elapsed_min * (epoch + 1) / epoch > cfg.max_minutes:
+            break
+    best.seconds = time.perf_counter() - started
+    best.model.eval()
+    return best

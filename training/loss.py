@@ -1,0 +1,53 @@
+"""Softmax cross-entropy for next-item prediction: full over the catalog where it fits, sampled
+with a popularity-corrected (logQ) candidate set where it does not."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models.two_tower import TwoTowerConfig
+from training.data import WindowBatch
+
+
+def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: WindowBatch,
+               item_idx: torch.Tensor, item_cats: torch.Tensor, target_weights: torch.Tensor,
+               sampler_probs: torch.Tensor | None, n_negatives: int,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Weighted mean cross-entropy over the batch's target positions.
+
+    ``model`` is a ``TwoTower`` or the ``DistributedModelParallel`` wrapping one: only its
+    forward is called, so sharded tables and gradient all-reduce work the same way.
+
+    sampler_probs None: full softmax over every item. Otherwise ``n_negatives`` items are drawn
+    from ``sampler_probs`` and, with the batch's targets and history items, form the candidate
+    set; each candidate's logit is corrected by -log(expected draws) so the estimate stays
+    unbiased towards popular items.
+    """
+    cfg = model_config
+    if sampler_probs is None:
+        candidates = item_idx
+        targets = batch.targets
+        pair_items = batch.pair_items
+        logq = None
+    else:
+        negatives = torch.multinomial(sampler_probs, n_negatives, replacement=True,
+                                      generator=generator)
+        candidates, inverse = torch.unique(
+            torch.cat([batch.targets, batch.pair_items, negatives]), return_inverse=True)
+        n_t, n_p = batch.targets.numel(), batch.pair_items.numel()
+        targets = inverse[:n_t]
+        pair_items = inverse[n_t:n_t + n_p]  # interest is indexed by candidate position
+        logq = torch.log(1.0 - (1.0 - sampler_probs[candidates]) ** n_negatives + 1e-12)
+    users, items, (q, i, boost) = model(
+        batch.items, batch.events, batch.gaps, batch.mask, candidates, item_cats[candidates],
+        batch.pair_query, pair_items, batch.pair_events, batch.pair_steps, batch.pair_age_days)
+    users = users.reshape(-1, users.shape[-1])[batch.position]
+    logits = users @ items.T / cfg.temperature
+    if logq is not None:
+        logits = logits - logq
+    if cfg.interest and q.numel():
+        logits = logits.index_put((q, i), boost, accumulate=True)
+    weights = target_weights[batch.target_events]
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-9)
