@@ -41,3 +41,14 @@ prepare: $(STAMP) ## read, validate and featurize DATA; print a summary (DATA=sp
 
 clean-cache: ## delete the processed-data cache (.cache/tailor)
 	rm -rf .cache/tailor
+
+# MLflow UI over the local store (training/tracking.py); PORT on the command line overrides 5000
+# without taking over another target's PORT default.
+MLFLOW_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),5000)
+.PHONY: mlflow-ui
+mlflow-ui: $(STAMP) ## browse runs, metrics and registered models at 127.0.0.1 (PORT=5000)
+	@mkdir -p mlflow/artifacts
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow/mlflow.db" \
+		--default-artifact-root "$(CURDIR)/mlflow/artifacts" \
+		--artifacts-destination "$(CURDIR)/mlflow/artifacts" \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)

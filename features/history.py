@@ -51,12 +51,14 @@ class Histories:
 
 
 def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: int,
-                    cut: pd.Timestamp | None = None, users: np.ndarray | None = None) -> Histories:
+                    cut: pd.Timestamp | None = None, users: np.ndarray | None = None,
+                    now: pd.Timestamp | None = None) -> Histories:
     """Most recent ``max_len`` known-item events per user strictly before ``cut``.
 
     ``events`` must be sorted per user oldest first (``features.split.sort_events``). Without
     ``cut`` every event counts and ages are measured from the newest event in ``events``.
     ``users`` (raw ids) fixes the output order and includes users with no events (empty rows).
+    ``now`` is the reference time of the ages (default: ``cut``).
     """
     has_time = events["timestamp"].notna().any()
     if cut is not None and has_time:
@@ -70,7 +72,8 @@ def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: in
     events, item_idx, steps_back = events[keep], item_idx[keep], steps_back[keep]
 
     if has_time:
-        ref = cut if cut is not None else events["timestamp"].max() + pd.Timedelta(milliseconds=1)
+        ref = now if now is not None else cut if cut is not None else \
+            events["timestamp"].max() + pd.Timedelta(milliseconds=1)
         age = ((ref - events["timestamp"]) / pd.Timedelta(days=1)).to_numpy(dtype=np.float32)
     else:
         age = np.full(len(events), np.nan, dtype=np.float32)
