@@ -39,6 +39,12 @@ test-fast: $(STAMP) ## the fast tests only
 prepare: $(STAMP) ## read, validate and featurize DATA; print a summary (DATA=spec, ARGS=extra flags)
 	@$(PY) -m features.prepare --data "$(DATA)" $(ARGS)
 
+# NPROC > 1: one process per rank under torchrun (rank 0 prints, logs and saves; fit shards).
+TRAIN_RUN = $(if $(filter-out 0 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
+.PHONY: train
+train: $(STAMP) ## train on DATA, compare with baselines, log + register in MLflow (EPOCHS, NPROC, ARGS=--help)
+	@$(TRAIN_RUN) -m training.train --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+
 clean-cache: ## delete the processed-data cache (.cache/tailor)
 	rm -rf .cache/tailor
 

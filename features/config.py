@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, fields
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 PROTOCOLS = ("auto", "temporal", "leave-one-out", "predefined")
 
 
@@ -58,15 +63,68 @@ _HELP = {
 
 def add_feature_args(parser: argparse.ArgumentParser) -> None:
     """One flag per field, defaults from the dataclass, so --help documents every setting."""
-    group = parser.add_argument_group("features")
-    defaults = FeatureConfig()
-    for f in fields(FeatureConfig):
-        default = getattr(defaults, f.name)
-        kind = {"int": int, "str": str}.get(str(f.type), float)
-        group.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default,
-                           choices=PROTOCOLS if f.name == "split" else None,
-                           help=f"{_HELP[f.name]} (default: {default})")
+    add_config_args(parser, FeatureConfig, title="features", help=_HELP,
+                    choices={"split": PROTOCOLS})
 
 
 def feature_config_from_args(args: argparse.Namespace) -> FeatureConfig:
-    return FeatureConfig(**{f.name: getattr(args, f.name) for f in fields(FeatureConfig)})
+    return config_from_args(FeatureConfig, args)
+
+
+# --- flags from any settings dataclass ---------------------------------------------------------
+
+def _flag_type(hint: Any) -> tuple[type, bool]:
+    """(element type, is a tuple) of a field's type hint; ``X | None`` reads as ``X``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        return (typing.get_args(hint) or (str,))[0], True
+    return hint, False
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, *, title: str,
+                    help: dict[str, str], choices: dict[str, Sequence[Any]] | None = None,
+                    skip: Iterable[str] = (), flags: dict[str, str] | None = None) -> None:
+    """A ``--flag`` per field of the settings dataclass ``cls``, in the --help group ``title``.
+
+    Defaults come from the dataclass, so the flags cannot drift from it. ``help`` describes each
+    field; ``skip`` leaves out fields the caller fills itself (sizes that come from the data);
+    ``flags`` renames a flag where two configs share a field name (both have a ``seed``).
+    Values land under ``<ClassName>.<field>`` in the namespace, so configs never collide there;
+    ``config_from_args`` reads them back. Booleans get ``--x/--no-x``, tuples take several values.
+    """
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    choices, flags, skip = choices or {}, flags or {}, set(skip)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        required = f.default is MISSING and f.default_factory is MISSING
+        default = None if required else \
+            f.default if f.default is not MISSING else f.default_factory()
+        kind, many = _flag_type(hints[f.name])
+        flag = f"--{flags.get(f.name, f.name.replace('_', '-'))}"
+        text = help.get(f.name, f.name.replace("_", " ")).replace("%", "%%")
+        options = {"dest": f"{cls.__name__}.{f.name}", "default": default, "required": required}
+        if kind is bool and not many:
+            action = group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        else:
+            action = group.add_argument(flag, type=kind if kind in (int, float, str) else str,
+                                        nargs="+" if many else None, choices=choices.get(f.name),
+                                        metavar=None if f.name in choices else f.name.upper(),
+                                        **options)
+        # Set after construction: some Pythons' BooleanOptionalAction append a default of their
+        # own. A help text may word its default itself (None -> "14, or a fifth of ...").
+        action.help = text if "(default" in text else f"{text} (default: %(default)s)"
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
+    """The ``cls`` settings from ``add_config_args``' flags; ``given`` fills skipped fields."""
+    values = dict(given)
+    for f in fields(cls):
+        dest = f"{cls.__name__}.{f.name}"
+        if f.name not in values and hasattr(args, dest):
+            value = getattr(args, dest)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)

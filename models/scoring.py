@@ -19,7 +19,7 @@ from models.two_tower import TwoTower
 def item_tensors(item_features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
     """(item rows, category rows) of every item, in vocabulary order."""
     item_idx = torch.arange(len(item_features), dtype=torch.long)
-    cats = torch.from_numpy(item_features["category_idx"].to_numpy(dtype=np.int64)) \
+    cats = torch.from_numpy(item_features["category_idx"].to_numpy(dtype=np.int64, copy=True)) \
         if "category_idx" in item_features else torch.full_like(item_idx, -1)
     return item_idx, cats
 
@@ -46,6 +46,8 @@ class TwoTowerRecommender(Recommender):
     @torch.no_grad()
     def user_vectors(self, histories: Histories) -> np.ndarray:
         """Normalized user vectors (n, dim); empty histories give zero vectors."""
+        if len(histories) == 0:  # TorchRec cannot split a KeyedJaggedTensor of batch size 0
+            return np.zeros((0, self.model.cfg.dim), dtype=np.float32)
         batch = history_batch(histories, self.model.cfg.history_len)
         vecs = self.model.user_embed(batch.items, batch.events, batch.gaps, batch.mask)
         vecs = vecs * batch.mask.any(dim=1, keepdim=True)
@@ -53,6 +55,8 @@ class TwoTowerRecommender(Recommender):
 
     @torch.no_grad()
     def score(self, histories: Histories) -> np.ndarray:
+        if len(histories) == 0:
+            return np.zeros((0, self.n_items), dtype=np.float32)
         batch = history_batch(histories, self.model.cfg.history_len)
         users = self.model.user_embed(batch.items, batch.events, batch.gaps, batch.mask)
         users = users * batch.mask.any(dim=1, keepdim=True)
@@ -62,3 +66,10 @@ class TwoTowerRecommender(Recommender):
                                               batch.steps_back, batch.age_days, batch.query)
             logits.index_put_((q, i), boost, accumulate=True)
         return logits.numpy()
+
+
+def recommender_for(model: TwoTower, item_features: pd.DataFrame) -> Recommender:
+    """The recommender a trained model is evaluated and served as: the one place that decides
+    how tower scores and sparse signals combine, so evaluation, batch scoring and the service
+    rank the same way."""
+    return TwoTowerRecommender(model, compute_item_vectors(model, item_features))

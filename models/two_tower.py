@@ -75,6 +75,10 @@ class TwoTower(nn.Module):
         self.event_emb = nn.Embedding(N_EVENT_TYPES, d)
         self.gap_emb = nn.Embedding(GAP_BUCKETS, d)
         self.pos_emb = nn.Embedding(cfg.history_len, d)
+        # Small side embeddings: at N(0, 1) they would drown the item vectors (norm ~1) and the
+        # towers would spend their first epochs learning to ignore them.
+        for side in (self.event_emb, self.gap_emb, self.pos_emb):
+            nn.init.normal_(side.weight, std=0.02)
         self.input_norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.encoder == "transformer":

@@ -102,7 +102,12 @@ class WindowBatch:
 
 
 def collate(win: Windows, idx: np.ndarray) -> WindowBatch:
-    inputs, length = win.inputs[idx], win.inputs.shape[1]
+    """Tensors of windows ``idx``, trimmed on the left to their longest real length."""
+    full = win.inputs.shape[1]
+    length = max(1, int(window_lengths(win)[idx].max())) if len(idx) else 1
+    cols = slice(full - length, full)
+    win = Windows(*(getattr(win, f)[:, cols] for f in Windows.__dataclass_fields__))
+    inputs = win.inputs[idx]
     mask = inputs >= 0
     targets = win.targets[idx]
     has_target = targets >= 0
@@ -131,3 +136,31 @@ def collate(win: Windows, idx: np.ndarray) -> WindowBatch:
         pair_steps=torch.from_numpy((q - j).astype(np.int64)),
         pair_age_days=torch.from_numpy(age.astype(np.float32)),
     )
+
+
+def window_lengths(win: Windows) -> np.ndarray:
+    """Number of real (non-padded) input positions of each window."""
+    return (win.inputs >= 0).sum(axis=1)
+
+
+def length_bucketed_batches(win: Windows, batch_tokens: int,
+                            rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of windows of similar length, about ``batch_tokens`` padded positions each.
+
+    Most shoppers have short timelines: padding every window to L would make the encoder spend
+    most of its time on padding. Windows are sorted by length (random tie-break), cut into
+    batches whose padded size stays near the budget, and the batch order is shuffled.
+    """
+    lengths = window_lengths(win)
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    sorted_len = np.maximum(lengths[order], 1)
+    batches, start = [], 0
+    while start < len(order):
+        # Sorted ascending: the last window of a batch sets its padded length.
+        size = max(1, batch_tokens // int(sorted_len[min(start + 1, len(order) - 1)]))
+        end = min(len(order), start + size)
+        while end - start > 1 and (end - start) * int(sorted_len[end - 1]) > batch_tokens:
+            end -= 1
+        batches.append(order[start:end])
+        start = end
+    return [batches[i] for i in rng.permutation(len(batches))]

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from features.pipeline import Prepared
 from models.scoring import item_tensors
 from models.two_tower import TwoTower, TwoTowerConfig
-from training.data import collate, make_windows, timeline_order
+from training.data import collate, length_bucketed_batches, make_windows, timeline_order
 from training.loss import batch_loss
 
 
@@ -23,8 +23,8 @@ from training.loss import batch_loss
 class TrainConfig:
     epochs: int = 40                  # upper bound; early stopping usually ends sooner
     patience: int = 3                 # epochs without validation gain before stopping
-    batch_size: int = 128             # windows of up to L targets each
-    lr: float = 2e-3
+    batch_tokens: int = 1024          # history positions per batch (windows of similar length)
+    lr: float = 3e-3
     weight_decay: float = 0.0
     view_weight: float = 1.0          # loss weight of each target's event type
     cart_weight: float = 2.0
@@ -57,8 +57,13 @@ def seed_everything(seed: int) -> None:
 
 def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
         validate: Callable[[TwoTower], float] | None = None,
-        model: TwoTower | None = None) -> FitResult:
-    """Train on the train fold; keep the weights of the best validation epoch."""
+        model: TwoTower | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train on the train fold; keep the weights of the best validation epoch.
+
+    ``validate`` scores the model on the validation fold (higher is better); ``on_epoch``
+    receives each epoch's record (loss, examples/s, validation score) as it is made.
+    """
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -83,13 +88,13 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
     for epoch in range(1, cfg.epochs + 1):
         windows = make_windows(timeline_order(train, ordered, rng), prepared.item_vocab,
                                model_cfg.history_len)
-        order = rng.permutation(len(windows))
+        batches = length_bucketed_batches(windows, cfg.batch_tokens, rng)
         model.train()
         total, seen, t0 = 0.0, 0, time.perf_counter()
-        bar = tqdm(range(0, len(order), cfg.batch_size), disable=not cfg.progress,
-                   desc=f"epoch {epoch}", leave=False, mininterval=1.0)
-        for start in bar:
-            batch = collate(windows, order[start:start + cfg.batch_size])
+        bar = tqdm(batches, disable=not cfg.progress, desc=f"epoch {epoch}", leave=False,
+                   mininterval=1.0)
+        for idx in bar:
+            batch = collate(windows, idx)
             if batch.targets.numel() == 0:
                 continue
             loss = batch_loss(model, model_cfg, batch, item_idx, item_cats, weights, sampler,
@@ -109,6 +114,8 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
         record["valid_score"] = score
         best.history.append(record)
         best.examples += seen
+        if on_epoch:
+            on_epoch(record)
         if cfg.progress:
             print(f"epoch {epoch}: loss {record['loss']:.4f}  valid {score:.4f}  "
                   f"{record['examples_per_s']:,.0f} ex/s", flush=True)

@@ -1,0 +1,185 @@
+"""The ranking stack: tower scores plus sparse candidate signals, weighted on validation data.
+
+The towers generalize (new shoppers, long tails, embeddings for the index); sparse signals are
+sharp where the data has them: shoppers cart and buy what they just looked at ("repeat"), and
+some items reliably come next or together (item-kNN, sequential item-kNN). Rather than let one
+win, the stack scores every item as
+
+    tower logit + sum over sources s of  w_s * log1p(signal_s / scale_s)
+
+where ``scale_s`` makes each signal unit-free and the weights ``w_s`` are chosen on the
+*validation* fold by coordinate ascent on the protocol's metric, with the signals fitted on the
+training fold only, so nothing about the test window leaks into the weights. A weight of 0
+switches a source off: on data where a signal does not help, the stack is the towers alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from features.history import Histories
+from models.base import Recommender
+from models.baselines import BASELINES, Baseline
+from models.scoring import TwoTowerRecommender
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    sources: tuple[str, ...] = ("repeat", "item-knn", "seq-item-knn")
+    grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+    rounds: int = 2               # coordinate-ascent passes over the sources
+    max_users: int = 2000         # validation shoppers the weights are chosen on
+    max_cells: int = 300_000_000  # users x items x components held in memory while choosing
+    k: int = 10                   # the weights maximize NDCG@k
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BlendWeights:
+    weights: dict[str, float] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)
+    valid_ndcg: float = float("nan")        # NDCG@k of the chosen weights on validation
+    towers_valid_ndcg: float = float("nan")  # the same for the towers alone
+
+    @property
+    def active(self) -> dict[str, float]:
+        return {name: w for name, w in self.weights.items() if w > 0}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def signal(raw: np.ndarray, scale: float) -> np.ndarray:
+    """Unit-free, saturating transform of a non-negative sparse score."""
+    return np.log1p(np.maximum(raw, 0.0) / np.float32(scale)).astype(np.float32)
+
+
+class BlendedRecommender(Recommender):
+    """Towers + weighted sparse signals: what Tailor evaluates and serves."""
+
+    name = "two-tower"
+
+    def __init__(self, towers: TwoTowerRecommender, sources: dict[str, Baseline],
+                 blend: BlendWeights) -> None:
+        self.towers = towers
+        self.blend = blend
+        self.sources = {name: sources[name] for name in blend.active}
+
+    @property
+    def n_items(self) -> int:
+        return self.towers.n_items
+
+    def user_vectors(self, histories: Histories) -> np.ndarray:
+        return self.towers.user_vectors(histories)
+
+    def score(self, histories: Histories) -> np.ndarray:
+        scores = self.towers.score(histories)
+        for name, source in self.sources.items():
+            scores += self.blend.weights[name] * signal(source.score(histories),
+                                                        self.blend.scales[name])
+        return scores
+
+
+# --- choosing the weights ---------------------------------------------------------------------
+
+def _ndcg(scores: torch.Tensor, target_mask: torch.Tensor, n_targets: torch.Tensor,
+          k: int) -> float:
+    top = torch.topk(scores, k, dim=1).indices
+    hits = torch.gather(target_mask, 1, top).float()
+    discounts = 1.0 / torch.log2(torch.arange(k, dtype=torch.float32) + 2.0)
+    dcg = (hits * discounts).sum(1)
+    ideal = torch.cumsum(discounts, 0)[(n_targets.clamp(max=k) - 1).clamp(min=0)]
+    return float((dcg / ideal).mean())
+
+
+def choose_weights(towers: TwoTowerRecommender, sources: dict[str, Baseline], histories: Histories,
+                   targets: tuple[np.ndarray, np.ndarray],
+                   exclude: tuple[np.ndarray, np.ndarray] | None,
+                   cfg: BlendConfig) -> BlendWeights:
+    """Coordinate ascent over ``cfg.grid`` for each source's weight, maximizing NDCG@k.
+
+    ``targets``/``exclude`` are CSR (offsets, item rows) per history, as in
+    ``training.evaluate.EvalTask``. Ties keep the smaller weight, so a useless source stays off.
+    """
+    n_users, n_items = len(histories), towers.n_items
+    keep = min(n_users, max(1, cfg.max_cells // max(n_items * (len(sources) + 1), 1)))
+    rows = np.arange(keep)
+    hist = histories.select(rows)
+    t_off, t_items = targets
+    t_off, t_items = t_off[:keep + 1], t_items[:t_off[keep]]
+    target_mask = torch.zeros(keep, n_items, dtype=torch.bool)
+    target_mask[np.repeat(rows, np.diff(t_off)), t_items] = True
+    n_targets = torch.from_numpy(np.diff(t_off))
+    base = torch.from_numpy(towers.score(hist))
+    if exclude is not None:
+        e_off, e_items = exclude
+        e_off, e_items = e_off[:keep + 1], e_items[:e_off[keep]]
+        base[np.repeat(rows, np.diff(e_off)), e_items] = -torch.inf
+
+    parts, scales = {}, {}
+    for name, source in sources.items():
+        raw = source.score(hist)
+        positive_max = raw.max(axis=1)
+        positive_max = positive_max[positive_max > 1e-12]
+        scales[name] = float(np.median(positive_max)) if len(positive_max) else 1.0
+        parts[name] = torch.from_numpy(signal(raw, scales[name]))
+
+    k = min(cfg.k, n_items)
+    weights = {name: 0.0 for name in sources}
+
+    def total(w: dict[str, float]) -> float:
+        scores = base.clone()
+        for name, value in w.items():
+            if value:
+                scores += value * parts[name]
+        return _ndcg(scores, target_mask, n_targets, k)
+
+    towers_only = best = total(weights)
+    for _ in range(cfg.rounds):
+        changed = False
+        for name in sources:
+            for value in cfg.grid:
+                trial = {**weights, name: float(value)}
+                score = total(trial)
+                if score > best + 1e-9:
+                    best, weights, changed = score, trial, True
+        if not changed:
+            break
+    return BlendWeights(weights, scales, best, towers_only)
+
+
+# --- persistence (inside the model bundle) ----------------------------------------------------
+
+def save_sources(sources: dict[str, Baseline], folder: Path) -> None:
+    """Each source's config, popularity filler and (for kNN) similarity matrix."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {}
+    for name, source in sources.items():
+        meta[name] = {"config": asdict(source.config)}
+        np.save(folder / f"{name}.popularity.npy", source.popularity)
+        if hasattr(source, "similarity"):
+            sp.save_npz(folder / f"{name}.similarity.npz", source.similarity.tocsr())
+    (folder / "sources.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_sources(folder: Path, item_vocab) -> dict[str, Baseline]:
+    meta = json.loads((folder / "sources.json").read_text())
+    sources = {}
+    for name, entry in meta.items():
+        cls = BASELINES[name]
+        config = cls.config_type(**{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in entry["config"].items()})
+        source = cls(item_vocab, np.load(folder / f"{name}.popularity.npy"), config)
+        sim = folder / f"{name}.similarity.npz"
+        if sim.exists():
+            source.similarity = sp.load_npz(sim).tocsr()
+        sources[name] = source
+    return sources

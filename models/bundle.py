@@ -1,0 +1,140 @@
+"""The trained bundle: everything serving needs to rebuild exactly what was trained.
+
+A bundle is a folder:
+  bundle.json             configs (features, model, training), data fingerprint, metrics, versions
+  model.pt                TwoTower state_dict
+  item_vocab.parquet      raw item id of each row
+  items.parquet           per item row: metadata, category rows, availability, popularity
+  item_vectors.npy        normalized item vectors (rows as in item_vocab)
+  bought_together.parquet item_id, other_item_id, score, pair_users, rank
+  histories.parquet       each known shopper's most recent L events (user_id, item_id, event,
+                          timestamp): the stored history the service starts from
+  index.faiss             (optional) the FAISS index over item_vectors
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from features.config import FeatureConfig
+from features.history import Histories, build_histories
+from features.pipeline import Prepared
+from features.schema import DataError
+from features.split import sort_events
+from features.vocab import Vocabulary
+from models.base import Recommender
+from models.scoring import compute_item_vectors, recommender_for
+from models.two_tower import TwoTower, TwoTowerConfig
+
+BUNDLE_VERSION = 1
+FILES = ("bundle.json", "model.pt", "item_vocab.parquet", "items.parquet", "item_vectors.npy",
+         "bought_together.parquet", "histories.parquet")
+
+
+@dataclass(eq=False)
+class Bundle:
+    model: TwoTower
+    item_vocab: Vocabulary
+    items: pd.DataFrame
+    item_vectors: np.ndarray
+    bought_together: pd.DataFrame
+    histories: pd.DataFrame
+    info: dict = field(default_factory=dict)   # configs, data fingerprint, metrics, timings
+    path: Path | None = None
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig(**self.info["features"])
+
+    @cached_property
+    def recommender(self) -> Recommender:
+        # recommender_for, like evaluation: the bundle ranks exactly as the logged metrics say.
+        # ``items`` holds every item_features column, in vocabulary order.
+        return recommender_for(self.model, self.items)
+
+    def user_histories(self, users: np.ndarray | list[str],
+                       extra_events: pd.DataFrame | None = None,
+                       now: pd.Timestamp | None = None) -> Histories:
+        """Histories of ``users`` from the stored events (plus ``extra_events``), as of ``now``."""
+        stored = self.histories[self.histories["user_id"].isin(list(users))]
+        events = stored if extra_events is None or extra_events.empty else \
+            pd.concat([stored, extra_events], ignore_index=True)
+        if "seq" not in events:
+            events = events.assign(seq=np.arange(len(events), dtype=np.int64))
+        events = sort_events(events)
+        return build_histories(events, self.item_vocab, max_len=self.model.cfg.history_len,
+                               users=np.asarray(users, dtype=object), now=now)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        info = {**self.info, "bundle_version": BUNDLE_VERSION,
+                "model": self.model.cfg.to_dict()}
+        (tmp / "bundle.json").write_text(json.dumps(info, indent=2, default=str))
+        torch.save(self.model.state_dict(), tmp / "model.pt")
+        self.item_vocab.to_frame().to_parquet(tmp / "item_vocab.parquet", index=False)
+        self.items.to_parquet(tmp / "items.parquet", index=False)
+        np.save(tmp / "item_vectors.npy", self.item_vectors)
+        self.bought_together.to_parquet(tmp / "bought_together.parquet", index=False)
+        self.histories.to_parquet(tmp / "histories.parquet", index=False)
+        if folder.exists():  # replace only once the new bundle is complete
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        self.path = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Bundle:
+        folder = Path(folder)
+        missing = [f for f in FILES if not (folder / f).exists()]
+        if missing:
+            raise DataError(f"not a Tailor bundle (missing {', '.join(missing)})",
+                            path=str(folder))
+        info = json.loads((folder / "bundle.json").read_text())
+        model = TwoTower(TwoTowerConfig(**info["model"]))
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        model.eval()
+        return cls(model=model,
+                   item_vocab=Vocabulary.from_frame(pd.read_parquet(folder / "item_vocab.parquet")),
+                   items=pd.read_parquet(folder / "items.parquet"),
+                   item_vectors=np.load(folder / "item_vectors.npy"),
+                   bought_together=pd.read_parquet(folder / "bought_together.parquet"),
+                   histories=pd.read_parquet(folder / "histories.parquet"),
+                   info=info, path=folder)
+
+
+def build_bundle(prepared: Prepared, model: TwoTower, info: dict | None = None) -> Bundle:
+    """The bundle of ``model`` trained on ``prepared``, for serving.
+
+    Items are ``prepared.item_features`` (vocabulary order) with the metadata columns of
+    ``prepared.items`` beside them. Histories come from every event, test window included:
+    evaluation hides the test window, serving knows everything that happened.
+    """
+    feats = prepared.item_features
+    extra = [c for c in prepared.items.columns if c not in feats.columns]
+    meta = prepared.items[["item_id", *extra]].drop_duplicates("item_id", keep="last")
+    items = feats.merge(meta, on="item_id", how="left", validate="one_to_one")  # keeps order
+    return Bundle(model=model.eval(), item_vocab=prepared.item_vocab, items=items,
+                  item_vectors=compute_item_vectors(model, feats),
+                  bought_together=prepared.bought_together,
+                  histories=recent_histories(prepared.events, prepared.config.history_len),
+                  info={"features": prepared.config.to_dict(), "data": prepared.meta,
+                        **(info or {})})
+
+
+def recent_histories(events: pd.DataFrame, max_len: int) -> pd.DataFrame:
+    """Each shopper's last ``max_len`` events (canonical columns), oldest first."""
+    events = sort_events(events)
+    keep = events.groupby("user_id", sort=False, observed=True).cumcount(ascending=False) < max_len
+    cols = ["user_id", "item_id", "event", "timestamp"]
+    return events.loc[keep, cols].reset_index(drop=True)

@@ -1,0 +1,323 @@
+"""MLflow tracking: what a run records, the pyfunc round trip, promotion and model resolution.
+
+Everything runs against a throw-away SQLite store under a temporary folder (MLFLOW_TRACKING_URI),
+never the project's ``mlflow/`` store. Creating the store and logging one real model take most
+of the time, so one module-scoped run is shared by the tests that read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from features.config import FeatureConfig
+from features.pipeline import Prepared, build
+from features.schema import DataError
+from features.spec import parse_spec
+from features.synthetic import generate
+from models.bundle import Bundle, recent_histories
+from models.scoring import compute_item_vectors
+from models.two_tower import TwoTower, TwoTowerConfig
+from training.fit import TrainConfig
+from training.tracking import (
+    RunLogger,
+    data_fingerprint,
+    experiment_name,
+    flatten,
+    markdown_table,
+    metric_key,
+    promote,
+    resolve_model,
+    tracking_uri,
+)
+
+SCORE = "test.two_tower.ndcg_at_10"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- fast: naming --------------------------------------------------------------------------------
+
+def test_metric_names_have_no_at_sign() -> None:
+    assert metric_key("test", "two_tower", "hr@10") == "test.two_tower.hr_at_10"
+    assert metric_key("epoch", "valid:score") == "epoch.valid_score"
+
+
+def test_flatten_nests_sections_and_fingerprint_renames_hash() -> None:
+    assert flatten({"a": 1, "b": {"c": None}}, "train") == {"train.a": "1", "train.b.c": "None"}
+    fp = data_fingerprint({"data_hash": "abc", "events_by_type": {"view": 3}, "report": ["x"],
+                           "cache_dir": "/tmp", "protocol": "temporal"})
+    assert fp == {"data.hash": "abc", "data.events_by_type.view": "3",
+                  "data.protocol": "temporal"}
+
+
+def test_default_store_is_under_the_project(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == f"sqlite:///{ROOT / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////somewhere/else.db")
+    assert tracking_uri() == "sqlite:////somewhere/else.db"
+    assert experiment_name("synthetic-small") == "tailor-synthetic-small"
+    assert not (ROOT / "mlflow" / "__init__.py").exists()  # it would shadow the mlflow package
+
+
+def test_markdown_table() -> None:
+    table = pd.DataFrame({"hr@10": [0.5, 0.25]}, index=pd.Index(["two_tower", "popular"],
+                                                                 name="method"))
+    assert markdown_table(table).splitlines() == [
+        "| method | hr@10 |", "|---|---|", "| two_tower | 0.5000 |", "| popular | 0.2500 |"]
+
+
+# --- fixtures: a temporary store, a tiny real bundle, one logged run ------------------------------
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("TAILOR_CACHE", str(root / "cache"))
+        # configure() sets MLflow's process-wide URI; put it back for the tests after these.
+        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None, raising=False)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def prepared() -> Prepared:
+    return build(parse_spec("synthetic"), FeatureConfig(), generate("small"), "x")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(prepared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = prepared
+    cfg = TwoTowerConfig(n_items=len(p.item_vocab),
+                         n_categories=int(p.item_features.category_idx.max() + 1),
+                         dim=16, n_layers=1)
+    model = TwoTower(cfg)
+    histories = recent_histories(p.events, 50)
+    # Make the most popular items and the first user's items unavailable, so "never returns an
+    # unavailable item" is actually exercised by both the model path and the popular fallback.
+    items = p.item_features.copy()
+    first_user_items = histories.loc[histories.user_id == histories.user_id.iloc[0], "item_id"]
+    hidden = items.item_id.isin(first_user_items) | \
+        items.index.isin(items.popularity.nlargest(3).index)
+    items.loc[hidden, "available"] = False
+    bundle = Bundle(model=model, item_vocab=p.item_vocab, items=items,
+                    item_vectors=compute_item_vectors(model, p.item_features),
+                    bought_together=p.bought_together, histories=histories,
+                    info={"features": p.config.to_dict(), "data": {"data_hash": "x"}})
+    return bundle.save(tmp_path_factory.mktemp("bundle") / "bundle")
+
+
+def results_table(two_tower: float) -> pd.DataFrame:
+    table = pd.DataFrame({"hr@10": [0.3, 0.2, 0.1], "ndcg@10": [two_tower, 0.08, 0.05],
+                          "recall@20": [0.4, 0.3, 0.2], "train_seconds": [12.5, 0.1, 0.0]},
+                         index=["two_tower", "popular", "repeat"])
+    table.index.name = "method"
+    return table
+
+
+@pytest.fixture(scope="module")
+def logged(store: Path, prepared: Prepared, bundle_dir: Path) -> dict[str, Any]:
+    model_cfg = Bundle.load(bundle_dir).model.cfg
+    history = [{"epoch": 1, "loss": 7.0, "examples": 100, "valid_score": 0.05},
+               {"epoch": 2, "loss": 6.5, "examples": 100, "valid_score": 0.07}]
+    example = pd.DataFrame({"user_id": list(prepared.events.user_id.iloc[:1]) + ["nobody"],
+                            "k": [5, 5]})
+    with RunLogger(prepared.meta["name"], run_name="first") as log:
+        log.log_setup(prepared.meta, {"features": prepared.config.to_dict(),
+                                      "model": model_cfg.to_dict(),
+                                      "train": TrainConfig(epochs=2, progress=False).to_dict()})
+        for record in history:
+            log.log_epoch(record)
+        log.log_results(results_table(0.10))
+        log.log_figures(history, results_table(0.10))
+        version = log.log_bundle(bundle_dir, example)
+        run_id = log.run_id
+    client = MlflowClient(tracking_uri())
+    decision = promote(client, version, score_key=SCORE, data_hash=prepared.meta["data_hash"],
+                       protocol=prepared.meta["protocol"])
+    return {"run_id": run_id, "version": version, "decision": decision, "client": client}
+
+
+def other_version(logged: dict[str, Any], score: float | None, data_hash: str = "x",
+                  protocol: str = "temporal") -> ModelVersion:
+    """A registry version with its own run and score; it reuses the first model's artifacts."""
+    client: MlflowClient = logged["client"]
+    first = client.get_run(logged["run_id"])
+    run = client.create_run(first.info.experiment_id,
+                            tags={"data.hash": data_hash, "data.protocol": protocol})
+    if score is not None:
+        client.log_metric(run.info.run_id, SCORE, score)
+    client.set_terminated(run.info.run_id)
+    return client.create_model_version("tailor", logged["version"].source,
+                                       run_id=run.info.run_id)
+
+
+def aliases(client: MlflowClient) -> dict[str, int]:
+    return {k: int(v) for k, v in client.get_registered_model("tailor").aliases.items()}
+
+
+# --- slow: the real store -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_run_records_settings_fingerprint_metrics_and_artifacts(logged: dict[str, Any]) -> None:
+    client: MlflowClient = logged["client"]
+    run = client.get_run(logged["run_id"])
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    assert params["features.history_len"] == "50"
+    assert params["model.dim"] == "16" and params["train.epochs"] == "2"
+    assert params["data.hash"] == "x" and params["data.spec"] == "synthetic"
+    assert params["data.protocol"] == "temporal" and params["data.test_start"].startswith("20")
+    assert params["data.events_by_type.purchase"].isdigit()
+    assert tags["data.hash"] == "x" and tags["data.protocol"] == "temporal"
+    assert tags["git.commit"] and tags["git.dirty"] in ("true", "false", "unknown")
+    assert metrics["test.two_tower.hr_at_10"] == pytest.approx(0.3)
+    assert metrics["test.popular.train_seconds"] == pytest.approx(0.1)
+    curve = client.get_metric_history(logged["run_id"], "epoch.loss")
+    assert [(m.step, m.value) for m in curve] == [(1, 7.0), (2, 6.5)]
+    assert len(client.get_metric_history(logged["run_id"], "epoch.valid_score")) == 2
+
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "tailor-synthetic-small"
+    assert exp.artifact_location.startswith(Path(os.environ["TAILOR_CACHE"]).parent.as_uri())
+    files = {a.path for folder in ("", "results", "figures")
+             for a in client.list_artifacts(logged["run_id"], folder or None)}
+    assert {"data_meta.json", "configs.json", "promotion.json", "results/test.csv",
+            "results/test.md", "figures/learning_curves.png",
+            "figures/test_comparison.png"} <= files
+    local = Path(client.download_artifacts(logged["run_id"], "figures/learning_curves.png"))
+    assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_pyfunc_round_trip(logged: dict[str, Any], prepared: Prepared, bundle_dir: Path) -> None:
+    bundle = Bundle.load(bundle_dir)
+    user = str(bundle.histories.user_id.iloc[0])
+    model = mlflow.pyfunc.load_model("models:/tailor@candidate")
+    out = model.predict(pd.DataFrame({"user_id": [user, "nobody"], "k": [5, 5]}))
+    assert list(out.columns) == ["user_id", "item_id", "rank", "score"]
+    assert out.groupby("user_id").size().to_dict() == {user: 5, "nobody": 5}
+    assert (out.groupby("user_id")["rank"].apply(list) == [[1, 2, 3, 4, 5]] * 2).all()
+    unavailable = set(bundle.items.loc[~bundle.items.available, "item_id"])
+    assert unavailable and not unavailable & set(out.item_id)
+    popular = bundle.items[bundle.items.available].sort_values("popularity", ascending=False,
+                                                                kind="stable")
+    assert list(out[out.user_id == "nobody"].item_id) == list(popular.item_id[:5])
+    # k is optional (default 10) and per row
+    out = model.predict(pd.DataFrame({"user_id": [user, "nobody"]}))
+    assert out.groupby("user_id").size().to_dict() == {user: 10, "nobody": 10}
+    out = model.predict(pd.DataFrame({"user_id": [user, "nobody"], "k": [2, 3]}))
+    assert out.groupby("user_id").size().to_dict() == {user: 2, "nobody": 3}
+
+
+@pytest.mark.slow
+def test_pyfunc_loads_in_a_fresh_process_from_its_own_code(logged: dict[str, Any],
+                                                            tmp_path: Path) -> None:
+    # -S skips site-packages' .pth files, so the project's editable install is not on the
+    # path: the model must bring features/ and models/ itself (code_paths).
+    script = (
+        "import sys; sys.path.append(sys.argv[1])\n"
+        "import importlib.util as u; assert u.find_spec('models') is None\n"
+        "import mlflow.pyfunc, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/tailor@candidate')\n"
+        "print(len(m.predict(pd.DataFrame({'user_id': ['nobody'], 'k': [3]}))))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-S", "-c", script, sysconfig.get_path("purelib")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "3"
+
+
+@pytest.mark.slow
+def test_promotion(logged: dict[str, Any]) -> None:
+    client: MlflowClient = logged["client"]
+    first = logged["decision"]
+    assert first["promoted"] and first["reason"] == "no champion yet"
+    assert aliases(client) == {"candidate": 1, "champion": 1}
+
+    worse = other_version(logged, 0.05)
+    d = promote(client, worse, score_key=SCORE, data_hash="x", protocol="temporal")
+    assert not d["promoted"] and d["comparable"] and d["champion_score"] == pytest.approx(0.10)
+    assert aliases(client) == {"candidate": worse.version, "champion": 1}
+    run = client.get_run(worse.run_id)
+    assert run.data.tags["promotion.decision"] == "candidate"
+    saved = json.loads(Path(client.download_artifacts(worse.run_id, "promotion.json"))
+                       .read_text())
+    assert saved["score"] == pytest.approx(0.05) and saved["promoted"] is False
+
+    better = other_version(logged, 0.20)
+    d = promote(client, better, score_key=SCORE, data_hash="x", protocol="temporal")
+    assert d["promoted"]
+    assert aliases(client) == {"candidate": better.version, "champion": better.version}
+
+    # Other data (or protocol): scores are not comparable, so the champion stays ...
+    elsewhere = other_version(logged, 0.90, data_hash="y")
+    d = promote(client, elsewhere, score_key=SCORE, data_hash="y", protocol="temporal")
+    assert not d["promoted"] and d["comparable"] is False and "not comparable" in d["reason"]
+    other_protocol = other_version(logged, 0.90, protocol="leave-one-out")
+    d = promote(client, other_protocol, score_key=SCORE, data_hash="x",
+                protocol="leave-one-out")
+    assert not d["promoted"] and d["comparable"] is False
+    assert aliases(client)["champion"] == better.version
+    # ... unless forced; a forced version beats nothing, it just takes over.
+    d = promote(client, elsewhere, score_key=SCORE, data_hash="y", protocol="temporal",
+                force=True)
+    assert d["promoted"] and d["reason"] == "forced"
+    assert aliases(client) == {"candidate": elsewhere.version, "champion": elsewhere.version}
+    assert client.get_run(elsewhere.run_id).data.tags["promotion.decision"] == "champion"
+
+    unscored = other_version(logged, None, data_hash="y")
+    d = promote(client, unscored, score_key=SCORE, data_hash="y", protocol="temporal")
+    assert not d["promoted"] and "no metric" in d["reason"]
+
+
+@pytest.mark.slow
+def test_resolve_model(logged: dict[str, Any], bundle_dir: Path) -> None:
+    expected = json.loads((bundle_dir / "bundle.json").read_text())
+    refs = ["champion", "candidate", "1", logged["run_id"], str(bundle_dir),
+            "models:/tailor@champion", "models:/tailor/1", f"runs:/{logged['run_id']}/model"]
+    for ref in refs:
+        folder = resolve_model(ref)
+        assert (folder / "bundle.json").exists(), ref
+        assert json.loads((folder / "bundle.json").read_text()) == expected, ref
+        assert Bundle.load(folder).item_vocab == Bundle.load(bundle_dir).item_vocab
+    for bad in ["nope", "999", "0123456789abcdef0123456789abcdef", "./no/such/bundle"]:
+        with pytest.raises(DataError, match=f"model '{bad}'"):
+            resolve_model(bad)
+    with pytest.raises(DataError, match="not a Tailor bundle"):
+        resolve_model(str(bundle_dir.parent.parent))
+
+
+@pytest.mark.slow
+def test_resolve_model_downloads_remote_artifacts(logged: dict[str, Any],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A non-local artifact store is downloaded once into $TAILOR_CACHE/models.
+    import training.tracking as tracking
+
+    calls: list[str] = []
+    real = tracking.mlflow.artifacts.download_artifacts
+
+    def fake(artifact_uri: str, dst_path: str) -> str:
+        calls.append(artifact_uri)
+        return real(artifact_uri=artifact_uri, dst_path=dst_path)
+
+    monkeypatch.setattr(tracking, "urlparse", lambda uri: type("U", (), {
+        "scheme": "s3", "path": ""})())
+    monkeypatch.setattr(tracking.mlflow.artifacts, "download_artifacts", fake)
+    folder = resolve_model("1")
+    assert folder.is_relative_to(Path(os.environ["TAILOR_CACHE"]) / "models")
+    assert (folder / "bundle.json").exists() and len(calls) == 1
+    assert resolve_model("1") == folder and len(calls) == 1  # cached
+    np.testing.assert_array_equal(Bundle.load(folder).item_vectors,
+                                  np.load(folder / "item_vectors.npy"))

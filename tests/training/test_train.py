@@ -1,0 +1,340 @@
+"""`python -m training.train`: flags, one real run into a throw-away MLflow store, promotion.
+
+A tiny model (pooling encoder, dim 16, 2 epochs) on the embedded shop keeps a whole run to
+a few seconds of training. The first run is shared by the fast tests; the promotion tests train
+more and are slow, as is the end-to-end `make train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+import training.train as train
+from features.cli import run_cli
+from features.config import FeatureConfig, add_config_args, config_from_args
+from features.pipeline import Prepared, prepare
+from features.spec import parse_spec
+from models.baselines import BASELINES
+from models.bundle import Bundle
+from models.pyfunc import popular_items
+from models.two_tower import TwoTower, TwoTowerConfig
+from training.evaluate import evaluate
+from training.fit import TrainConfig
+from training.tracking import tracking_uri
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--data", "synthetic", "--epochs", "2", "--dim", "16", "--n-layers", "1",
+        "--encoder", "pooling", "--batch-tokens", "8192", "--no-progress"]
+SCORE = "test.two_tower.ndcg_at_10"
+
+
+# --- fast: flags -------------------------------------------------------------------------------
+
+def test_help_documents_every_setting() -> None:
+    parser = train.build_parser()
+    text = parser.format_help()
+    documented = {**train.MODEL_HELP, **train.TRAIN_HELP}
+    for cls, skip in ((TwoTowerConfig, train.MODEL_FROM_DATA), (TrainConfig, ())):
+        for f in fields(cls):
+            if f.name not in skip:
+                assert f.name in documented, f"{cls.__name__}.{f.name} has no help text"
+    for flag in ("--data", "--split", "--history-len", "--dim", "--encoder", "--interest",
+                 "--no-interest", "--epochs", "--patience", "--train-seed", "--seed",
+                 "--no-progress", "--valid-users", "--force-promote", "--out", "--no-mlflow"):
+        assert flag in text, flag
+    assert "--n-items" not in text and "--n-categories" not in text  # from the data
+    args = parser.parse_args(["--epochs", "3", "--train-seed", "7", "--seed", "5",
+                              "--no-interest", "--dim", "8"])
+    assert config_from_args(TrainConfig, args) == TrainConfig(epochs=3, seed=7)
+    assert train.feature_config_from_args(args) == FeatureConfig(seed=5)
+    model = config_from_args(TwoTowerConfig, args, n_items=10)
+    assert (model.n_items, model.dim, model.interest) == (10, 8, False)
+
+
+def test_config_args_handle_optional_bool_and_tuple_fields() -> None:
+    @dataclass(frozen=True)
+    class Settings:
+        size: int
+        rate: float | None = None
+        on: bool = True
+        weights: tuple[float, ...] = (1.0, 2.0)
+        name: str = "a"
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, Settings, title="s", help={"rate": "a rate (default: auto)"},
+                    choices={"name": ("a", "b")}, flags={"name": "settings-name"})
+    assert config_from_args(Settings, parser.parse_args(["--size", "3"])) == Settings(3)
+    args = parser.parse_args(["--size", "3", "--rate", "0.5", "--no-on", "--weights", "4", "5",
+                              "--settings-name", "b"])
+    assert config_from_args(Settings, args) == Settings(3, 0.5, False, (4.0, 5.0), "b")
+    text = parser.format_help()
+    assert "a rate (default: auto)" in text and text.count("(default: True)") == 1
+    with pytest.raises(SystemExit):  # size has no default: required
+        parser.parse_args([])
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as done:
+        run_cli(lambda: train.main(["--data", f"events:{tmp_path}/nonexistent.csv"]))
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "nonexistent.csv" in err
+    with pytest.raises(SystemExit) as done:
+        run_cli(lambda: train.main(["--valid-users", "0"]))
+    assert done.value.code == 2 and "--valid-users" in capsys.readouterr().err
+
+
+# --- fixtures: a throw-away store, one real run -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("TAILOR_CACHE", str(root / "cache"))
+        mp.delenv("RANK", raising=False)
+        # configure() sets MLflow's process-wide URI; put it back for the tests after these.
+        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None, raising=False)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def prepared(store: Path) -> Prepared:
+    return prepare(parse_spec("synthetic"))
+
+
+def test_validation_without_targets_falls_back_to_the_loss(prepared: Prepared) -> None:
+    split = prepared.split
+    no_valid = replace(prepared, split=replace(
+        split, targets=split.targets[split.targets["fold"] != "valid"]))
+    assert train.validator(no_valid, 2000, 0) is None
+    validate = train.validator(prepared, 50, 0)
+    model = TwoTower(train.model_config(train.build_parser().parse_args(["--dim", "8"]),
+                                        prepared))
+    assert 0 <= validate(model) <= 1
+
+
+def run_main(argv: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train.main(argv) == 0
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def first(store: Path) -> dict[str, Any]:
+    built: list[Bundle] = []
+    real_build = train.build_bundle
+
+    def keep(*args: Any, **kwargs: Any) -> Bundle:  # the in-memory bundle, to compare with
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "build_bundle", keep)
+        stdout = run_main([*TINY, "--out", str(store / "bundle"), "--run-name", "first"])
+    client = MlflowClient(tracking_uri())
+    exp = client.get_experiment_by_name("tailor-synthetic-small")
+    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'first'")
+    assert len(runs) == 1
+    return {"stdout": stdout, "run": runs[0], "client": client, "bundle": built[0],
+            "out": store / "bundle"}
+
+
+def aliases(client: MlflowClient) -> dict[str, int]:
+    return {k: int(v) for k, v in client.get_registered_model("tailor").aliases.items()}
+
+
+# --- fast: what one run records ------------------------------------------------------------------
+
+def test_run_logs_settings_epochs_and_test_metrics(first: dict[str, Any]) -> None:
+    client: MlflowClient = first["client"]
+    run = first["run"]
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["model.dim"] == "16" and params["model.encoder"] == "pooling"
+    assert params["model.history_len"] == params["features.history_len"] == "50"
+    assert int(params["model.n_items"]) > 1000
+    assert params["train.epochs"] == "2" and params["train.valid_users"] == "2000"
+    assert params["data.spec"] == "synthetic" and params["data.protocol"] == "temporal"
+    assert len(params["data.hash"]) == 64 and tags["git.commit"]
+    epochs = client.get_metric_history(run.info.run_id, "epoch.loss")
+    assert [m.step for m in epochs] == [1, 2]
+    assert len(client.get_metric_history(run.info.run_id, "epoch.valid_score")) == 2
+    assert metrics["fit.epochs"] == 2 and metrics["fit.best_epoch"] in (1, 2)
+    # temporal data: every baseline, repeat included, next to the model
+    for method in ("two_tower", *BASELINES):
+        for key in ("ndcg_at_10", "recall_at_50", "hr_at_5", "coverage_at_20", "fit_seconds"):
+            assert f"test.{method}.{key}" in metrics, (method, key)
+    assert 0 < metrics[SCORE] <= 1
+    assert metrics["valid.two_tower.ndcg_at_10"] == pytest.approx(
+        max(m.value for m in client.get_metric_history(run.info.run_id, "epoch.valid_score")))
+    files = {a.path for folder in (None, "results", "figures")
+             for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"results/test.md", "figures/learning_curves.png",
+            "figures/test_comparison.png", "promotion.json"} <= files
+
+
+def test_stdout_compares_the_model_with_every_baseline(first: dict[str, Any]) -> None:
+    lines = first["stdout"].splitlines()
+    rows = {line.split()[0] for line in lines if line.split()}
+    assert {"two_tower", *BASELINES} <= rows
+    header = next(line for line in lines if "recall@10" in line)
+    assert "fit_seconds" in header
+    assert any(line.startswith("time ") and "training" in line for line in lines)
+    assert any("registry  tailor v1: champion (no champion yet)" in line for line in lines)
+
+
+def test_first_version_is_candidate_and_champion(first: dict[str, Any]) -> None:
+    client: MlflowClient = first["client"]
+    assert aliases(client) == {"candidate": 1, "champion": 1}
+    mv = client.get_model_version("tailor", "1")
+    assert mv.run_id == first["run"].info.run_id
+    assert mv.tags["data.protocol"] == "temporal"
+
+
+def test_champion_pyfunc_recommends(first: dict[str, Any]) -> None:
+    bundle: Bundle = first["bundle"]
+    user = str(bundle.histories.user_id.iloc[-1])
+    model = mlflow.pyfunc.load_model("models:/tailor@champion")
+    out = model.predict(pd.DataFrame({"user_id": [user, "nobody"], "k": [5, 5]}))
+    mine, theirs = out[out.user_id == user], out[out.user_id == "nobody"]
+    assert list(mine["rank"]) == [1, 2, 3, 4, 5] and list(theirs["rank"]) == [1, 2, 3, 4, 5]
+    # the known shopper: the in-memory model's ranking of their stored history
+    rows, _ = bundle.recommender.recommend(bundle.user_histories([user]), 5,
+                                           allowed=bundle.items.available.to_numpy(bool))
+    assert list(mine.item_id) == list(bundle.item_vocab.ids[rows[0]])
+    # the unknown one: the most popular available items
+    assert list(theirs.item_id) == list(bundle.item_vocab.ids[popular_items(bundle)[0][:5]])
+    assert list(mine.item_id) != list(theirs.item_id)
+
+
+def test_saved_bundle_round_trips(first: dict[str, Any], prepared: Prepared) -> None:
+    memory: Bundle = first["bundle"]
+    loaded = Bundle.load(first["out"])
+    assert loaded.info["git"]["commit"] == first["run"].data.tags["git.commit"]
+    assert loaded.info["data"]["data_hash"] == first["run"].data.params["data.hash"]
+    assert loaded.info["metrics"]["test"]["two_tower"]["ndcg@10"] == \
+        pytest.approx(first["run"].data.metrics[SCORE])
+    assert set(loaded.info["metrics"]["test"]) == {"two_tower", *BASELINES}
+    assert {"title", "price", "popularity", "available"} <= set(loaded.items.columns)
+    assert list(loaded.items.item_id) == list(prepared.item_vocab.ids)
+    # every shopper, test window included, with their last L events
+    assert loaded.histories.user_id.nunique() == prepared.events.user_id.nunique()
+    assert loaded.histories.groupby("user_id").size().max() <= 50
+    users = sorted(loaded.histories.user_id.unique())[:200]
+    a = memory.recommender.recommend(memory.user_histories(users), 10)
+    b = loaded.recommender.recommend(loaded.user_histories(users), 10)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
+    # the loaded bundle reproduces the logged test metric
+    metrics = evaluate(loaded.recommender, prepared, "test", ks=(10,))
+    assert metrics["ndcg@10"] == pytest.approx(first["run"].data.metrics[SCORE], abs=1e-6)
+
+
+def test_other_ranks_fit_but_neither_print_nor_log(store: Path, first: dict[str, Any],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[TrainConfig] = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(train, "fit", lambda prepared, model_cfg, cfg, validate, **kw:
+                        calls.append(cfg))
+    client: MlflowClient = first["client"]
+    exp = client.get_experiment_by_name("tailor-synthetic-small")
+    before = len(client.search_runs([exp.experiment_id]))
+    assert run_main([*TINY, "--out", str(store / "rank1")]) == ""
+    assert len(calls) == 1 and calls[0].epochs == 2 and not calls[0].progress
+    assert len(client.search_runs([exp.experiment_id])) == before
+    assert not (store / "rank1").exists()
+
+
+# --- slow: promotion over several runs, no MLflow, make train ---------------------------------
+
+@pytest.fixture(scope="module")
+def worse_runs(first: dict[str, Any]) -> dict[str, Any]:
+    """Run 2: the first run's settings, its test ndcg@10 halved; run 3: the same, forced."""
+    real = train.evaluate_all
+
+    def halved(*args: Any, **kwargs: Any) -> pd.DataFrame:
+        table = real(*args, **kwargs)
+        table.loc["two_tower", "ndcg@10"] *= 0.5
+        return table
+
+    client: MlflowClient = first["client"]
+    out: dict[str, Any] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "evaluate_all", halved)
+        run_main([*TINY, "--run-name", "worse"])
+        out["after_worse"] = aliases(client)
+        run_main([*TINY, "--run-name", "forced", "--force-promote", "--epochs", "1"])
+        out["after_forced"] = aliases(client)
+    exp = client.get_experiment_by_name("tailor-synthetic-small")
+    for name in ("worse", "forced"):
+        out[name] = client.search_runs([exp.experiment_id], f"attributes.run_name = '{name}'")[0]
+    return out
+
+
+@pytest.mark.slow
+def test_worse_run_is_not_promoted_unless_forced(first: dict[str, Any],
+                                                 worse_runs: dict[str, Any]) -> None:
+    assert worse_runs["after_worse"] == {"candidate": 2, "champion": 1}
+    tags = worse_runs["worse"].data.tags
+    assert tags["promotion.decision"] == "candidate" and "<=" in tags["promotion.reason"]
+    assert worse_runs["after_forced"] == {"candidate": 3, "champion": 3}
+    assert worse_runs["forced"].data.tags["promotion.reason"] == "forced"
+
+
+@pytest.mark.slow
+def test_same_settings_give_the_same_model(first: dict[str, Any],
+                                           worse_runs: dict[str, Any]) -> None:
+    a, b = first["run"].data.metrics, worse_runs["worse"].data.metrics
+    for key in ("test.two_tower.hr_at_10", "test.two_tower.recall_at_50",
+                "valid.two_tower.ndcg_at_10", "test.item-knn.ndcg_at_10"):
+        assert a[key] == b[key], key
+    assert b[SCORE] == pytest.approx(a[SCORE] * 0.5)
+
+
+@pytest.mark.slow
+def test_no_mlflow_saves_the_bundle_and_logs_nothing(store: Path, first: dict[str, Any]) -> None:
+    client: MlflowClient = first["client"]
+    exp = client.get_experiment_by_name("tailor-synthetic-small")
+    before = len(client.search_runs([exp.experiment_id]))
+    versions = len(client.search_model_versions("name = 'tailor'"))
+    stdout = run_main([*TINY, "--epochs", "1", "--no-mlflow", "--out", str(store / "quick")])
+    assert "registry" not in stdout and "mlflow" not in stdout
+    assert Bundle.load(store / "quick").info["fit"]["epochs"] == 1
+    assert len(client.search_runs([exp.experiment_id])) == before
+    assert len(client.search_model_versions("name = 'tailor'")) == versions
+
+
+@pytest.mark.slow
+def test_make_train_end_to_end(tmp_path: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "TAILOR_CACHE": str(tmp_path / "cache")}
+    env.pop("RANK", None)
+    done = subprocess.run(["make", "-s", "train", "DATA=synthetic", "EPOCHS=1",
+                           "ARGS=--no-progress"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "registry  tailor v1: champion" in done.stdout
+    assert "item-knn" in done.stdout and "two_tower" in done.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.get_run(client.get_model_version_by_alias("tailor", "champion").run_id)
+    assert run.data.params["train.epochs"] == "1" and run.data.params["model.dim"] == "64"
+    bad = subprocess.run(["make", "-s", "train", "DATA=events:/nonexistent.csv"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "error: " in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,186 @@
+"""Offline evaluation: full ranking over the whole catalog, by the split's protocol.
+
+Every target user is scored against every item of the vocabulary (never sampled negatives),
+in batches of users. What counts as a target and what is excluded from the ranking follow the
+protocol of ``prepared.split``:
+
+- leave-one-out: the held-out item; the user's earlier items (all their items in the fold's
+  history, not only the last L) are excluded, as repeats are not what this protocol asks for.
+  Metrics: hr@K, ndcg@K.
+- temporal: the items the user carted or bought in the window; nothing is excluded (buying
+  again is a real outcome). Metrics: recall@K, ndcg@K, hr@K, coverage@K.
+- predefined: the test purchases; the user's purchases in the history are excluded.
+  Metrics: hr@K, ndcg@K.
+
+Inputs come from ``prepared.histories(fold, users)``, the same histories the service sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.history import Histories
+from features.pipeline import Prepared
+from models.base import Recommender
+from training.metrics import hit_matrix, hit_rate_at_k, ndcg_at_k, recall_at_k
+
+DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
+METRICS_BY_PROTOCOL: dict[str, tuple[str, ...]] = {
+    "leave-one-out": ("hr", "ndcg"),
+    "temporal": ("recall", "ndcg", "hr", "coverage"),
+    "predefined": ("hr", "ndcg"),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class EvalTask:
+    """Who is evaluated, on what, with which items masked: all as arrays in the users' order."""
+
+    protocol: str
+    users: np.ndarray                      # raw user ids (object), sorted
+    histories: Histories                   # one per user, same order
+    targets: tuple[np.ndarray, np.ndarray]  # CSR (offsets, item rows)
+    exclude: tuple[np.ndarray, np.ndarray] | None  # CSR, or None when nothing is excluded
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def _csr_by_user(user_col: pd.Series, item_rows: np.ndarray,
+                 users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct known item rows per user, in ``users`` order, as CSR (offsets, items)."""
+    pos = pd.Index(users).get_indexer(pd.Index(user_col.astype(object)))
+    keep = (pos >= 0) & (item_rows >= 0)
+    pairs = np.unique(np.stack([pos[keep], item_rows[keep]]), axis=1) if keep.any() else \
+        np.zeros((2, 0), dtype=np.int64)  # unique over columns: sorted by user, then item
+    counts = np.bincount(pairs[0], minlength=len(users))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return offsets, pairs[1].astype(np.int64)
+
+
+def build_task(prepared: Prepared, fold: str = "test", max_users: int | None = None,
+               seed: int = 0) -> EvalTask:
+    """Targets, exclusions and histories of ``fold``; ``max_users`` draws a seeded sample."""
+    split = prepared.split
+    protocol = split.protocol
+    if protocol not in METRICS_BY_PROTOCOL:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    vocab = prepared.item_vocab
+    targets = split.targets[split.targets["fold"] == fold]
+    target_rows = vocab.lookup(targets["item_id"])
+    # Targets are train-fold items by construction; the check keeps an odd split from crashing.
+    users = np.sort(targets.loc[target_rows >= 0, "user_id"].astype(object).unique())
+    if max_users is not None and len(users) > max_users:
+        rng = np.random.default_rng(seed)
+        users = np.sort(rng.choice(users, size=max_users, replace=False))
+    target_csr = _csr_by_user(targets["user_id"], target_rows, users)
+
+    exclude = None
+    if protocol in ("leave-one-out", "predefined"):
+        seen = split.history_for(fold)
+        if protocol == "predefined":
+            seen = seen[seen["event"] == "purchase"]
+        exclude = _csr_by_user(seen["user_id"], vocab.lookup(seen["item_id"]), users)
+    histories = prepared.histories(fold, users=users)
+    return EvalTask(protocol, users, histories, target_csr, exclude)
+
+
+def _slice(csr: tuple[np.ndarray, np.ndarray], start: int,
+           stop: int) -> tuple[np.ndarray, np.ndarray]:
+    offsets, items = csr
+    return offsets[start:stop + 1] - offsets[start], items[offsets[start]:offsets[stop]]
+
+
+def evaluate_task(recommender: Recommender, task: EvalTask, ks: Iterable[int] = DEFAULT_KS,
+                  batch_size: int = 1024, progress: bool = False) -> dict[str, float]:
+    """Metrics of ``recommender`` on a built task (see ``evaluate``)."""
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive, got {ks}")
+    k_max = ks[-1]
+    names = METRICS_BY_PROTOCOL[task.protocol]
+    sums = {(m, k): 0.0 for m in names if m != "coverage" for k in ks}
+    seen_items = {k: np.zeros(recommender.n_items, dtype=bool) for k in ks}
+    starts = range(0, len(task), batch_size)
+    if progress:
+        from tqdm import tqdm  # local: only when asked for
+
+        starts = tqdm(starts, desc=f"evaluate {recommender.name}", unit="batch")
+    for start in starts:
+        stop = min(start + batch_size, len(task))
+        hist = task.histories.select(np.arange(start, stop))
+        exclude = None
+        if task.exclude is not None:
+            offsets, items = _slice(task.exclude, start, stop)
+            exclude = np.split(items, offsets[1:-1])
+        ranked, _ = recommender.recommend(hist, k_max, exclude=exclude)
+        offsets, items = _slice(task.targets, start, stop)
+        hits = hit_matrix(ranked, (offsets, items))
+        n_rel = np.diff(offsets)
+        for k in ks:
+            if "coverage" in names:
+                top = ranked[:, :k]
+                seen_items[k][top[top >= 0]] = True
+            if "hr" in names:
+                sums[("hr", k)] += float(hit_rate_at_k(hits, k).sum())
+            if "recall" in names:
+                sums[("recall", k)] += float(recall_at_k(hits, n_rel, k).sum())
+            if "ndcg" in names:
+                sums[("ndcg", k)] += float(ndcg_at_k(hits, n_rel, k).sum())
+    n = max(len(task), 1)
+    out: dict[str, float] = {}
+    for m in names:
+        for k in ks:
+            out[f"{m}@{k}"] = (seen_items[k].sum() / max(recommender.n_items, 1)
+                               if m == "coverage" else sums[(m, k)] / n)
+    out["users"] = float(len(task))
+    return {key: float(v) for key, v in out.items()}
+
+
+def evaluate(recommender: Recommender, prepared: Prepared, fold: str = "test",
+             ks: Iterable[int] = DEFAULT_KS, batch_size: int = 1024,
+             max_users: int | None = None, *, progress: bool = False) -> dict[str, float]:
+    """Full-ranking metrics of ``recommender`` on ``fold``, averaged over the target users.
+
+    Keys are ``hr@10``, ``ndcg@10``, ``recall@10``, ``coverage@10`` (as the protocol has
+    them) and ``users``, the number of users evaluated.
+    """
+    task = build_task(prepared, fold, max_users)
+    return evaluate_task(recommender, task, ks, batch_size, progress)
+
+
+def evaluate_all(recommenders: Mapping[str, Recommender], prepared: Prepared,
+                 fold: str = "test", ks: Iterable[int] = DEFAULT_KS, batch_size: int = 1024,
+                 max_users: int | None = None, *, progress: bool = False) -> pd.DataFrame:
+    """One row per method (index ``method``): its metrics, ``users`` and scoring ``seconds``.
+
+    The task (targets, exclusions, histories) is built once and shared by every method.
+    """
+    task = build_task(prepared, fold, max_users)
+    rows = {}
+    for name, rec in recommenders.items():
+        started = time.perf_counter()
+        rows[name] = evaluate_task(rec, task, ks, batch_size, progress)
+        rows[name]["seconds"] = round(time.perf_counter() - started, 3)
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "method"
+    return frame
+
+
+def format_table(results: pd.DataFrame, ks: Iterable[int] | None = None, digits: int = 4) -> str:
+    """A plain-text table of ``evaluate_all``'s frame, optionally only some cut-offs."""
+    frame = results
+    if ks is not None:
+        wanted = {str(int(k)) for k in ks}
+        frame = frame[[c for c in frame.columns if "@" not in c or c.split("@")[1] in wanted]]
+    fmt = {c: (lambda v: f"{v:.{digits}f}") for c in frame.columns if "@" in c}
+    if "users" in frame.columns:
+        fmt["users"] = lambda v: f"{int(v)}"
+    if "seconds" in frame.columns:
+        fmt["seconds"] = lambda v: f"{v:.1f}"
+    return frame.to_string(formatters=fmt)

@@ -1,0 +1,283 @@
+"""`make train DATA=...`: train the two-tower model, compare it with the baselines, log it all.
+
+One run: prepare the data (cached), fit every baseline, fit the model with early stopping on
+NDCG@10 of the validation fold, evaluate the model and the baselines on the test fold with the
+same full-ranking protocol, print the comparison, and log settings, data fingerprint, per-epoch
+metrics, results, figures and the serving bundle to MLflow (``training/tracking.py`` names them).
+The bundle is registered as model ``tailor`` with alias ``candidate``; it becomes ``champion``
+when it beats the champion on ``test.two_tower.ndcg_at_10`` for the same data and protocol (or
+with ``--force-promote``).
+
+Under ``torchrun`` every rank prepares the data and runs ``fit`` (which owns the process group);
+only rank 0 evaluates, prints, logs to MLflow and writes the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from features.cli import add_data_args, run_cli, spec_from_args
+from features.config import (
+    add_config_args,
+    add_feature_args,
+    config_from_args,
+    feature_config_from_args,
+)
+from features.item_features import item_features
+from features.pipeline import Prepared, prepare
+from models.base import Recommender
+from models.baselines import BASELINES
+from models.bundle import Bundle, build_bundle
+from models.scoring import recommender_for
+from models.two_tower import TwoTower, TwoTowerConfig
+from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task, format_table
+from training.fit import FitResult, TrainConfig, fit
+from training.tracking import RunLogger, git_state, metric_key, promote
+
+MODEL = "two_tower"                # the model's row in the results, as in the metric names
+MAIN_METRIC = "ndcg@10"            # early stopping and promotion, every protocol has it
+SCORE_KEY = metric_key("test", MODEL, MAIN_METRIC)
+VALID_USERS = 2000                 # validation sample: cheap enough to score every epoch
+PRINT_KS = (10, 20)                # the printed table; MLflow gets every cut-off
+UNKNOWN_USER = "new-shopper"       # the input example's unseen shopper (popular fallback)
+
+MODEL_HELP = {
+    "dim": "embedding size of both towers",
+    "encoder": "user-tower encoder: transformer (causal self-attention over the history) or "
+               "pooling (weighted mean)",
+    "n_layers": "transformer layers",
+    "n_heads": "attention heads per transformer layer",
+    "dropout": "dropout in the user tower",
+    "temperature": "softmax temperature over cosine scores",
+    "interest": "learn the 'comes back to what they looked at' term next to the tower score",
+}
+TRAIN_HELP = {
+    "epochs": "most epochs; early stopping usually ends sooner",
+    "patience": "epochs without a validation gain before stopping",
+    "batch_tokens": "history positions per training step (windows of similar length batched "
+                    "together)",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "view_weight": "loss weight of a view target",
+    "cart_weight": "loss weight of an add-to-cart target",
+    "purchase_weight": "loss weight of a purchase target",
+    "full_softmax_max_items": "catalog size up to which the loss is a full softmax; above it a "
+                              "sampled softmax with logQ correction",
+    "n_negatives": "negatives per batch of the sampled softmax",
+    "max_minutes": "wall-clock budget for the epochs, in minutes",
+    "seed": "seed of training (initialization, order, sampling) and of the validation sample",
+    "threads": "torch CPU threads (0: every core)",
+    "progress": "show a progress bar per epoch",
+}
+# Sizes come from the data; the history length is the feature stage's (one L for both).
+MODEL_FROM_DATA = ("n_items", "n_categories", "history_len")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train the two-tower model on a data set, compare it with the baselines on "
+                    "the test fold, print the comparison and log the run to MLflow: settings, "
+                    "data fingerprint, per-epoch metrics, test metrics, figures and the serving "
+                    "bundle, registered as model 'tailor' (alias candidate; champion when it "
+                    "beats the champion on test ndcg@10 for the same data and protocol).",
+        epilog="Store: $MLFLOW_TRACKING_URI, else mlflow/mlflow.db (browse: make mlflow-ui). "
+               "Processed data is cached under $TAILOR_CACHE (default .cache/tailor).")
+    add_data_args(parser)
+    add_feature_args(parser)
+    add_config_args(parser, TwoTowerConfig, title="model", help=MODEL_HELP, skip=MODEL_FROM_DATA)
+    add_config_args(parser, TrainConfig, title="training", help=TRAIN_HELP,
+                    flags={"seed": "train-seed"})  # --seed is the feature stage's split seed
+    run = parser.add_argument_group("run")
+    run.add_argument("--valid-users", type=int, default=VALID_USERS, metavar="N",
+                     help="validation shoppers scored after every epoch, a seeded sample "
+                          "(default: %(default)s)")
+    run.add_argument("--run-name", metavar="NAME",
+                     help="MLflow run name (default: one MLflow makes up)")
+    run.add_argument("--force-promote", action="store_true",
+                     help="make this model the champion even if it does not beat the current "
+                          "one or was evaluated on other data")
+    run.add_argument("--out", metavar="DIR",
+                     help="also save the bundle to DIR (replaced if it exists)")
+    run.add_argument("--no-mlflow", action="store_true",
+                     help="log nothing to MLflow and register nothing (a quick experiment; "
+                          "with --out the bundle is still saved)")
+    return parser
+
+
+# --- the pure middle ---------------------------------------------------------------------------
+
+def model_config(args: argparse.Namespace, prepared: Prepared) -> TwoTowerConfig:
+    cats = prepared.item_features.get("category_idx")
+    n_categories = int(cats.max()) + 1 if cats is not None and len(cats) else 0
+    return config_from_args(TwoTowerConfig, args, n_items=len(prepared.item_vocab),
+                            n_categories=max(n_categories, 0),
+                            history_len=prepared.config.history_len)
+
+
+def features_at_valid_cut(prepared: Prepared) -> pd.DataFrame:
+    """Item features as of the validation cut.
+
+    ``prepared.item_features`` counts popularity up to the test cut, i.e. inside the validation
+    window: a model that uses popularity would be validated on what it is asked to predict.
+    """
+    return item_features(prepared.split.history_for("valid"), prepared.items,
+                         prepared.item_vocab, popularity_days=prepared.config.popularity_days,
+                         cut=prepared.split.valid_start)
+
+
+def validator(prepared: Prepared, max_users: int,
+              seed: int) -> Callable[[TwoTower], float] | None:
+    """NDCG@10 on a seeded sample of the validation fold, ranked as evaluation ranks.
+
+    None when the validation fold has no targets: fit then stops on the training loss.
+    """
+    task = build_task(prepared, "valid", max_users=max_users, seed=seed)
+    if len(task) == 0:
+        return None
+    feats = features_at_valid_cut(prepared)
+    k = int(MAIN_METRIC.split("@")[1])
+    return lambda model: evaluate_task(recommender_for(model, feats), task, ks=(k,))[MAIN_METRIC]
+
+
+def fit_baselines(prepared: Prepared) -> tuple[dict[str, Recommender], dict[str, float]]:
+    """Every baseline fitted for the test fold, with its fit time in seconds.
+
+    ``repeat`` (the shopper's own recent items) only means something when the test window is
+    later in time than the history; under leave-one-out and predefined splits the items seen
+    before are excluded from the ranking, so it would only ever show its popularity fill.
+    """
+    models, seconds = {}, {}
+    for name, cls in BASELINES.items():
+        if name == "repeat" and prepared.split.protocol != "temporal":
+            continue
+        started = time.perf_counter()
+        models[name] = cls.from_prepared(prepared, fold="test")
+        seconds[name] = round(time.perf_counter() - started, 3)
+    return models, seconds
+
+
+def results_table(model: Recommender, result: FitResult, baselines: dict[str, Recommender],
+                  baseline_seconds: dict[str, float], prepared: Prepared) -> pd.DataFrame:
+    """Test metrics of the model and every baseline (one shared task), with fit times."""
+    table = evaluate_all({MODEL: model, **baselines}, prepared, "test", ks=DEFAULT_KS)
+    table["fit_seconds"] = pd.Series({MODEL: round(result.seconds, 3), **baseline_seconds})
+    return table
+
+
+def bundle_info(configs: dict, result: FitResult, table: pd.DataFrame) -> dict:
+    """What the bundle records beside the features config and the data fingerprint."""
+    git = git_state()
+    return {"train": configs["train"],
+            "fit": {"best_epoch": result.best_epoch, "best_valid_score": result.best_score,
+                    "epochs": len(result.history), "examples": result.examples,
+                    "seconds": round(result.seconds, 3), "history": result.history},
+            "metrics": {"test": table.to_dict(orient="index")},
+            "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+            "git": {"commit": git["git.commit"], "dirty": git["git.dirty"]}}
+
+
+def input_example(bundle: Bundle) -> pd.DataFrame:
+    """A known shopper and an unseen one: the signature's example and a smoke test."""
+    users = set(bundle.histories["user_id"].astype(str))
+    unknown = UNKNOWN_USER
+    while unknown in users:  # a shop may really have a shopper called that
+        unknown += "-"
+    known = sorted(users)[:1]
+    return pd.DataFrame({"user_id": [*known, unknown], "k": [5] * (len(known) + 1)})
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.valid_users < 1:
+        raise ValueError(f"--valid-users must be >= 1, got {args.valid_users}")
+    lead = int(os.environ.get("RANK", 0)) == 0  # torchrun sets RANK; rank 0 reports
+    say = (lambda *a: print(*a, flush=True)) if lead else (lambda *a: None)
+    spec = spec_from_args(args)
+    feature_cfg = feature_config_from_args(args)
+    train_cfg = config_from_args(TrainConfig, args)
+    if not lead:
+        train_cfg = replace(train_cfg, progress=False)
+    started = time.perf_counter()
+    prepared = prepare(spec, feature_cfg)
+    model_cfg = model_config(args, prepared)
+    m = prepared.meta
+    say(f"data      {m['spec']}: {m['events']:,} events, {m['users']:,} shoppers, "
+        f"{m['train_items']:,} items; {m['protocol']} split, test {m['test_targets']:,} "
+        f"targets of {m['test_users']:,} shoppers ({m.get('cache')} cache)")
+    validate = validator(prepared, args.valid_users, train_cfg.seed)
+    if validate is None:
+        say("note      no validation targets: early stopping on the training loss")
+    if not lead:
+        fit(prepared, model_cfg, train_cfg, validate)
+        return 0
+
+    baselines, baseline_seconds = fit_baselines(prepared)
+    say(f"baselines {', '.join(baselines)} ({sum(baseline_seconds.values()):.1f} s)")
+    configs = {"features": feature_cfg.to_dict(), "model": model_cfg.to_dict(),
+               "train": {**train_cfg.to_dict(), "valid_users": args.valid_users}}
+    logger = contextlib.nullcontext() if args.no_mlflow else \
+        RunLogger(m["name"], run_name=args.run_name)
+    with logger as log:
+        if log is not None:
+            log.log_setup(m, configs)
+            say(f"mlflow    run {log.run_id} in experiment tailor-{m['name']}")
+        say(f"model     {model_cfg.encoder} dim {model_cfg.dim}, up to {train_cfg.epochs} "
+            f"epochs, early stopping on {'valid ' + MAIN_METRIC if validate else 'the loss'}")
+        # Each epoch reaches MLflow as it ends, so a long run can be watched in the UI.
+        result = fit(prepared, model_cfg, train_cfg, validate,
+                     on_epoch=log.log_epoch if log is not None else None)
+        say(f"trained   best epoch {result.best_epoch} of {len(result.history)} "
+            f"(valid score {result.best_score:.4f}), {result.examples:,} examples "
+            f"in {result.seconds:.1f} s")
+
+        table = results_table(recommender_for(result.model, prepared.item_features), result,
+                              baselines, baseline_seconds, prepared)
+        say(f"\ntest fold, {int(table['users'].iloc[0]):,} shoppers ({m['protocol']}; full "
+            f"table: results/test.md in the run):\n"
+            f"{format_table(table.drop(columns='users'), ks=PRINT_KS)}\n")
+        bundle = build_bundle(prepared, result.model, bundle_info(configs, result, table))
+        with tempfile.TemporaryDirectory(prefix="tailor-bundle-") as tmp:
+            folder = bundle.save(Path(args.out) if args.out else Path(tmp) / "bundle")
+            if args.out:
+                say(f"bundle    {folder}")
+            if log is not None:
+                log_results(log, result, table, validated=validate is not None)
+                version = log.log_bundle(folder, input_example(bundle))
+                decision = promote(log.client, version, score_key=SCORE_KEY,
+                                   data_hash=m["data_hash"], protocol=m["protocol"],
+                                   force=args.force_promote)
+                role = "champion" if decision["promoted"] else "candidate"
+                say(f"registry  {version.name} v{version.version}: {role} "
+                    f"({decision['reason']})")
+    say(f"time      {time.perf_counter() - started:.1f} s in all, training {result.seconds:.1f} s")
+    return 0
+
+
+def log_results(log: RunLogger, result: FitResult, table: pd.DataFrame, *,
+                validated: bool) -> None:
+    """Validation and test results, fit summary and figures (epochs went out as they ended)."""
+    log.log_results(table, "test")
+    if validated:  # else best_score is the negated training loss, not a validation metric
+        valid = pd.DataFrame({MAIN_METRIC: [result.best_score]},
+                             index=pd.Index([MODEL], name="method"))
+        log.log_results(valid, "valid")
+    for key, value in {"best_epoch": result.best_epoch, "epochs": len(result.history),
+                       "examples": result.examples, "seconds": result.seconds}.items():
+        log.client.log_metric(log.run_id, metric_key("fit", key), float(value))
+    log.log_figures(result.history, table[[c for c in table.columns if "@" in c]], "test")
+
+
+if __name__ == "__main__":
+    run_cli(main)
