@@ -32,7 +32,7 @@ from models.scoring import TwoTowerRecommender
 @dataclass(frozen=True)
 class BlendConfig:
     sources: tuple[str, ...] = ("repeat", "item-knn", "seq-item-knn")
-    grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+    grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
     rounds: int = 2               # coordinate-ascent passes over the sources
     max_users: int = 2000         # validation shoppers the weights are chosen on
     max_cells: int = 300_000_000  # users x items x components held in memory while choosing

@@ -31,6 +31,7 @@ from features.schema import DataError
 from features.split import sort_events
 from features.vocab import Vocabulary
 from models.base import Recommender
+from models.blend import BlendWeights, load_sources, save_sources
 from models.scoring import compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 
@@ -47,6 +48,9 @@ class Bundle:
     item_vectors: np.ndarray
     bought_together: pd.DataFrame
     histories: pd.DataFrame
+    # The ranking stack's sparse signals and their weights (models/blend.py); none: towers only.
+    sources: dict = field(default_factory=dict)
+    blend: BlendWeights | None = None
     info: dict = field(default_factory=dict)   # configs, data fingerprint, metrics, timings
     path: Path | None = None
 
@@ -58,7 +62,7 @@ class Bundle:
     def recommender(self) -> Recommender:
         # recommender_for, like evaluation: the bundle ranks exactly as the logged metrics say.
         # ``items`` holds every item_features column, in vocabulary order.
-        return recommender_for(self.model, self.items)
+        return recommender_for(self.model, self.items, self.sources, self.blend)
 
     def user_histories(self, users: np.ndarray | list[str],
                        extra_events: pd.DataFrame | None = None,
@@ -79,7 +83,8 @@ class Bundle:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         info = {**self.info, "bundle_version": BUNDLE_VERSION,
-                "model": self.model.cfg.to_dict()}
+                "model": self.model.cfg.to_dict(),
+                "blend": self.blend.to_dict() if self.blend is not None else None}
         (tmp / "bundle.json").write_text(json.dumps(info, indent=2, default=str))
         torch.save(self.model.state_dict(), tmp / "model.pt")
         self.item_vocab.to_frame().to_parquet(tmp / "item_vocab.parquet", index=False)
@@ -87,6 +92,8 @@ class Bundle:
         np.save(tmp / "item_vectors.npy", self.item_vectors)
         self.bought_together.to_parquet(tmp / "bought_together.parquet", index=False)
         self.histories.to_parquet(tmp / "histories.parquet", index=False)
+        if self.sources:
+            save_sources(self.sources, tmp / "sources")
         if folder.exists():  # replace only once the new bundle is complete
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -104,16 +111,20 @@ class Bundle:
         model = TwoTower(TwoTowerConfig(**info["model"]))
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
         model.eval()
+        vocab = Vocabulary.from_frame(pd.read_parquet(folder / "item_vocab.parquet"))
+        blend = BlendWeights(**info["blend"]) if info.get("blend") else None
+        sources = load_sources(folder / "sources", vocab) if (folder / "sources").exists() else {}
         return cls(model=model,
-                   item_vocab=Vocabulary.from_frame(pd.read_parquet(folder / "item_vocab.parquet")),
+                   item_vocab=vocab,
                    items=pd.read_parquet(folder / "items.parquet"),
                    item_vectors=np.load(folder / "item_vectors.npy"),
                    bought_together=pd.read_parquet(folder / "bought_together.parquet"),
                    histories=pd.read_parquet(folder / "histories.parquet"),
-                   info=info, path=folder)
+                   sources=sources, blend=blend, info=info, path=folder)
 
 
-def build_bundle(prepared: Prepared, model: TwoTower, info: dict | None = None) -> Bundle:
+def build_bundle(prepared: Prepared, model: TwoTower, info: dict | None = None,
+                 sources: dict | None = None, blend: BlendWeights | None = None) -> Bundle:
     """The bundle of ``model`` trained on ``prepared``, for serving.
 
     Items are ``prepared.item_features`` (vocabulary order) with the metadata columns of
@@ -128,6 +139,8 @@ def build_bundle(prepared: Prepared, model: TwoTower, info: dict | None = None) 
                   item_vectors=compute_item_vectors(model, feats),
                   bought_together=prepared.bought_together,
                   histories=recent_histories(prepared.events, prepared.config.history_len),
+                  sources={n: sources[n] for n in blend.active} if blend and sources else {},
+                  blend=blend,
                   info={"features": prepared.config.to_dict(), "data": prepared.meta,
                         **(info or {})})
 

@@ -68,8 +68,15 @@ class TwoTowerRecommender(Recommender):
         return logits.numpy()
 
 
-def recommender_for(model: TwoTower, item_features: pd.DataFrame) -> Recommender:
+def recommender_for(model: TwoTower, item_features: pd.DataFrame,
+                    sources: dict | None = None, blend: object | None = None) -> Recommender:
     """The recommender a trained model is evaluated and served as: the one place that decides
     how tower scores and sparse signals combine, so evaluation, batch scoring and the service
-    rank the same way."""
-    return TwoTowerRecommender(model, compute_item_vectors(model, item_features))
+    rank the same way. Without ``blend`` (``models.blend.BlendWeights``) or with every weight
+    at 0 it is the towers alone."""
+    towers = TwoTowerRecommender(model, compute_item_vectors(model, item_features))
+    if blend is None or not blend.active:
+        return towers
+    from models.blend import BlendedRecommender  # local: blend builds on this module
+
+    return BlendedRecommender(towers, sources or {}, blend)

@@ -36,14 +36,17 @@ from features.item_features import item_features
 from features.pipeline import Prepared, prepare
 from models.base import Recommender
 from models.baselines import BASELINES
+from models.blend import BlendConfig
 from models.bundle import Bundle, build_bundle
-from models.scoring import recommender_for
+from models.scoring import TwoTowerRecommender, compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task, format_table
 from training.fit import FitResult, TrainConfig, fit
+from training.stack import sources_for_test, tune_blend
 from training.tracking import RunLogger, git_state, metric_key, promote
 
 MODEL = "two_tower"                # the model's row in the results, as in the metric names
+TOWERS_ONLY = "towers_only"        # the same towers without the stack's sparse signals
 MAIN_METRIC = "ndcg@10"            # early stopping and promotion, every protocol has it
 SCORE_KEY = metric_key("test", MODEL, MAIN_METRIC)
 VALID_USERS = 2000                 # validation sample: cheap enough to score every epoch
@@ -78,6 +81,15 @@ TRAIN_HELP = {
     "threads": "torch CPU threads (0: every core)",
     "progress": "show a progress bar per epoch",
 }
+BLEND_HELP = {
+    "sources": "sparse signals scored together with the towers (weights chosen on validation; "
+               "0 switches one off): repeat, item-knn, seq-item-knn",
+    "grid": "candidate weights tried for each source",
+    "rounds": "coordinate-ascent passes over the sources",
+    "max_users": "validation shoppers the weights are chosen on",
+    "max_cells": "bound on users x items x signals held in memory while choosing",
+    "k": "the weights maximize NDCG@k on validation",
+}
 # Sizes come from the data; the history length is the feature stage's (one L for both).
 MODEL_FROM_DATA = ("n_items", "n_categories", "history_len")
 
@@ -97,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(parser, TwoTowerConfig, title="model", help=MODEL_HELP, skip=MODEL_FROM_DATA)
     add_config_args(parser, TrainConfig, title="training", help=TRAIN_HELP,
                     flags={"seed": "train-seed"})  # --seed is the feature stage's split seed
+    add_config_args(parser, BlendConfig, title="ranking stack", help=BLEND_HELP,
+                    flags={"sources": "stack-sources", "grid": "stack-grid",
+                           "rounds": "stack-rounds", "max_users": "stack-users",
+                           "max_cells": "stack-max-cells", "k": "stack-k"})
     run = parser.add_argument_group("run")
     run.add_argument("--valid-users", type=int, default=VALID_USERS, metavar="N",
                      help="validation shoppers scored after every epoch, a seeded sample "
@@ -152,13 +168,13 @@ def validator(prepared: Prepared, max_users: int,
 def fit_baselines(prepared: Prepared) -> tuple[dict[str, Recommender], dict[str, float]]:
     """Every baseline fitted for the test fold, with its fit time in seconds.
 
-    ``repeat`` (the shopper's own recent items) only means something when the test window is
-    later in time than the history; under leave-one-out and predefined splits the items seen
-    before are excluded from the ranking, so it would only ever show its popularity fill.
+    ``repeat`` (the shopper's own recent items) means nothing under leave-one-out, where every
+    item seen before is excluded from the ranking: it would only show its popularity fill.
+    (Under a predefined split only purchases are excluded: viewed and carted items stay.)
     """
     models, seconds = {}, {}
     for name, cls in BASELINES.items():
-        if name == "repeat" and prepared.split.protocol != "temporal":
+        if name == "repeat" and prepared.split.protocol == "leave-one-out":
             continue
         started = time.perf_counter()
         models[name] = cls.from_prepared(prepared, fold="test")
@@ -166,18 +182,21 @@ def fit_baselines(prepared: Prepared) -> tuple[dict[str, Recommender], dict[str,
     return models, seconds
 
 
-def results_table(model: Recommender, result: FitResult, baselines: dict[str, Recommender],
-                  baseline_seconds: dict[str, float], prepared: Prepared) -> pd.DataFrame:
-    """Test metrics of the model and every baseline (one shared task), with fit times."""
-    table = evaluate_all({MODEL: model, **baselines}, prepared, "test", ks=DEFAULT_KS)
-    table["fit_seconds"] = pd.Series({MODEL: round(result.seconds, 3), **baseline_seconds})
+def results_table(model: Recommender, towers: Recommender, result: FitResult,
+                  baselines: dict[str, Recommender], baseline_seconds: dict[str, float],
+                  prepared: Prepared) -> pd.DataFrame:
+    """Test metrics of the model, its towers alone and every baseline (one shared task)."""
+    table = evaluate_all({MODEL: model, TOWERS_ONLY: towers, **baselines}, prepared, "test",
+                         ks=DEFAULT_KS)
+    table["fit_seconds"] = pd.Series({MODEL: round(result.seconds, 3),
+                                      TOWERS_ONLY: round(result.seconds, 3), **baseline_seconds})
     return table
 
 
 def bundle_info(configs: dict, result: FitResult, table: pd.DataFrame) -> dict:
     """What the bundle records beside the features config and the data fingerprint."""
     git = git_state()
-    return {"train": configs["train"],
+    return {"train": configs["train"], "stack": configs["stack"],
             "fit": {"best_epoch": result.best_epoch, "best_valid_score": result.best_score,
                     "epochs": len(result.history), "examples": result.examples,
                     "seconds": round(result.seconds, 3), "history": result.history},
@@ -207,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = spec_from_args(args)
     feature_cfg = feature_config_from_args(args)
     train_cfg = config_from_args(TrainConfig, args)
+    blend_cfg = config_from_args(BlendConfig, args)
     if not lead:
         train_cfg = replace(train_cfg, progress=False)
     started = time.perf_counter()
@@ -226,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     baselines, baseline_seconds = fit_baselines(prepared)
     say(f"baselines {', '.join(baselines)} ({sum(baseline_seconds.values()):.1f} s)")
     configs = {"features": feature_cfg.to_dict(), "model": model_cfg.to_dict(),
-               "train": {**train_cfg.to_dict(), "valid_users": args.valid_users}}
+               "train": {**train_cfg.to_dict(), "valid_users": args.valid_users},
+               "stack": blend_cfg.to_dict()}
     logger = contextlib.nullcontext() if args.no_mlflow else \
         RunLogger(m["name"], run_name=args.run_name)
     with logger as log:
@@ -242,18 +263,31 @@ def main(argv: list[str] | None = None) -> int:
             f"(valid score {result.best_score:.4f}), {result.examples:,} examples "
             f"in {result.seconds:.1f} s")
 
-        table = results_table(recommender_for(result.model, prepared.item_features), result,
-                              baselines, baseline_seconds, prepared)
+        blend = tune_blend(result.model, prepared, features_at_valid_cut(prepared), blend_cfg,
+                           seed=train_cfg.seed)
+        say(f"stack     weights {blend.weights} (valid {MAIN_METRIC} {blend.valid_ndcg:.4f}, "
+            f"towers alone {blend.towers_valid_ndcg:.4f})")
+        sources = sources_for_test(prepared, blend_cfg, baselines)
+        towers = TwoTowerRecommender(result.model,
+                                     compute_item_vectors(result.model, prepared.item_features))
+        table = results_table(recommender_for(result.model, prepared.item_features, sources,
+                                              blend), towers, result, baselines,
+                              baseline_seconds, prepared)
         say(f"\ntest fold, {int(table['users'].iloc[0]):,} shoppers ({m['protocol']}; full "
             f"table: results/test.md in the run):\n"
             f"{format_table(table.drop(columns='users'), ks=PRINT_KS)}\n")
-        bundle = build_bundle(prepared, result.model, bundle_info(configs, result, table))
+        bundle = build_bundle(prepared, result.model, bundle_info(configs, result, table),
+                              sources=sources, blend=blend)
         with tempfile.TemporaryDirectory(prefix="tailor-bundle-") as tmp:
             folder = bundle.save(Path(args.out) if args.out else Path(tmp) / "bundle")
             if args.out:
                 say(f"bundle    {folder}")
             if log is not None:
                 log_results(log, result, table, validated=validate is not None)
+                log.client.log_dict(log.run_id, blend.to_dict(), "stack.json")
+                for name, weight in blend.weights.items():
+                    log.client.log_metric(log.run_id, metric_key("stack", "weight", name),
+                                          float(weight))
                 version = log.log_bundle(folder, input_example(bundle))
                 decision = promote(log.client, version, score_key=SCORE_KEY,
                                    data_hash=m["data_hash"], protocol=m["protocol"],

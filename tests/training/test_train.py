@@ -192,7 +192,7 @@ def test_run_logs_settings_epochs_and_test_metrics(first: dict[str, Any]) -> Non
 def test_stdout_compares_the_model_with_every_baseline(first: dict[str, Any]) -> None:
     lines = first["stdout"].splitlines()
     rows = {line.split()[0] for line in lines if line.split()}
-    assert {"two_tower", *BASELINES} <= rows
+    assert {"two_tower", "towers_only", *BASELINES} <= rows
     header = next(line for line in lines if "recall@10" in line)
     assert "fit_seconds" in header
     assert any(line.startswith("time ") and "training" in line for line in lines)
@@ -230,7 +230,7 @@ def test_saved_bundle_round_trips(first: dict[str, Any], prepared: Prepared) -> 
     assert loaded.info["data"]["data_hash"] == first["run"].data.params["data.hash"]
     assert loaded.info["metrics"]["test"]["two_tower"]["ndcg@10"] == \
         pytest.approx(first["run"].data.metrics[SCORE])
-    assert set(loaded.info["metrics"]["test"]) == {"two_tower", *BASELINES}
+    assert set(loaded.info["metrics"]["test"]) == {"two_tower", "towers_only", *BASELINES}
     assert {"title", "price", "popularity", "available"} <= set(loaded.items.columns)
     assert list(loaded.items.item_id) == list(prepared.item_vocab.ids)
     # every shopper, test window included, with their last L events
