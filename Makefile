@@ -39,8 +39,9 @@ test-fast: $(STAMP) ## the fast tests only
 prepare: $(STAMP) ## read, validate and featurize DATA; print a summary (DATA=spec, ARGS=extra flags)
 	@$(PY) -m features.prepare --data "$(DATA)" $(ARGS)
 
-# NPROC > 1: one process per rank under torchrun (rank 0 prints, logs and saves; fit shards).
-TRAIN_RUN = $(if $(filter-out 0 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
+# NPROC > 1: one process per rank under torchrun (rank 0 prints, logs and saves; fit shards the
+# tables with TorchRec DMP). training.distributed is torchrun minus its traceback on a failed rank.
+TRAIN_RUN = $(if $(filter-out 0 1,$(NPROC)),$(PY) -m training.distributed --standalone --nproc_per_node=$(NPROC),$(PY))
 .PHONY: train
 train: $(STAMP) ## train on DATA, compare with baselines, log + register in MLflow (EPOCHS, NPROC, ARGS=--help)
 	@$(TRAIN_RUN) -m training.train --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
@@ -58,3 +59,25 @@ mlflow-ui: $(STAMP) ## browse runs, metrics and registered models at 127.0.0.1 (
 		--default-artifact-root "$(CURDIR)/mlflow/artifacts" \
 		--artifacts-destination "$(CURDIR)/mlflow/artifacts" \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# Serving. MODEL: an alias of the registered model (champion, candidate), a version number, an
+# MLflow run id or a bundle folder. PORT on the command line overrides 3000 (as for mlflow-ui).
+MODEL ?= champion
+K ?= 50
+OUT ?= recs.csv
+SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),3000)
+.PHONY: serve recommend-batch
+serve: $(STAMP) ## serve MODEL (default champion) with BentoML at 127.0.0.1:PORT (default 3000)
+	@$(PY) -m serving.model_check "$(MODEL)"
+	TAILOR_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Tailor \
+		--host 127.0.0.1 --port $(SERVE_PORT) $(ARGS)
+
+recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by MODEL -> OUT (EXCLUDE_SEEN=1)
+	@$(PY) -m serving.batch --data "$(DATA)" --model "$(MODEL)" --k "$(K)" --out "$(OUT)" \
+		$(if $(USERS),--users "$(USERS)") \
+		$(if $(filter 1 yes true,$(EXCLUDE_SEEN)),--exclude-seen) $(ARGS)
+
+# Trains unless MODEL is given on the command line (then serves that model).
+demo: $(STAMP) ## train a small model on the embedded shop, serve it, send example requests (PORT)
+	@$(PY) -m serving.demo --port $(SERVE_PORT) \
+		$(if $(filter command line,$(origin MODEL)),--model "$(MODEL)") $(ARGS)

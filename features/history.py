@@ -96,8 +96,10 @@ def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: in
 def _reorder(hist: Histories, users: np.ndarray) -> Histories:
     """Histories in the order of ``users``; unknown users get empty histories."""
     lookup = pd.Index(hist.user_ids).get_indexer(users)
-    starts = np.where(lookup >= 0, hist.offsets[np.maximum(lookup, 0)], 0)
-    ends = np.where(lookup >= 0, hist.offsets[np.maximum(lookup, 0) + 1], 0)
+    # One extra offset so the look-up also indexes when nobody has an event (offsets == [0]).
+    offsets = np.append(hist.offsets, hist.offsets[-1])
+    starts = np.where(lookup >= 0, offsets[np.maximum(lookup, 0)], 0)
+    ends = np.where(lookup >= 0, offsets[np.maximum(lookup, 0) + 1], 0)
     return _gather(hist, users, starts, ends)
 
 

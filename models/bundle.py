@@ -9,7 +9,8 @@ A bundle is a folder:
   bought_together.parquet item_id, other_item_id, score, pair_users, rank
   histories.parquet       each known shopper's most recent L events (user_id, item_id, event,
                           timestamp): the stored history the service starts from
-  index.faiss             (optional) the FAISS index over item_vectors
+  index.faiss, index.json the FAISS index over item_vectors (serving/bundle_index.py; written by
+                          training, built at load when missing)
 """
 
 from __future__ import annotations
@@ -64,11 +65,19 @@ class Bundle:
         # ``items`` holds every item_features column, in vocabulary order.
         return recommender_for(self.model, self.items, self.sources, self.blend)
 
+    @cached_property
+    def history_rows(self) -> dict[str, np.ndarray]:
+        """Positions of each shopper's stored events, so a request for a few shoppers reads
+        their rows instead of scanning every stored event (the service's per-request path)."""
+        return self.histories.groupby("user_id", sort=False, observed=True).indices
+
     def user_histories(self, users: np.ndarray | list[str],
                        extra_events: pd.DataFrame | None = None,
                        now: pd.Timestamp | None = None) -> Histories:
         """Histories of ``users`` from the stored events (plus ``extra_events``), as of ``now``."""
-        stored = self.histories[self.histories["user_id"].isin(list(users))]
+        rows = self.history_rows
+        found = [rows[u] for u in dict.fromkeys(users) if u in rows]  # each shopper once
+        stored = self.histories.iloc[np.concatenate(found)] if found else self.histories.iloc[:0]
         events = stored if extra_events is None or extra_events.empty else \
             pd.concat([stored, extra_events], ignore_index=True)
         if "seq" not in events:

@@ -35,7 +35,7 @@ class TwoTowerConfig:
     n_categories: int = 0
     dim: int = 64
     history_len: int = 50
-    encoder: str = "transformer"     # "transformer" (causal self-attention) or "pooling"
+    encoder: str = "pooling"         # "pooling" (learned weighted mean) or "transformer"
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.2

@@ -164,3 +164,17 @@ def length_bucketed_batches(win: Windows, batch_tokens: int,
         batches.append(order[start:end])
         start = end
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sample_windows(win: Windows, max_examples: int, rng: np.random.Generator) -> Windows:
+    """A random subset of whole windows holding about ``max_examples`` targets (all if fewer).
+
+    Big logs (millions of view events) would make one epoch take longer than the whole
+    training budget; a fresh sample per epoch still visits every window over the epochs.
+    """
+    if max_examples <= 0 or win.n_examples <= max_examples:
+        return win
+    order = rng.permutation(len(win))
+    per_window = (win.targets[order] >= 0).sum(axis=1)
+    take = np.sort(order[:int(np.searchsorted(np.cumsum(per_window), max_examples)) + 1])
+    return Windows(*(getattr(win, f)[take] for f in Windows.__dataclass_fields__))

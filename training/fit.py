@@ -15,7 +15,14 @@ from tqdm import tqdm
 from features.pipeline import Prepared
 from models.scoring import item_tensors
 from models.two_tower import TwoTower, TwoTowerConfig
-from training.data import collate, length_bucketed_batches, make_windows, timeline_order
+from training.data import (
+    collate,
+    length_bucketed_batches,
+    make_windows,
+    sample_windows,
+    timeline_order,
+)
+from training.distributed import Group, batch_share
 from training.loss import batch_loss
 
 
@@ -23,8 +30,8 @@ from training.loss import batch_loss
 class TrainConfig:
     epochs: int = 40                  # upper bound; early stopping usually ends sooner
     patience: int = 3                 # epochs without validation gain before stopping
-    batch_tokens: int = 1024          # history positions per batch (windows of similar length)
-    lr: float = 3e-3
+    batch_tokens: int = 256           # history positions per step (windows of similar length)
+    lr: float = 5e-3
     weight_decay: float = 0.0
     view_weight: float = 1.0          # loss weight of each target's event type
     cart_weight: float = 2.0
@@ -32,6 +39,7 @@ class TrainConfig:
     full_softmax_max_items: int = 60_000  # above: sampled softmax with logQ correction
     n_negatives: int = 8192
     max_minutes: float = 8.0          # wall-clock budget for the epochs
+    max_epoch_examples: int = 250_000  # a fresh sample of windows per epoch above this; 0: all
     seed: int = 0
     threads: int = 0                  # 0: every core
     progress: bool = True
@@ -80,53 +88,77 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
         probs = counts ** 0.75 + 1.0  # smoothed popularity, every item can be drawn
         sampler = torch.from_numpy(probs / probs.sum()).float()
     generator = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    best = FitResult(copy.deepcopy(model), 0, -math.inf)
-    started = time.perf_counter()
-    stale = 0
-    for epoch in range(1, cfg.epochs + 1):
-        windows = make_windows(timeline_order(train, ordered, rng), prepared.item_vocab,
-                               model_cfg.history_len)
-        batches = length_bucketed_batches(windows, cfg.batch_tokens, rng)
-        model.train()
-        total, seen, t0 = 0.0, 0, time.perf_counter()
-        bar = tqdm(batches, disable=not cfg.progress, desc=f"epoch {epoch}", leave=False,
-                   mininterval=1.0)
-        for idx in bar:
-            batch = collate(windows, idx)
-            if batch.targets.numel() == 0:
-                continue
-            loss = batch_loss(model, model_cfg, batch, item_idx, item_cats, weights, sampler,
-                              cfg.n_negatives, generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n = int(batch.targets.numel())
-            total += float(loss.detach()) * n
-            seen += n
-            bar.set_postfix(loss=f"{total / max(seen, 1):.3f}",
-                            ex_s=f"{seen / (time.perf_counter() - t0):,.0f}")
-        bar.close()
-        record = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
-                  "examples_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
-        score = validate(model) if validate else -record["loss"]
-        record["valid_score"] = score
-        best.history.append(record)
-        best.examples += seen
-        if on_epoch:
-            on_epoch(record)
-        if cfg.progress:
-            print(f"epoch {epoch}: loss {record['loss']:.4f}  valid {score:.4f}  "
-                  f"{record['examples_per_s']:,.0f} ex/s", flush=True)
-        if score > best.best_score:
-            best.model, best.best_epoch, best.best_score, stale = \
-                copy.deepcopy(model), epoch, score, 0
+    # Under torchrun TorchRec shards the tables, every rank trains on its share of each batch and
+    # rank 0 validates for all (training/distributed.py); ``model`` stays a plain TwoTower.
+    with Group.open() as group:
+        if group is None:
+            trained = model
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            stale += 1
-        elapsed_min = (time.perf_counter() - started) / 60
-        if stale >= cfg.patience or elapsed_min * (epoch + 1) / epoch > cfg.max_minutes:
-            break
-    best.seconds = time.perf_counter() - started
+            trained, opt = group.wrap(model, cfg.lr, cfg.weight_decay)
+
+        best = FitResult(copy.deepcopy(model), 0, -math.inf)
+        started = time.perf_counter()
+        stale = 0
+        for epoch in range(1, cfg.epochs + 1):
+            windows = make_windows(timeline_order(train, ordered, rng), prepared.item_vocab,
+                                   model_cfg.history_len)
+            windows = sample_windows(windows, cfg.max_epoch_examples, rng)
+            batches = length_bucketed_batches(windows, cfg.batch_tokens, rng)
+            trained.train()
+            total, seen, t0 = 0.0, 0, time.perf_counter()
+            bar = tqdm(batches, disable=not cfg.progress, desc=f"epoch {epoch}", leave=False,
+                       mininterval=1.0)
+            for step, idx in enumerate(bar):
+                counts = True
+                if group is not None:
+                    idx, counts = batch_share(idx, group.rank, group.world, step)
+                batch = collate(windows, idx)
+                if batch.targets.numel() == 0 and group is None:  # ranks all take each step
+                    continue
+                loss = batch_loss(trained, model_cfg, batch, item_idx, item_cats, weights,
+                                  sampler, cfg.n_negatives, generator)
+                if not counts:  # a stand-in window: in the collectives, not in the gradient
+                    loss = loss * 0.0
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                n = int(batch.targets.numel()) if counts else 0
+                total += float(loss.detach()) * n
+                seen += n
+                bar.set_postfix(loss=f"{total / max(seen, 1):.3f}",
+                                ex_s=f"{seen / (time.perf_counter() - t0):,.0f}")
+            bar.close()
+            if group is not None:  # the epoch over every rank
+                rank_seen = group.gather_values(seen)
+                (total,), seen = group.total(total), int(sum(rank_seen))
+            record = {"epoch": epoch, "loss": total / max(seen, 1), "examples": seen,
+                      "examples_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            if group is not None:
+                record["rank_examples"] = [int(n) for n in rank_seen]
+                group.gather(trained, into=model)
+            validating = group is None or group.is_main
+            score = (validate(model) if validate else -record["loss"]) if validating else math.nan
+            if group is not None:  # rank 0's score: every rank keeps the same best epoch
+                (score,) = group.from_main(score)
+            record["valid_score"] = score
+            best.history.append(record)
+            best.examples += seen
+            if on_epoch:
+                on_epoch(record)
+            if cfg.progress:
+                print(f"epoch {epoch}: loss {record['loss']:.4f}  valid {score:.4f}  "
+                      f"{record['examples_per_s']:,.0f} ex/s", flush=True)
+            if score > best.best_score:
+                best.model, best.best_epoch, best.best_score, stale = \
+                    copy.deepcopy(model), epoch, score, 0
+            else:
+                stale += 1
+            elapsed_min = (time.perf_counter() - started) / 60
+            if group is not None:  # rank 0's clock: every rank stops at the same epoch
+                (elapsed_min,) = group.from_main(elapsed_min)
+            if stale >= cfg.patience or elapsed_min * (epoch + 1) / epoch > cfg.max_minutes:
+                break
+        best.seconds = time.perf_counter() - started
     best.model.eval()
     return best

@@ -40,6 +40,7 @@ from models.blend import BlendConfig
 from models.bundle import Bundle, build_bundle
 from models.scoring import TwoTowerRecommender, compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
+from serving.bundle_index import save_index
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task, format_table
 from training.fit import FitResult, TrainConfig, fit
 from training.stack import sources_for_test, tune_blend
@@ -77,6 +78,8 @@ TRAIN_HELP = {
                               "sampled softmax with logQ correction",
     "n_negatives": "negatives per batch of the sampled softmax",
     "max_minutes": "wall-clock budget for the epochs, in minutes",
+    "max_epoch_examples": "an epoch trains on a fresh random sample of about this many targets "
+                          "when the log has more (0: always all)",
     "seed": "seed of training (initialization, order, sampling) and of the validation sample",
     "threads": "torch CPU threads (0: every core)",
     "progress": "show a progress bar per epoch",
@@ -280,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
                               sources=sources, blend=blend)
         with tempfile.TemporaryDirectory(prefix="tailor-bundle-") as tmp:
             folder = bundle.save(Path(args.out) if args.out else Path(tmp) / "bundle")
+            # The FAISS index goes into the bundle, so it is part of the logged model.
+            index = save_index(folder, bundle.item_vectors)
+            say(f"index     {index.info['factory']} over {index.n_items:,} items (recall@"
+                f"{index.info['recall_k']} {index.info['recall']:.3f}, "
+                f"{index.info['build_seconds']:.1f} s)")
             if args.out:
                 say(f"bundle    {folder}")
             if log is not None:

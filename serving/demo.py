@@ -1,0 +1,188 @@
+"""`make demo`: train a small model on the embedded shop, serve it, show a few requests.
+
+Steps: train (``training.train`` on ``synthetic`` with settings that take a minute or two on two
+cores; logged to MLflow and registered like any run), start ``bentoml serve`` on the version
+just registered, send example requests — a returning shopper, a first-time visitor, a visitor's
+session, "also bought" for the shop's printer — print each request (as curl) and its answer,
+then keep serving until Ctrl-C. ``--model REF`` skips training and serves REF instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from features.cli import run_cli
+from features.schema import DataError
+from features.synthetic import generate_with_truth
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = ["--data", "synthetic", "--epochs", "4", "--dim", "32", "--encoder", "pooling",
+         "--max-minutes", "2", "--no-progress", "--run-name", "demo"]
+READY_TIMEOUT_S = 180
+K = 5
+RULE = "─" * 78
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.demo",
+        description="Train a small two-tower model on the embedded shop, register it, serve it "
+                    "with BentoML, send example requests and print them, then keep serving "
+                    "until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=3000, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--model", metavar="REF",
+                        help="serve this model (alias, version, run id or bundle folder) "
+                             "instead of training one; it should be trained on the embedded shop")
+    parser.add_argument("--once", action="store_true",
+                        help="stop the server after the examples instead of serving on")
+    return parser
+
+
+def train() -> str:
+    """Run the demo training (its output streams through); the registered version."""
+    cmd = [sys.executable, "-m", "training.train", *TRAIN]
+    print(f"$ python -m training.train {' '.join(TRAIN)}", flush=True)
+    version = None
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            found = re.match(r"registry\s+\S+ v(\d+)", line)
+            version = found.group(1) if found else version
+    if proc.returncode != 0 or version is None:
+        raise DataError(f"demo training failed (exit {proc.returncode})")
+    return version
+
+
+def start_server(model: str, port: int, log: Path) -> subprocess.Popen:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise DataError(f"port {port} is in use; choose another with PORT=...") from None
+    bentoml = Path(sys.executable).parent / "bentoml"
+    env = {**os.environ, "TAILOR_MODEL": model}
+    with log.open("w") as out:
+        return subprocess.Popen([str(bentoml), "serve", "serving.service:Tailor", "--host",
+                                 "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_ready(client: httpx.Client, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise DataError(f"the server stopped while starting (log: {log})")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise DataError(f"the server was not ready after {READY_TIMEOUT_S} s (log: {log})")
+
+
+def show(client: httpx.Client, title: str, route: str, body: dict,
+         mark: dict[str, str] | None = None) -> dict:
+    """Send one request and print it (as curl) with its answer as a table."""
+    url = str(client.base_url).rstrip("/") + route
+    print(f"\n{RULE}\n{title}\n$ curl -s -X POST {url} "
+          f"-H 'Content-Type: application/json' \\\n    -d '{json.dumps(body)}'")
+    started = time.perf_counter()
+    response = client.post(route, json=body)
+    ms = 1000 * (time.perf_counter() - started)
+    answer = response.json()
+    if response.status_code != 200:
+        print(f"  HTTP {response.status_code}: {json.dumps(answer)}")
+        return answer
+    print(f"  strategy {answer['strategy']} · model {answer['model_version']} · {ms:.0f} ms")
+    for item in answer["items"]:
+        note = (mark or {}).get(item["item_id"], "")
+        source = f"  [{item['source']}]" if item.get("source") else ""
+        print(f"  {item['rank']:>3}. {item['item_id']:<10} {item.get('title') or '':<26} "
+              f"{item.get('category_id') or '':<18} {item['score']:>9.3f}{source}{note}")
+    return answer
+
+
+def returning_shopper(client: httpx.Client) -> tuple[str, pd.DataFrame]:
+    """A shopper with a long stored history that includes purchases, and that history."""
+    card = client.post("/model").json()
+    histories = pd.read_parquet(Path(card["bundle_path"]) / "histories.parquet")
+    buys = histories[histories["event"] == "purchase"].groupby("user_id").size()
+    sizes = histories.groupby("user_id").size()
+    user = (sizes[buys.index] + 5 * buys).sort_values(ascending=False).index[0]
+    return str(user), histories[histories["user_id"] == user]
+
+
+def examples(client: httpx.Client) -> None:
+    data, truth = generate_with_truth("small")
+    titles = data.items.set_index("item_id")["title"] if "title" in data.items else pd.Series()
+    card = client.post("/model").json()
+    metrics = card["test_metrics"].get("two_tower", {})
+    print(f"\nserving {card['model_version']} (trained {card['trained_at']}, "
+          f"{card['items']:,} items, {card['known_shoppers']:,} shoppers; test ndcg@10 "
+          f"{metrics.get('ndcg@10', float('nan')):.3f}; {card['ranking']})")
+
+    user, history = returning_shopper(client)
+    recent = "; ".join(f"{e} {titles.get(i, i)}" for i, e in
+                       zip(history["item_id"].tail(4), history["event"].tail(4), strict=True))
+    show(client, f"1. A returning shopper, {user} ({len(history)} stored events; lately: "
+                 f"{recent})", "/recommend", {"user_id": user, "k": K})
+    show(client, "2. A first-time visitor: nothing known, so the most popular items of the "
+                 "recent window", "/recommend", {"user_id": "first-time-visitor", "k": K})
+    printer = truth.printer_item
+    session = [{"item_id": printer, "event": "view"}, {"item_id": printer, "event": "view"},
+               {"item_id": printer, "event": "addtocart"}]
+    show(client, f"3. The same visitor's session: viewed {titles.get(printer, printer)} twice, "
+                 f"added it to the cart", "/recommend",
+         {"user_id": "first-time-visitor", "k": K, "recent_events": session},
+         mark={truth.printer_ink: "   <- its ink"})
+    show(client, f"4. People who bought {titles.get(printer, printer)} ({printer}) also bought",
+         "/also_bought", {"item_id": printer, "k": K},
+         mark={truth.printer_ink: "   <- its ink (planted complement)"})
+    show(client, "5. Bad input gets a 4xx naming the field", "/recommend",
+         {"user_id": user, "k": 0})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    model = args.model or train()
+    log = ROOT / ".cache" / "demo-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"\nstarting  bentoml serve serving.service:Tailor (model {model}, port {args.port}; "
+          f"log {log.relative_to(ROOT)})", flush=True)
+    proc = start_server(model, args.port, log)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
+            wait_ready(client, proc, log)
+            examples(client)
+        print(f"\n{RULE}\ndemo ready in {time.perf_counter() - started:.0f} s. Serving at "
+              f"http://127.0.0.1:{args.port} (OpenAPI page there; /healthz, /readyz, /metrics)"
+              + ("" if args.once else "; Ctrl-C to stop."), flush=True)
+        if not args.once:
+            proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)    # BentoML shuts its workers down on SIGINT
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

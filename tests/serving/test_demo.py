@@ -1,0 +1,43 @@
+"""`make demo`'s script serving an already trained bundle (training is `make train`'s test)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.serving.test_service_e2e import ROOT, free_port
+
+
+@pytest.mark.slow
+def test_demo_serves_and_prints_the_examples(bundle_dir: Path, shop) -> None:
+    _, truth = shop
+    done = subprocess.run([sys.executable, "-m", "serving.demo", "--model", str(bundle_dir),
+                           "--port", str(free_port()), "--once"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for title in ("1. A returning shopper", "2. A first-time visitor", "3. The same visitor's",
+                  "4. People who bought", "5. Bad input"):
+        assert title in out, title
+    assert "strategy history:full_scoring" in out and "strategy popular" in out
+    assert "strategy session:full_scoring" in out and "HTTP 400" in out
+    ink = next(line for line in out.splitlines() if "planted complement" in line)
+    assert ink.split()[0] == "1." and truth.printer_ink in ink
+    assert "curl -s -X POST http://127.0.0.1:" in out and "demo ready" in out
+
+
+def test_demo_refuses_a_busy_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "serving.demo", "--model", str(tmp_path),
+                               "--port", str(port), "--once"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == \
+        f"error: port {port} is in use; choose another with PORT=..."

@@ -1,0 +1,156 @@
+"""End to end: a real `bentoml serve` process on a free port, called over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.recommend import Engine, RecommendRequest, recommend
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 150
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    bentoml = Path(sys.executable).parent / "bentoml"
+    env = {**os.environ, "TAILOR_MODEL": str(bundle_dir)}
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(bentoml), "serve", "serving.service:Tailor", "--host",
+                                 "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                assert proc.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"not ready:\n{log.read_text()[-3000:]}"
+                time.sleep(1)
+            yield client
+    finally:
+        # The server and its workers share the new session's process group.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def post(client: httpx.Client, route: str, body: object) -> httpx.Response:
+    return client.post(route, json=body)
+
+
+def test_health_ready_metrics_and_openapi(server: httpx.Client) -> None:
+    assert server.get("/healthz").status_code == 200
+    assert server.get("/readyz").status_code == 200
+    post(server, "/recommend", {"user_id": "warm-up"})
+    metrics = server.get("/metrics")
+    assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+    spec = server.get("/docs.json")
+    assert spec.status_code == 200
+    paths = spec.json()["paths"]
+    assert {"/recommend", "/also_bought", "/similar_items", "/model"} <= set(paths)
+    schema = paths["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["example"]["user_id"] and "k" in schema["properties"]
+
+
+def test_recommend_for_returning_session_and_unknown_shoppers(server: httpx.Client,
+                                                              engine: Engine) -> None:
+    user = sorted(engine.known_users)[0]
+    known = post(server, "/recommend", {"user_id": user, "k": 5})
+    assert known.status_code == 200
+    body = known.json()
+    assert body["strategy"] == "history:full_scoring" and len(body["items"]) == 5
+    assert body["model_version"] == str(engine.version)
+    assert all({"item_id", "score", "rank"} <= set(i) for i in body["items"])
+    item = engine.ids[engine.popular_rows[2]]
+    session = post(server, "/recommend", {"user_id": "visitor-1", "k": 4, "recent_events": [
+        {"item_id": item, "event": "view"}, {"item_id": item, "event": "addtocart"}]})
+    assert session.status_code == 200 and session.json()["strategy"] == "session:full_scoring"
+    unknown = post(server, "/recommend", {"user_id": "visitor-2", "k": 3})
+    assert unknown.status_code == 200 and unknown.json()["strategy"] == "popular"
+    assert [i["item_id"] for i in unknown.json()["items"]] == list(engine.ids[
+        engine.popular_rows[:3]])
+
+
+def test_also_bought_similar_items_and_model(server: httpx.Client, shop) -> None:
+    _, truth = shop
+    out = post(server, "/also_bought", {"item_id": truth.printer_item, "k": 5})
+    assert out.status_code == 200
+    items = out.json()["items"]
+    assert items[0]["item_id"] == truth.printer_ink and items[0]["source"] == "bought_together"
+    assert truth.printer_item not in {i["item_id"] for i in items} and len(items) == 5
+    near = post(server, "/similar_items", {"item_id": truth.printer_item, "k": 3})
+    assert near.status_code == 200 and near.json()["strategy"] == "embedding:index"
+    card = server.post("/model")
+    assert card.status_code == 200
+    assert card.json()["test_metrics"]["two_tower"]["ndcg@10"] > 0
+    assert card.json()["trained_at"]
+
+
+@pytest.mark.parametrize(("route", "body", "status", "field"), [
+    ("/recommend", b'{"user_id": "u1", "k": ', 400, None),
+    ("/recommend", {"k": 5}, 400, "user_id"),
+    ("/recommend", {"user_id": "u1", "k": "five"}, 400, "k"),
+    ("/recommend", {"user_id": "u1", "k": 0}, 400, "k"),
+    ("/recommend", {"user_id": "u1", "k": 1001}, 400, "k"),
+    ("/recommend", {"user_id": "u1", "recent_events": [{"item_id": "i1", "event": "zap"}]},
+     400, "event"),
+    ("/recommend", {"user_id": "u1", "category": "no-such-category"}, 404, "category"),
+    ("/also_bought", {"item_id": "no-such-item"}, 404, "item_id"),
+    ("/similar_items", {"item_id": "no-such-item", "k": 3}, 404, "item_id"),
+    ("/also_bought", {"item_id": "i000001", "k": -1}, 400, "k"),
+])
+def test_bad_input_is_a_4xx_naming_the_field(server: httpx.Client, route: str, body: object,
+                                             status: int, field: str | None) -> None:
+    if isinstance(body, bytes):
+        response = server.post(route, content=body, headers={"Content-Type": "application/json"})
+    else:
+        response = post(server, route, body)
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["error"] and payload["detail"]
+    if field is None:
+        assert payload["detail"][0]["type"] == "json_invalid"
+    else:
+        assert field in payload["detail"][0]["loc"], payload
+
+
+def test_server_keeps_answering_the_same_after_bad_input(server: httpx.Client,
+                                                         engine: Engine) -> None:
+    user = sorted(engine.known_users)[0]
+    for _ in range(3):
+        post(server, "/recommend", {"user_id": user, "k": "x"})
+        server.post("/recommend", content=b"\x00garbage")
+        post(server, "/recommend", {"user_id": user, "k": 5, "recent_events": [
+            {"item_id": "no-such-item", "event": "purchase"}]})
+    again = post(server, "/recommend", {"user_id": user, "k": 5})
+    assert again.status_code == 200
+    local = [i.item_id for i in recommend(engine, RecommendRequest(user_id=user, k=5)).items]
+    assert [i["item_id"] for i in again.json()["items"]] == local
+    assert server.get("/readyz").status_code == 200
