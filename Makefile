@@ -4,13 +4,14 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 # Public interface (README): DATA, MODEL, K, OUT, USERS, EXCLUDE_SEEN, PORT, NPROC, EPOCHS.
 DATA ?= synthetic
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint prepare demo clean-cache
+.PHONY: help install install-bench test test-fast lint prepare demo clean-cache
 
 help: ## list targets and their variables
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-16s %s\n", $$1, $$2}'
@@ -27,13 +28,20 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## create .venv and install the pinned environment (idempotent)
 
+# Benchmark-only extras (ALS from `implicit`, the py-spy profiler); the tests cover them too.
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	@touch $(BENCH_STAMP)
+
+install-bench: $(BENCH_STAMP) ## install the benchmark extras (implicit, py-spy) into .venv
+
 lint: $(STAMP) ## ruff over the project
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint ## lint, then every test (slow ones included)
+test: $(BENCH_STAMP) lint ## lint, then every test (slow ones included)
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: $(STAMP) ## the fast tests only
+test-fast: $(BENCH_STAMP) ## the fast tests only
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 prepare: $(STAMP) ## read, validate and featurize DATA; print a summary (DATA=spec, ARGS=extra flags)
@@ -81,3 +89,24 @@ recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by
 demo: $(STAMP) ## train a small model on the embedded shop, serve it, send example requests (PORT)
 	@$(PY) -m serving.demo --port $(SERVE_PORT) \
 		$(if $(filter command line,$(origin MODEL)),--model "$(MODEL)") $(ARGS)
+
+# Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
+# Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
+.PHONY: bench bench-quality bench-train bench-index bench-serve
+bench: ## every benchmark part: quality, training, index, serving (about an hour on 2 cores)
+	$(MAKE) --no-print-directory bench-quality
+	$(MAKE) --no-print-directory bench-train
+	$(MAKE) --no-print-directory bench-index
+	$(MAKE) --no-print-directory bench-serve
+
+bench-quality: $(BENCH_STAMP) ## two-tower stack vs every baseline + ALS on every data set
+	@$(PY) -m benchmarks.quality $(ARGS)
+
+bench-train: $(BENCH_STAMP) ## training wall time, examples/s, peak memory: 1 process vs NPROC=2
+	@$(PY) -m benchmarks.train $(ARGS)
+
+bench-index: $(BENCH_STAMP) ## Flat / HNSW / IVF: build time, memory, recall@10, QPS (1M items)
+	@$(PY) -m benchmarks.index $(ARGS)
+
+bench-serve: $(BENCH_STAMP) ## a real `make serve` under load: req/s and p50/p95/p99 latency
+	@$(PY) -m benchmarks.serve $(ARGS)

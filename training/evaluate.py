@@ -6,11 +6,13 @@ protocol of ``prepared.split``:
 
 - leave-one-out: the held-out item; the user's earlier items (all their items in the fold's
   history, not only the last L) are excluded, as repeats are not what this protocol asks for.
-  Metrics: hr@K, ndcg@K.
+  Metrics: hr@K, ndcg@K, coverage@K.
 - temporal: the items the user carted or bought in the window; nothing is excluded (buying
   again is a real outcome). Metrics: recall@K, ndcg@K, hr@K, coverage@K.
 - predefined: the test purchases; the user's purchases in the history are excluded.
-  Metrics: hr@K, ndcg@K.
+  Metrics: hr@K, ndcg@K, coverage@K.
+
+coverage@K (every protocol): the share of the catalog that appears in at least one top-K list.
 
 Inputs come from ``prepared.histories(fold, users)``, the same histories the service sees.
 """
@@ -31,9 +33,9 @@ from training.metrics import hit_matrix, hit_rate_at_k, ndcg_at_k, recall_at_k
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)
 METRICS_BY_PROTOCOL: dict[str, tuple[str, ...]] = {
-    "leave-one-out": ("hr", "ndcg"),
+    "leave-one-out": ("hr", "ndcg", "coverage"),
     "temporal": ("recall", "ndcg", "hr", "coverage"),
-    "predefined": ("hr", "ndcg"),
+    "predefined": ("hr", "ndcg", "coverage"),
 }
 
 

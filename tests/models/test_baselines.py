@@ -332,8 +332,10 @@ def test_evaluate_leave_one_out_excludes_earlier_items() -> None:
     # u1's target i3 comes first and u2's target i1 second (behind i0).
     rec = FixedRanking(5, {}, default=[0, 1, 2, 3, 4])
     got = evaluate(rec, p, "test", ks=(1, 3))
+    # Top 1: u1 gets i3, u2 gets i0 (2 of 5 items); top 3: u1 i3, i4; u2 i0, i1, i2 (all 5).
     assert got == pytest.approx({"hr@1": 0.5, "hr@3": 1.0, "ndcg@1": 0.5,
-                                 "ndcg@3": (1 + 1 / math.log2(3)) / 2, "users": 2.0})
+                                 "ndcg@3": (1 + 1 / math.log2(3)) / 2,
+                                 "coverage@1": 2 / 5, "coverage@3": 5 / 5, "users": 2.0})
 
 
 def test_evaluate_all_shares_the_task_and_matches_evaluate() -> None:

@@ -1,0 +1,1 @@
+"""Tailor benchmarks: `make bench` (see BENCHMARKS.md)."""
