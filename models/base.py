@@ -54,12 +54,41 @@ def top_k(scores: np.ndarray, k: int, *, exclude: list[np.ndarray] | None = None
         keep = (cols >= 0) & (cols < n_items)
         scores[rows[keep], cols[keep]] = -np.inf
     k_eff = min(k, n_items)
-    # torch.topk is stable enough and multi-threaded; sorted=True gives best first.
-    values, indices = torch.topk(torch.from_numpy(scores), k_eff, dim=1, sorted=True)
-    values, indices = values.numpy(), indices.numpy().astype(np.int64)
+    values, indices = _top_k_lowest_index_first(scores, k_eff)
     indices = np.where(np.isneginf(values), -1, indices)
     if k_eff < k:
         pad = k - k_eff
         indices = np.pad(indices, ((0, 0), (0, pad)), constant_values=-1)
         values = np.pad(values, ((0, 0), (0, pad)), constant_values=-np.inf)
     return indices, values
+
+
+TIE_MARGIN = 8   # extra candidates fetched so that ties at the k-th score can be settled
+
+
+def _top_k_lowest_index_first(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k, best first, equal scores in item order: the same answer on any machine
+    and thread count (torch.topk alone orders ties as its kernel happens to meet them, and
+    float32 scores tie often, e.g. events on the same day).
+
+    torch.topk (multi-threaded) fetches ``k + TIE_MARGIN`` candidates; when the k-th score is
+    above the last candidate's, every item scoring at least the k-th is among them and sorting
+    them by (score, item) settles the ties. Rows where the tie runs past the candidates are
+    sorted whole (stable), which only happens for rows with masses of equal scores.
+    """
+    n_rows, n_items = scores.shape
+    if k == 0 or n_rows == 0:
+        return (np.zeros((n_rows, k), dtype=np.float32), np.zeros((n_rows, k), dtype=np.int64))
+    fetch = min(n_items, k + TIE_MARGIN)
+    values, indices = torch.topk(torch.from_numpy(scores), fetch, dim=1, sorted=True)
+    values, indices = values.numpy(), indices.numpy().astype(np.int64)
+    order = np.lexsort((indices, -values), axis=1)[:, :k]
+    out_values = np.take_along_axis(values, order, axis=1)
+    out_indices = np.take_along_axis(indices, order, axis=1)
+    if fetch < n_items:
+        unsettled = np.flatnonzero(values[:, k - 1] == values[:, -1])
+        if len(unsettled):
+            full = np.argsort(-scores[unsettled], axis=1, kind="stable")[:, :k]
+            out_indices[unsettled] = full
+            out_values[unsettled] = np.take_along_axis(scores[unsettled], full, axis=1)
+    return out_values, out_indices

@@ -25,18 +25,45 @@ import torch
 
 from features.history import Histories
 from models.base import Recommender
-from models.baselines import BASELINES, Baseline
+from models.baselines import BASELINES, Baseline, Repeat, RepeatConfig
 from models.scoring import TwoTowerRecommender
+
+# The sparse signals the stack can weigh: every baseline, and the shopper's own items split by
+# event type, so validation weighs "carted it" apart from "looked at it" and "bought it" (carted
+# items tend to be bought next; bought ones are seldom bought again at once; on purchase-only
+# data the view and cart signals are empty and stay at weight 0).
+SOURCES: dict[str, tuple[type[Baseline], object | None]] = {
+    **{name: (cls, None) for name, cls in BASELINES.items()},
+    "repeat-view": (Repeat, RepeatConfig(event_weights=(1.0, 0.0, 0.0))),
+    "repeat-cart": (Repeat, RepeatConfig(event_weights=(0.0, 1.0, 0.0))),
+    "repeat-purchase": (Repeat, RepeatConfig(event_weights=(0.0, 0.0, 1.0))),
+}
+
+
+def fit_source(name: str, prepared, fold: str) -> Baseline:
+    """Source ``name`` fitted on the events a shopper may use as input for ``fold``."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown ranking-stack source {name!r}; choose from "
+                         f"{', '.join(SOURCES)}")
+    cls, config = SOURCES[name]
+    return cls.from_prepared(prepared, fold=fold, config=config)
 
 
 @dataclass(frozen=True)
 class BlendConfig:
-    sources: tuple[str, ...] = ("repeat", "item-knn", "seq-item-knn")
+    sources: tuple[str, ...] = ("repeat-view", "repeat-cart", "repeat-purchase", "item-knn",
+                                "seq-item-knn")
     grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
     rounds: int = 2               # coordinate-ascent passes over the sources
     max_users: int = 2000         # validation shoppers the weights are chosen on
     max_cells: int = 300_000_000  # users x items x components held in memory while choosing
     k: int = 10                   # the weights maximize NDCG@k
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.sources if name not in SOURCES]
+        if unknown:
+            raise ValueError(f"unknown ranking-stack source(s) {', '.join(unknown)}; choose "
+                             f"from {', '.join(SOURCES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,7 +201,7 @@ def load_sources(folder: Path, item_vocab) -> dict[str, Baseline]:
     meta = json.loads((folder / "sources.json").read_text())
     sources = {}
     for name, entry in meta.items():
-        cls = BASELINES[name]
+        cls = SOURCES[name][0]
         config = cls.config_type(**{k: tuple(v) if isinstance(v, list) else v
                                     for k, v in entry["config"].items()})
         source = cls(item_vocab, np.load(folder / f"{name}.popularity.npy"), config)

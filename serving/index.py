@@ -54,7 +54,7 @@ class IndexConfig:
     seed: int = 0
     threads: int | None = None      # faiss.omp_set_num_threads; None leaves FAISS's default
     # Search settings tried in this order (cheapest first) until the recall gate passes.
-    nprobe: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    nprobe: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
     ef_search: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
 
     def __post_init__(self) -> None:

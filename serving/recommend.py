@@ -48,6 +48,8 @@ MAX_K = 1000
 MAX_SESSION_EVENTS = 1000   # only the last history_len count; the bound keeps requests cheap
 MAX_EXCLUDE = 10_000
 PURCHASE = EVENT_TYPES.index("purchase")
+EVENT_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
+NAT_MS = np.iinfo(np.int64).min   # NaT as int64
 
 # --- request and response models (the OpenAPI page shows their examples) ---------------------
 
@@ -186,9 +188,18 @@ class Engine:
         self.shoppers = len(bundle.history_rows)   # builds the row lookup before any request
         known = bundle.item_vocab.lookup(bundle.histories["item_id"]) >= 0
         self.known_users = frozenset(bundle.histories["user_id"][known].unique())
+        # Per-request look-ups without pandas: raw item id -> row, and each shopper's stored
+        # events as arrays in history order (None: the histories need the general path).
+        self.item_rows = {item_id: row for row, item_id in enumerate(self.ids)}
+        self.stored = StoredEvents.build(bundle)
+
+    def rows_of(self, item_ids: list[str]) -> np.ndarray:
+        """Rows of ``item_ids`` (-1 unknown): ``item_vocab.lookup`` without pandas."""
+        return np.fromiter((self.item_rows.get(i, -1) for i in item_ids), dtype=np.int64,
+                           count=len(item_ids))
 
     def item_row(self, item_id: str, field: str = "item_id") -> int:
-        row = self.bundle.item_vocab.row(item_id)
+        row = self.item_rows.get(item_id, -1)   # item_vocab.row without pandas
         if row < 0:
             raise not_found(field, item_id, "item")
         return row
@@ -211,6 +222,85 @@ class Engine:
                            title=_at(self.titles, r), category_id=_at(self.categories, r),
                            source=sources[i] if sources else None)
                 for i, (r, s) in enumerate(zip(rows, scores, strict=True))]
+
+
+@dataclass(frozen=True, eq=False)
+class StoredEvents:
+    """The bundle's stored histories as arrays, each shopper's events in the order
+    ``Bundle.user_histories`` sorts them (time, NaT first, then stored order), so one shopper's
+    history (plus session events) is built with a few numpy calls instead of pandas frames."""
+
+    spans: dict[str, tuple[int, int]]   # shopper -> [start, end) in the arrays
+    item_idx: np.ndarray    # int64 item rows, -1 for items the model does not know
+    event_code: np.ndarray  # int8 index into EVENT_TYPES
+    ts_ms: np.ndarray       # int64 epoch milliseconds (UTC); NaT as NAT_MS
+
+    @classmethod
+    def build(cls, bundle: Bundle) -> StoredEvents | None:
+        """None when the stored events are not in the canonical dtypes the fast path copies
+        (then ``recommend`` takes the general path, ``Bundle.user_histories``)."""
+        h = bundle.histories
+        if "seq" in h or str(h["timestamp"].dtype) != TIMESTAMP_DTYPE or \
+                not isinstance(h["event"].dtype, pd.CategoricalDtype) or \
+                tuple(h["event"].cat.categories) != EVENT_TYPES:
+            return None
+        ts = h["timestamp"].dt.tz_localize(None).to_numpy(dtype="datetime64[ms]").view(np.int64)
+        # user_histories' order: per shopper by time (NaT first: NAT_MS is the smallest int64),
+        # ties in stored order.
+        order = np.lexsort((np.arange(len(h)), ts, pd.factorize(h["user_id"])[0]))
+        users = h["user_id"].to_numpy(dtype=object)[order]
+        change = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else \
+            np.array([], dtype=np.int64)
+        bounds = np.r_[change, len(users)]
+        spans = {users[a]: (int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:],
+                                                             strict=True)}
+        return cls(spans, bundle.item_vocab.lookup(h["item_id"])[order],
+                   h["event"].cat.codes.to_numpy(dtype=np.int8)[order], ts[order])
+
+
+def session_histories(engine: Engine, user: str, events: list[SessionEvent]
+                      ) -> tuple[Histories, np.ndarray] | None:
+    """``user``'s history with the session ``events`` on top, exactly as ``session_frame`` +
+    ``Bundle.user_histories`` build it, and the session items' rows; None when this fast path
+    does not apply (an event with its own timestamp, or non-canonical stored events)."""
+    stored, now = engine.stored, engine.now
+    if stored is None or any(e.timestamp is not None for e in events) or \
+            (now is not None and now.value % 1_000_000):   # times here are whole milliseconds
+        return None
+    start, end = stored.spans.get(user, (0, 0))
+    n = len(events)
+    session_items = engine.rows_of([e.item_id for e in events])
+    items = np.concatenate([stored.item_idx[start:end], session_items])
+    codes = np.concatenate([stored.event_code[start:end],
+                            np.fromiter((EVENT_CODES[e.event] for e in events), dtype=np.int8,
+                                        count=n)])
+    # Events without a timestamp follow "now" 1 ms apart (NaT when the data has no time), and
+    # the ages are then measured from 1 ms after the last of them.
+    if now is None:
+        session_ts = np.full(n, NAT_MS, dtype=np.int64)
+    else:
+        session_ts = now.value // 1_000_000 + np.arange(n, dtype=np.int64)
+        now += pd.Timedelta(milliseconds=n)
+    ts = np.concatenate([stored.ts_ms[start:end], session_ts])
+    if n:  # merge: by time, NaT first (NAT_MS is the smallest int64), ties in list order
+        order = np.argsort(ts, kind="stable")
+        items, codes, ts = items[order], codes[order], ts[order]
+    has_time = bool((ts != NAT_MS).any())
+    known = items >= 0
+    keep_len = engine.bundle.model.cfg.history_len
+    items, codes, ts = items[known][-keep_len:], codes[known][-keep_len:], ts[known][-keep_len:]
+    length = len(items)
+    if has_time:   # (now - timestamp) / 1 day, as pandas computes it; NaT -> NaN
+        missing = ts == NAT_MS
+        ref = now.value // 1_000_000
+        age = ((ref - np.where(missing, ref, ts)) / 86_400_000.0).astype(np.float32)
+        age[missing] = np.nan
+    else:
+        age = np.full(length, np.nan, dtype=np.float32)
+    hist = Histories(np.array([user], dtype=object), np.array([0, length], dtype=np.int64),
+                     items.astype(np.int64), codes.astype(np.int8), age,
+                     np.arange(length - 1, -1, -1, dtype=np.int32))
+    return hist, session_items
 
 
 def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG) -> Engine:
@@ -307,18 +397,23 @@ def recommend(engine: Engine, request: RecommendRequest) -> Recommendations:
     allowed = engine.available
     if request.category is not None:
         allowed = allowed & engine.category_mask(request.category)
-    session = session_frame(user, request.recent_events, engine.now)
-    now = engine.now
-    if session["timestamp"].notna().any():
-        latest = session["timestamp"].max() + pd.Timedelta(milliseconds=1)
-        now = latest if now is None else max(now, latest)
-    histories = bundle.user_histories([user], extra_events=session, now=now)
-    exclude = bundle.item_vocab.lookup(request.exclude_items)
+    fast = session_histories(engine, user, request.recent_events)
+    if fast is not None:
+        histories, session_items = fast
+    else:
+        session = session_frame(user, request.recent_events, engine.now)
+        now = engine.now
+        if session["timestamp"].notna().any():
+            latest = session["timestamp"].max() + pd.Timedelta(milliseconds=1)
+            now = latest if now is None else max(now, latest)
+        histories = bundle.user_histories([user], extra_events=session, now=now)
+        session_items = bundle.item_vocab.lookup(session["item_id"])
+    exclude = engine.rows_of(request.exclude_items)
     if request.exclude_purchased:
         exclude = np.concatenate([exclude, histories.item_idx[histories.event_code == PURCHASE]])
     ranked = rank(engine, histories, request.k, [exclude[exclude >= 0]], allowed)
     stored = user in engine.known_users
-    in_session = bool((bundle.item_vocab.lookup(session["item_id"]) >= 0).any())
+    in_session = bool((session_items >= 0).any())
     if ranked.personal[0]:
         source = "+".join(name for name, used in (("history", stored), ("session", in_session))
                           if used)

@@ -3,11 +3,14 @@
     TAILOR_MODEL=champion bentoml serve serving.service:Tailor --port 3000
 
 The model (``$TAILOR_MODEL``: an alias such as ``champion``, a version, a run id or a bundle
-folder) is loaded once when the worker starts. APIs follow BentoML's JSON POST convention: the
-body's fields are the request model's fields. Bad input gets a 4xx JSON body whose ``detail``
+folder) is loaded once by each worker, when it starts. APIs follow BentoML's JSON POST convention:
+the body's fields are the request model's fields. Bad input gets a 4xx JSON body whose ``detail``
 names the field: BentoML answers malformed JSON and invalid fields (400) from the pydantic
 models; unknown items or categories are answered here (404). No request changes what the
 service holds. BentoML adds ``/healthz``, ``/readyz``, ``/metrics`` and the OpenAPI page at ``/``.
+
+One worker process per core (at most four), each with single-threaded torch and FAISS; ``python -m
+benchmarks.serve`` measures requests/s and latency under load.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 import bentoml
+import faiss
+import torch
 from starlette.responses import JSONResponse
 
 from serving.recommend import (
@@ -36,6 +41,17 @@ from serving.recommend import (
 
 MODEL_ENV = "TAILOR_MODEL"
 DEFAULT_MODEL = "champion"
+# Serving on few, shared cores (measured by benchmarks/serve.py on 2 cores):
+# - one request is a few small tensor ops (one history, one catalog-wide product): split over
+#   intra-op threads it only adds hand-offs, each waiting for a busy core (a request took ~6x
+#   longer with torch's default of a thread per core), so torch runs one thread per worker, and
+#   so does FAISS (an exact search of one query over 18k items took 16 ms on every core of a
+#   busy machine, 0.25 ms on one: benchmarks/index.py);
+# - parallelism comes from worker processes instead, one per core (at most MAX_WORKERS: each
+#   holds a copy of the model), so two requests are scored at once on two cores.
+THREADS = 1
+MAX_WORKERS = 4
+WORKERS = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
 def _answer(handler: Callable[[Engine, Any], Any], engine: Engine, request: Any) -> Any:
@@ -45,23 +61,28 @@ def _answer(handler: Callable[[Engine, Any], Any], engine: Engine, request: Any)
         return JSONResponse(err.body(), status_code=err.status)
 
 
-@bentoml.service(name="tailor", traffic={"timeout": 30})
+# The APIs are coroutines although they compute: BentoML runs a plain function in a thread pool
+# (of one thread by default), and that hand-off per request (queue, wake the event loop) cost
+# about as much CPU as an /also_bought answer. A worker still answers one request at a time.
+@bentoml.service(name="tailor", traffic={"timeout": 30}, workers=WORKERS)
 class Tailor:
     def __init__(self) -> None:
+        torch.set_num_threads(THREADS)
+        faiss.omp_set_num_threads(THREADS)
         self.engine = load_engine(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **fields: Any) -> Recommendations:
+    async def recommend(self, **fields: Any) -> Recommendations:
         """Recommended for you: from the shopper's history and session, else popular items."""
         return _answer(recommend, self.engine, RecommendRequest(**fields))
 
     @bentoml.api(route="/also_bought", input_spec=ItemRequest)
-    def also_bought(self, **fields: Any) -> ItemNeighbours:
+    async def also_bought(self, **fields: Any) -> ItemNeighbours:
         """People who bought this also bought: bought-together first, then embedding neighbours."""
         return _answer(also_bought, self.engine, ItemRequest(**fields))
 
     @bentoml.api(route="/similar_items", input_spec=ItemRequest)
-    def similar_items(self, **fields: Any) -> ItemNeighbours:
+    async def similar_items(self, **fields: Any) -> ItemNeighbours:
         """Items closest to this one in the item-embedding space."""
         return _answer(similar_items, self.engine, ItemRequest(**fields))
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 
 from features.pipeline import Prepared
-from models.baselines import BASELINES, Baseline
-from models.blend import BlendConfig, BlendWeights, choose_weights
+from models.baselines import Baseline
+from models.blend import BlendConfig, BlendWeights, choose_weights, fit_source
 from models.scoring import TwoTowerRecommender, compute_item_vectors
 from models.two_tower import TwoTower
 from training.evaluate import build_task
@@ -24,13 +24,12 @@ def tune_blend(model: TwoTower, prepared: Prepared, valid_features: pd.DataFrame
     if len(task) == 0 or not cfg.sources:
         return BlendWeights({name: 0.0 for name in cfg.sources})
     towers = TwoTowerRecommender(model, compute_item_vectors(model, valid_features))
-    sources = {name: BASELINES[name].from_prepared(prepared, fold="valid") for name in cfg.sources}
+    sources = {name: fit_source(name, prepared, "valid") for name in cfg.sources}
     return choose_weights(towers, sources, task.histories, task.targets, task.exclude, cfg)
 
 
 def sources_for_test(prepared: Prepared, cfg: BlendConfig,
-                 fitted: dict[str, Baseline] | None = None) -> dict[str, Baseline]:
+                     fitted: dict[str, Baseline] | None = None) -> dict[str, Baseline]:
     """The sources fitted for the test fold (reusing baselines already fitted there)."""
     fitted = fitted or {}
-    return {name: fitted.get(name) or BASELINES[name].from_prepared(prepared, fold="test")
-            for name in cfg.sources}
+    return {name: fitted.get(name) or fit_source(name, prepared, "test") for name in cfg.sources}

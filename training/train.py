@@ -86,7 +86,9 @@ TRAIN_HELP = {
 }
 BLEND_HELP = {
     "sources": "sparse signals scored together with the towers (weights chosen on validation; "
-               "0 switches one off): repeat, item-knn, seq-item-knn",
+               "0 switches one off): repeat-view, repeat-cart, repeat-purchase (the shopper's "
+               "own items by event type), repeat (all types), item-knn, seq-item-knn, "
+               "most-popular",
     "grid": "candidate weights tried for each source",
     "rounds": "coordinate-ascent passes over the sources",
     "max_users": "validation shoppers the weights are chosen on",

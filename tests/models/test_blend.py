@@ -108,3 +108,29 @@ def test_sources_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(loaded.score(hist), knn.score(hist))
     assert BlendWeights(**BlendWeights({"item-knn": 2.0}, {"item-knn": 1.5}).to_dict()).active \
         == {"item-knn": 2.0}
+
+
+def test_repeat_sources_split_by_event_type(tmp_path: Path) -> None:
+    from models.blend import SOURCES, fit_source
+    from tests.models.recommender_contract import pairs_prepared, query
+
+    prepared = pairs_prepared()
+    hist = query(prepared, (("a1", "view"), ("b2", "addtocart"), ("a3", "view")))
+    row = {item: prepared.item_vocab.row(item) for item in ("a1", "b2", "a3", "b4")}
+    own = {}
+    for name in ("repeat-view", "repeat-cart", "repeat-purchase"):
+        scores = fit_source(name, prepared, "test").score(hist)[0]
+        own[name] = {item for item, r in row.items() if scores[r] > 1e-6}  # above the fill
+    assert own == {"repeat-view": {"a1", "a3"}, "repeat-cart": {"b2"}, "repeat-purchase": set()}
+    # Each one round-trips through the bundle with its own settings.
+    sources = {name: fit_source(name, prepared, "test") for name in ("repeat-cart", "item-knn")}
+    save_sources(sources, tmp_path / "sources")
+    loaded = load_sources(tmp_path / "sources", prepared.item_vocab)
+    assert loaded["repeat-cart"].config == SOURCES["repeat-cart"][1]
+    np.testing.assert_array_equal(loaded["repeat-cart"].score(hist),
+                                  sources["repeat-cart"].score(hist))
+
+
+def test_unknown_source_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown ranking-stack source.*repeat-cart"):
+        BlendConfig(sources=("repeat", "reapet"))

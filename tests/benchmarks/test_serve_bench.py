@@ -1,0 +1,292 @@
+"""benchmarks.serve: a real server under a real load, the same calls in-process, published; and
+the serving fast path it measures answers exactly like the general one."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import re
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+import benchmarks.common as common
+import benchmarks.serve as bench
+from serving.recommend import (
+    Engine,
+    RecommendRequest,
+    load_engine,
+    recommend,
+    session_frame,
+    session_histories,
+)
+
+# --- fast: the pieces without a server -------------------------------------------------------
+
+
+def test_concurrency_levels_take_commas_or_spaces() -> None:
+    assert bench.parse_levels(["1,8", "32", "8"]) == (1, 8, 32)
+    with pytest.raises(ValueError, match="integers"):
+        bench.parse_levels(["1,x"])
+
+
+def test_bad_settings_are_refused_before_any_work() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        bench.main(["--concurrency", "0", "--model", "/nonexistent", "--no-mlflow"])
+    with pytest.raises(ValueError, match="mix"):
+        bench.main(["--mix", "1", "2", "--model", "/nonexistent", "--no-mlflow"])
+
+
+def _row(name: str, c: int | None, rps: float, p99: float, errors: int = 0,
+         rate: float | None = None, dropped: int = 0) -> dict:
+    return {"name": name, "route": f"/{name}", "concurrency": c, "rate": rate, "rps": rps,
+            "p99_ms": p99, "errors": errors, "dropped": dropped}
+
+
+def test_target_verdict_comes_from_the_numbers() -> None:
+    met, line, best = bench.target_verdict([
+        _row("recommend", 1, 120, 9), _row("recommend", 8, 410, 21),
+        _row("recommend", 32, 450, 80), _row("also_bought", 8, 900, 12)])
+    assert met and "**met**" in line and best["recommend"]["load"]["concurrency"] == 8
+    assert "/recommend met at 8 clients (410 req/s answered, p99 21.0 ms)" in line
+    met, line, best = bench.target_verdict([
+        _row("recommend", 8, 250, 20), _row("recommend", 32, 280, 60),
+        _row("recommend", None, 260, 90, rate=300, dropped=120),
+        _row("also_bought", 8, 900, 12, errors=3)])
+    assert not met and "**missed**" in line
+    assert ("/recommend missed: at 300/s open loop: 260 req/s answered, p99 90.0 ms, 120 "
+            "dropped; closed-loop peak 280 req/s (32 clients, p99 60.0 ms); at most 250 req/s "
+            "with p99 < 25 ms (8 clients)") in line
+    assert "/also_bought missed" in line   # errors disqualify a run
+    assert best["recommend"] == {"met": False, "load": {"concurrency": None, "rate": 300}}
+    # Open loop: the offered rate counts (the answered one trails it by the last latencies).
+    met, line, _ = bench.target_verdict([_row("recommend", None, 298.7, 14, rate=300)])
+    assert met and "/recommend met at 300/s open loop (299 req/s answered, p99 14.0 ms)" in line
+    assert not bench.target_verdict([_row("recommend", None, 298, 14, rate=300, dropped=1)])[0]
+
+
+def test_profile_summary_shares() -> None:
+    raw = ("run (threading.py:1);handle (serving/recommend.py:10);score (models/blend.py:5) 6\n"
+           "run (threading.py:1);handle (serving/recommend.py:10) 2\n"
+           "main (a/svc.py:1);dumps (/x/site-packages/json/enc.py:3) 2\n"
+           "main (a/svc.py:1);EpollSelector.select (selectors.py:4) 5\n"
+           "run (threading.py:1);Condition.wait (threading.py:9) 5\n")
+    out = bench.summarize_profile(raw)
+    assert out["samples"] == 20 and out["busy"] == 10   # waits are idle, not in the shares
+    assert out["project_share"] == 0.8
+    own = {r["function"]: r["share"] for r in out["self"]}
+    mine = {r["function"]: r["share"] for r in out["project"]}
+    assert own == {"score (models/blend.py)": 0.6, "handle (serving/recommend.py)": 0.2,
+                   "dumps (json/enc.py)": 0.2}
+    assert mine == {"handle (serving/recommend.py)": 0.8, "score (models/blend.py)": 0.6}
+    assert bench.summarize_profile("")["samples"] == 0
+
+
+# --- slow: a tiny trained bundle -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
+    md = tmp_path / "BENCHMARKS.md"
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(common, "BENCH_MD", md)
+    # update_markdown's path default was bound to the real BENCHMARKS.md at import time.
+    monkeypatch.setattr(common, "update_markdown",
+                        functools.partial(common.update_markdown, path=md))
+    published: dict = {}
+    real = common.publish
+
+    def spy(*args, **kwargs):
+        published.update(kwargs, out=real(*args, **kwargs))
+        return published["out"]
+
+    monkeypatch.setattr(common, "publish", spy)
+    return md, published
+
+
+@pytest.mark.slow
+def test_serve_benchmark_end_to_end(tiny_bundle: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    md, published = _outputs(tmp_path, monkeypatch)
+    port = _free_port()
+    code = bench.main(["--model", str(tiny_bundle), "--concurrency", "1,4", "--seconds", "1",
+                       "--warmup-s", "0.2", "--inprocess-requests", "50", "--distinct", "200",
+                       "--rate", "50", "--rate-clients", "4", "--port", str(port),
+                       "--no-profile", "--no-mlflow"])
+    assert code == 0
+    assert published["out"] == tmp_path / "results" / "serve.json"   # never the real file
+    results = json.loads(published["out"].read_text())["results"]
+
+    rows = {(r["name"], r["rate"] and f"rate{r['rate']:g}" or r["concurrency"]): r
+            for r in results["http"]}
+    assert set(rows) == {(e, c) for e in ("recommend", "also_bought") for c in (1, 4, "rate50")}
+    for r in rows.values():
+        assert r["requests"] > 0 and r["rps"] > 0 and r["errors"] == 0, r
+        assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"], r
+        assert r["server_cpu_ms"] > 0 and r["client_cpu_ms"] > 0 and r["other_cores"] >= 0
+    assert rows["recommend", "rate50"]["dropped"] == 0
+    assert 40 <= rows["recommend", "rate50"]["requests"] <= 51   # 1 s at 50/s
+    # The /recommend mix reached the server: every kind of shopper was answered.
+    assert set(rows["recommend", 4]["by_kind"]) == {"returning", "session", "unknown"}
+    for name in ("recommend", "also_bought"):
+        local = results["in_process"][name]
+        assert local["requests"] == 50 and local["rps"] > 0 and local["cpu_ms"] > 0
+        assert local["p50_ms"] <= local["p95_ms"] <= local["p99_ms"]
+
+    # The section, between its markers; the verdict follows from the numbers.
+    text = md.read_text()
+    section = re.search(r"<!-- bench:serve -->\n(.*?)<!-- /bench:serve -->", text, re.S)
+    assert section, text
+    body = section.group(1)
+    for route in ("/recommend", "/also_bought"):
+        for load in ("1 client", "4 clients", "50/s open loop"):
+            assert re.search(rf"\| {route} \| {load} \| [\d,]+ \|", body), (route, load)
+        assert f"| {route} in-process | 1 caller | 50 |" in body
+    word = "met" if results["target_met"] else "missed"
+    assert (f"Target (>= 300 req/s with p99 < 25 ms on a Sports-sized catalog): **{word}**"
+            in body)
+    assert "Serving overhead" in body and results["profile"] is None
+    cpu = results["cpu"]["recommend"]   # from the open-loop run
+    assert cpu["ms"] == pytest.approx(rows["recommend", "rate50"]["server_cpu_ms"]
+                                      + rows["recommend", "rate50"]["client_cpu_ms"])
+    assert f"- /recommend: {cpu['server_ms']:.2f} + {cpu['client_ms']:.2f} = " in body
+
+    metrics = published["metrics"]
+    assert metrics["serve.recommend.c4.rps"] == rows["recommend", 4]["rps"]
+    assert {"serve.also_bought.c1.p99_ms", "serve.inprocess.recommend.p50_ms",
+            "serve.recommend.rate50.p99_ms", "serve.recommend.overhead_p50",
+            "serve.also_bought.cpu_ms_per_request"} <= set(metrics)
+    assert all(re.fullmatch(r"serve\.[\w.]+", name) for name in metrics)
+
+    # The server and its workers are gone, the port free again.
+    pids = [results["server"]["server"], *results["server"]["workers"]]
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_load_leaves_no_server_behind(tiny_bundle: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _outputs(tmp_path, monkeypatch)
+    seen: dict = {}
+    real_served = bench.served
+
+    @contextlib.contextmanager
+    def watched(*args, **kwargs):
+        with real_served(*args, **kwargs) as server:
+            seen["pids"] = [server.proc.pid, *server.processes()]
+            seen["port"] = int(server.url.rsplit(":", 1)[1])
+            yield server
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "served", watched)
+    monkeypatch.setattr(bench, "load_level", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--model", str(tiny_bundle), "--concurrency", "1", "--seconds", "0.5",
+                    "--inprocess-requests", "5", "--distinct", "20", "--no-mlflow"])
+    assert len(seen["pids"]) >= 2   # the arbiter and at least one worker
+    for pid in seen["pids"]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", seen["port"]))
+    assert not (tmp_path / "results" / "serve.json").exists()
+
+
+@pytest.mark.slow
+def test_a_missed_target_is_profiled(tiny_bundle: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    if bench.py_spy() is None:
+        pytest.skip("py-spy not installed")
+    md, published = _outputs(tmp_path, monkeypatch)
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(bench, "TARGET_RPS", 1e9)   # no machine meets this
+    assert bench.main(["--model", str(tiny_bundle), "--concurrency", "2", "--seconds", "0.5",
+                       "--warmup-s", "0", "--inprocess-requests", "5", "--distinct", "50",
+                       "--rate", "0", "--profile-s", "1", "--no-mlflow"]) == 0
+    results = json.loads(published["out"].read_text())["results"]
+    prof = results["profile"]
+    assert not results["target_met"]
+    if prof["status"] != "ok":   # e.g. no ptrace permission in this container
+        assert "py-spy" in prof["status"]
+        return
+    assert prof["busy"] > 0 and prof["self"] and prof["project"]
+    assert (tmp_path / "results" / "serve-profile.txt").is_file()
+    assert any("recommend" in r["function"] for r in prof["project"])
+    assert "Profile (py-spy" in md.read_text()
+
+
+def _reference(engine: Engine, request: RecommendRequest):
+    """The general path: session_frame + Bundle.user_histories."""
+    session = session_frame(request.user_id, request.recent_events, engine.now)
+    now = engine.now
+    if session["timestamp"].notna().any():
+        latest = session["timestamp"].max() + pd.Timedelta(milliseconds=1)
+        now = latest if now is None else max(now, latest)
+    hist = engine.bundle.user_histories([request.user_id], extra_events=session, now=now)
+    return hist, engine.bundle.item_vocab.lookup(session["item_id"])
+
+
+def _requests(engine: Engine) -> list[RecommendRequest]:
+    cfg = bench.ServeBenchConfig(distinct=150, seed=3)
+    bodies = [json.loads(b) for b in bench.build_requests(engine, cfg)["recommend"].bodies]
+    rng = np.random.default_rng(0)
+    ids = engine.ids
+    for i, body in enumerate(bodies):
+        events = body.setdefault("recent_events", [])
+        if i % 3 == 0:
+            events.append({"item_id": str(ids[rng.integers(len(ids))]), "event": "purchase"})
+        if i % 4 == 0:
+            events.append({"item_id": "no-such-item", "event": "view"})
+        if i % 5 == 0:
+            body["exclude_items"] = [str(ids[rng.integers(len(ids))]), "no-such-item"]
+        if i % 9 == 0:   # longer than the history: only the last L count
+            events.extend([{"item_id": str(ids[1]), "event": "view"}] * 55)
+    return [RecommendRequest(**body) for body in bodies]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("timed", [True, False], ids=["with-time", "without-time"])
+def test_fast_histories_are_the_general_paths(tiny_bundle: Path, timed: bool) -> None:
+    """``session_histories`` (numpy) builds exactly what ``session_frame`` +
+    ``Bundle.user_histories`` (pandas) build, with and without timestamps in the data."""
+    engine = load_engine(str(tiny_bundle))
+    if not timed:   # data without time (e.g. the Amazon files): every timestamp NaT
+        h = engine.bundle.histories
+        bundle = replace(engine.bundle, histories=h.assign(timestamp=pd.Series(
+            pd.NaT, index=h.index, dtype=h["timestamp"].dtype)))
+        engine = Engine(bundle, engine.index, version=engine.version)
+        assert engine.now is None
+    assert engine.stored is not None
+    checked = 0
+    for request in _requests(engine):
+        fast = session_histories(engine, request.user_id, request.recent_events)
+        assert fast is not None
+        hist, session_items = fast
+        ref, ref_items = _reference(engine, request)
+        for field in ("user_ids", "offsets", "item_idx", "event_code", "age_days", "steps_back"):
+            a, b = getattr(hist, field), getattr(ref, field)
+            assert a.dtype == b.dtype, field
+            np.testing.assert_array_equal(a, b, err_msg=field)
+        np.testing.assert_array_equal(session_items, ref_items)
+        checked += len(hist.item_idx) > 0
+    assert checked > 100
+    # Events with their own timestamps take the general path.
+    stamped = RecommendRequest(user_id="x", recent_events=[
+        {"item_id": str(engine.ids[0]), "event": "view", "timestamp": "2030-01-01T00:00:00Z"}])
+    assert session_histories(engine, stamped.user_id, stamped.recent_events) is None
+    assert recommend(engine, stamped).strategy.startswith("session")
