@@ -1,29 +1,10 @@
-"""A tiny trained bundle for the benchmark tests (a few seconds of training, no MLflow)."""
+"""Benchmark tests never write the project's own results (the tiny bundle: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
-
-import training.train as train
-
-TINY = ["--data", "synthetic", "--epochs", "1", "--dim", "16", "--encoder", "pooling",
-        "--batch-tokens", "8192", "--valid-users", "300", "--stack-users", "500",
-        "--no-progress", "--no-mlflow"]
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("bench")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TAILOR_CACHE", str(root / "cache"))
-        mp.delenv("RANK", raising=False)
-        with contextlib.redirect_stdout(io.StringIO()):
-            assert train.main([*TINY, "--out", str(root / "bundle")]) == 0
-    return root / "bundle"
 
 
 @pytest.fixture(autouse=True)

@@ -1,21 +1,18 @@
-"""One tiny real training run shared by the serving tests (a few seconds of training).
+"""The serving tests' fixtures, around the session's tiny real bundle (``tests/conftest.py``:
+the embedded shop, a small pooling model, saved with its FAISS index, no MLflow).
 
-The bundle is trained on the embedded shop with a small pooling model and saved with its FAISS
-index (``--out``); nothing is logged to MLflow. ``towers_engine`` is the same bundle ranked by
-the towers alone with the interest term off: the configuration served from the index.
+``towers_engine`` is the same bundle ranked by the towers alone with the interest term off: the
+configuration served from the index.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-import training.train as train
 from features.readers import read_events
 from features.schema import EventData
 from features.spec import parse_spec
@@ -24,20 +21,11 @@ from models.bundle import Bundle
 from serving.bundle_index import load_index
 from serving.recommend import Engine, load_engine
 
-TINY = ["--data", "synthetic", "--epochs", "1", "--dim", "16", "--encoder", "pooling",
-        "--batch-tokens", "8192", "--valid-users", "300", "--stack-users", "500",
-        "--no-progress", "--no-mlflow"]
-
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serving")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TAILOR_CACHE", str(root / "cache"))
-        mp.delenv("RANK", raising=False)
-        with contextlib.redirect_stdout(io.StringIO()):
-            assert train.main([*TINY, "--out", str(root / "bundle")]) == 0
-    return root / "bundle"
+def bundle_dir(tiny_bundle: Path) -> Path:
+    """The session's tiny bundle (tests/conftest.py), read-only for the serving tests."""
+    return tiny_bundle
 
 
 @pytest.fixture(scope="session")

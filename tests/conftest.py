@@ -1,0 +1,28 @@
+"""Fixtures shared across the test packages."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+
+import training.train as train
+
+# A tiny real training run: the embedded shop, a small pooling model, one epoch, no MLflow.
+TINY = ["--data", "synthetic", "--epochs", "1", "--dim", "16", "--encoder", "pooling",
+        "--batch-tokens", "8192", "--valid-users", "300", "--stack-users", "500",
+        "--no-progress", "--no-mlflow"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle (with its FAISS index) trained once per test session (a few seconds)."""
+    root = tmp_path_factory.mktemp("tiny")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TAILOR_CACHE", str(root / "cache"))
+        mp.delenv("RANK", raising=False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert train.main([*TINY, "--out", str(root / "bundle")]) == 0
+    return root / "bundle"
