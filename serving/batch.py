@@ -1,11 +1,13 @@
 """`make recommend-batch`: top-k recommendations for every shopper of a data set, as CSV.
 
     python -m serving.batch --data SPEC --model champion --k 50 --out recs.csv \\
-        [--users FILE] [--exclude-seen]
+        [--users FILE] [--exclude-seen | --no-exclude-purchased]
 
 Each shopper's input is their full history in DATA (the last L events, like training); ranking
 is ``serving.recommend.rank``, the code path of ``/recommend``: the bundle's recommender for
 shoppers with a known item, the popular items of the model's recent window for the others.
+As ``/recommend`` does by default, items a shopper bought (anywhere in DATA) do not come back;
+``--exclude-seen`` leaves out everything they interacted with.
 Shoppers are scored in chunks (one user-tower forward and one scoring call per chunk). Output:
 ``user_id,item_id,rank,score``, rank from 1, best first; written to a temporary file and moved
 into place, so a failed run leaves an existing OUT as it was.
@@ -41,7 +43,8 @@ COLUMNS = ("user_id", "item_id", "rank", "score")
 @dataclass(frozen=True)
 class BatchConfig:
     k: int = 50
-    exclude_seen: bool = False
+    exclude_purchased: bool = True   # as /recommend: what a shopper bought does not come back
+    exclude_seen: bool = False       # nothing they interacted with comes back
     chunk_users: int = 0    # 0: as many as keep users x items under CELLS_PER_CHUNK
     workers: int = 0        # chunks ranked at once; 0: one per CPU core, at most MAX_WORKERS
 
@@ -53,7 +56,10 @@ class BatchConfig:
 
 
 HELP = {"k": "recommendations per shopper",
-        "exclude_seen": "leave out items the shopper already interacted with in DATA",
+        "exclude_purchased": "leave out items the shopper bought in DATA, as /recommend does "
+                             "by default (--no-exclude-purchased keeps them)",
+        "exclude_seen": "leave out every item the shopper interacted with in DATA (views and "
+                        "carts too)",
         "chunk_users": "shoppers scored per chunk (0: chosen from the catalog size)",
         "workers": f"chunks ranked in parallel threads (0: one per CPU core, "
                    f"at most {MAX_WORKERS})"}
@@ -97,8 +103,10 @@ def batch_recommend(engine: Engine, events: pd.DataFrame, users: np.ndarray | No
     vocab = engine.bundle.item_vocab
     histories = build_histories(events, vocab, max_len=engine.bundle.model.cfg.history_len,
                                 users=users)
-    seen = _seen_items(events, users, vocab.lookup(events["item_id"])) if cfg.exclude_seen \
-        else None
+    seen = None
+    if cfg.exclude_seen or cfg.exclude_purchased:
+        mine = events if cfg.exclude_seen else events[events["event"] == "purchase"]
+        seen = _seen_items(mine, users, vocab.lookup(mine["item_id"]))
     chunk = cfg.chunk_users or max(64, CELLS_PER_CHUNK // max(len(vocab), 1))
 
     def ranked(start: int):

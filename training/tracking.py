@@ -16,11 +16,14 @@ Names in a run, so runs of one data set compare in a single MLflow table:
   ``figures/learning_curves.png``, ``figures/<fold>_comparison.png``, ``promotion.json``
 
 Promotion rule (``promote``): every new version gets the alias ``candidate``. ``champion``
-moves to it when there is no champion yet, or when the champion was trained on the same data
-(``data.hash``) under the same protocol and the new version scores strictly higher on
-``score_key``. A champion trained on other data or under another protocol is *not comparable*:
-numbers from different test sets say nothing about which model is better, so the champion is
-kept and the decision says so; ``force=True`` (after a human looked) promotes regardless.
+moves to it when there is no champion yet, or when it scores strictly higher on ``score_key``
+than the champion on the same data under the same protocol. When the champion was trained on
+the same data (``data.hash``) under the same protocol, its logged score is that comparison.
+Otherwise (a log that has grown since, another file) the logged scores come from different test
+sets and say nothing about which model is better, so the champion is scored again on the new
+version's own test data (``training/challenge.py``, passed in as ``score_champion``) and the two
+are compared there; without that score the champion is kept and the decision says so.
+``force=True`` (after a human looked) promotes regardless.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import shutil
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -363,11 +367,14 @@ def _data_of(client: MlflowClient, mv: ModelVersion) -> tuple[str | None, str | 
 
 
 def promote(client: MlflowClient, version: ModelVersion | str | int, *, score_key: str,
-            data_hash: str, protocol: str, force: bool = False,
-            name: str = MODEL_NAME) -> dict[str, Any]:
+            data_hash: str, protocol: str, force: bool = False, name: str = MODEL_NAME,
+            score_champion: Callable[[ModelVersion], float] | None = None) -> dict[str, Any]:
     """Mark ``version`` candidate; make it champion by the rule in the module docstring.
 
     ``score_key`` is a run metric, higher is better (e.g. ``valid.two_tower.ndcg_at_10``).
+    ``score_champion``: the champion's value of that metric on this version's own test data
+    (``training/challenge.py``), asked for only when the champion's logged score is not
+    comparable (other data or protocol); None keeps such a champion.
     The decision is logged to the version's run (tags ``promotion.*`` and ``promotion.json``).
     """
     mv = version if isinstance(version, ModelVersion) else \
@@ -381,7 +388,7 @@ def promote(client: MlflowClient, version: ModelVersion | str | int, *, score_ke
         "model": name, "version": int(ver), "run_id": mv.run_id, "score_key": score_key,
         "score": score, "data_hash": data_hash, "protocol": protocol, "force": force,
         "champion_version": None, "champion_score": None, "champion_data_hash": None,
-        "champion_protocol": None, "comparable": None,
+        "champion_protocol": None, "comparable": None, "champion_score_here": None,
     }
     champion = _alias(client, name, CHAMPION)
     if champion is not None:
@@ -390,6 +397,14 @@ def promote(client: MlflowClient, version: ModelVersion | str | int, *, score_ke
                         champion_protocol=c_protocol, champion_score=c_metrics.get(score_key),
                         comparable=(c_hash == data_hash and c_protocol == protocol
                                     and c_metrics.get(score_key) is not None))
+        if not decision["comparable"] and score_champion is not None and \
+                champion.version != mv.version:
+            try:
+                here = float(score_champion(champion))
+            except Exception as exc:  # an old or broken bundle: keep the champion, say why
+                decision["champion_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            else:
+                decision["champion_score_here"] = here if math.isfinite(here) else None
     promoted, reason = _decide(decision, champion is not None and champion.version == mv.version)
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, ver)
@@ -409,8 +424,15 @@ def _decide(d: dict[str, Any], already: bool) -> tuple[bool, str]:
     if d["score"] is None:
         return False, f"run has no metric {d['score_key']}"
     if d["champion_data_hash"] != d["data_hash"] or d["champion_protocol"] != d["protocol"]:
-        return False, (f"champion v{d['champion_version']} was evaluated on other data or "
-                       "protocol: scores are not comparable, champion kept (use force)")
+        here = d.get("champion_score_here")
+        if here is None:
+            return False, (f"champion v{d['champion_version']} was evaluated on other data or "
+                           "protocol: scores are not comparable, champion kept (use force)")
+        if d["score"] > here:
+            return True, (f"{d['score']:.6g} > champion v{d['champion_version']}'s {here:.6g} "
+                          "on this run's test data")
+        return False, (f"{d['score']:.6g} <= champion v{d['champion_version']}'s {here:.6g} "
+                       "on this run's test data")
     if d["champion_score"] is None:
         return False, f"champion has no metric {d['score_key']}: kept (use force)"
     if d["score"] > d["champion_score"]:
@@ -425,7 +447,8 @@ def _log_decision(client: MlflowClient, mv: ModelVersion, decision: dict[str, An
                "promotion.score_key": decision["score_key"],
                "promotion.score": str(decision["score"]),
                "promotion.champion_version": str(decision["champion_version"]),
-               "promotion.champion_score": str(decision["champion_score"])}
+               "promotion.champion_score": str(decision["champion_score"]),
+               "promotion.champion_score_here": str(decision["champion_score_here"])}
     client.set_model_version_tag(mv.name, str(mv.version), "promotion.decision",
                                  summary["promotion.decision"])
     if not mv.run_id:

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 
 from features.cli import add_data_args, run_cli, spec_from_args
 from features.config import (
@@ -41,10 +42,11 @@ from models.bundle import Bundle, build_bundle
 from models.scoring import TwoTowerRecommender, compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 from serving.bundle_index import save_index
+from training.challenge import score_bundle_on
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task, format_table
 from training.fit import FitResult, TrainConfig, fit
 from training.stack import sources_for_test, tune_blend
-from training.tracking import RunLogger, git_state, metric_key, promote
+from training.tracking import RunLogger, git_state, metric_key, promote, resolve_model
 
 MODEL = "two_tower"                # the model's row in the results, as in the metric names
 TOWERS_ONLY = "towers_only"        # the same towers without the stack's sparse signals
@@ -210,6 +212,14 @@ def bundle_info(configs: dict, result: FitResult, table: pd.DataFrame) -> dict:
             "git": {"commit": git["git.commit"], "dirty": git["git.dirty"]}}
 
 
+def champion_scorer(prepared: Prepared) -> Callable[[ModelVersion], float]:
+    """How promotion scores a champion trained on other data: on this run's test fold."""
+    def score(champion: ModelVersion) -> float:
+        bundle = Bundle.load(resolve_model(str(champion.version)))
+        return score_bundle_on(bundle, prepared, MAIN_METRIC)
+    return score
+
+
 def input_example(bundle: Bundle) -> pd.DataFrame:
     """A known shopper and an unseen one: the signature's example and a smoke test."""
     users = set(bundle.histories["user_id"].astype(str))
@@ -301,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 version = log.log_bundle(folder, input_example(bundle))
                 decision = promote(log.client, version, score_key=SCORE_KEY,
                                    data_hash=m["data_hash"], protocol=m["protocol"],
-                                   force=args.force_promote)
+                                   force=args.force_promote,
+                                   score_champion=champion_scorer(prepared))
                 role = "champion" if decision["promoted"] else "candidate"
                 say(f"registry  {version.name} v{version.version}: {role} "
                     f"({decision['reason']})")

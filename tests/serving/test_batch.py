@@ -18,7 +18,8 @@ from serving.recommend import Engine, RecommendRequest, recommend
 def test_batch_ranks_like_the_endpoint(engine: Engine, synthetic_events: EventData) -> None:
     events = synthetic_events.events
     users = np.asarray(sorted(engine.known_users)[:40] + ["never-seen"], dtype=object)
-    frame, summary = batch_recommend(engine, events, users, BatchConfig(k=8))
+    frame, summary = batch_recommend(engine, events, users, BatchConfig(k=8,
+                                                                      exclude_purchased=False))
     assert summary == {"users": 41, "personal": 40, "rows": 41 * 8}
     assert list(frame.columns) == ["user_id", "item_id", "rank", "score"]
     for user in users:
@@ -49,6 +50,22 @@ def test_exclude_seen_leaves_out_every_item_of_the_history(engine: Engine,
     assert not any((u, i) in seen for u, i in zip(fresh["user_id"], fresh["item_id"],
                                                   strict=True))
     assert len(fresh) == 30 * 20
+
+
+def test_purchases_are_left_out_by_default(engine: Engine, synthetic_events: EventData) -> None:
+    events = synthetic_events.events
+    buyers = events.loc[events["event"] == "purchase", "user_id"].value_counts().index[:30]
+    users = buyers.to_numpy(dtype=object)
+    kept, _ = batch_recommend(engine, events, users, BatchConfig(k=30, exclude_purchased=False))
+    default, _ = batch_recommend(engine, events, users, BatchConfig(k=30))
+    bought = events[events["event"] == "purchase"]
+    bought = set(zip(bought["user_id"], bought["item_id"], strict=True))
+    pairs = lambda f: set(zip(f["user_id"], f["item_id"], strict=True))
+    assert pairs(kept) & bought                  # the model would recommend some of them again
+    assert not pairs(default) & bought
+    # Only purchases are left out: viewed items can still come back.
+    viewed = set(zip(events["user_id"], events["item_id"], strict=True)) - bought
+    assert pairs(default) & viewed
 
 
 def test_every_shopper_of_the_data_by_default(engine: Engine, synthetic_events: EventData) -> None:

@@ -281,6 +281,37 @@ def test_promotion(logged: dict[str, Any]) -> None:
     d = promote(client, unscored, score_key=SCORE, data_hash="y", protocol="temporal")
     assert not d["promoted"] and "no metric" in d["reason"]
 
+    # A champion trained on other data is scored again on the newcomer's test data (a grown log,
+    # another file) and the two compared there; the champion scorer is asked nothing otherwise.
+    asked = []
+
+    def scorer(value: float):
+        def score(champion: ModelVersion) -> float:
+            asked.append(int(champion.version))
+            return value
+        return score
+
+    newer = other_version(logged, 0.30, data_hash="z")
+    d = promote(client, newer, score_key=SCORE, data_hash="z", protocol="temporal",
+                score_champion=scorer(0.35))
+    assert not d["promoted"] and d["champion_score_here"] == 0.35 and "this run's test" in \
+        d["reason"] and asked == [int(elsewhere.version)]
+    d = promote(client, newer, score_key=SCORE, data_hash="z", protocol="temporal",
+                score_champion=scorer(0.25))
+    assert d["promoted"] and aliases(client)["champion"] == newer.version
+    same_data = other_version(logged, 0.10, data_hash="z")
+    d = promote(client, same_data, score_key=SCORE, data_hash="z", protocol="temporal",
+                score_champion=scorer(0.0))
+    assert not d["promoted"] and d["comparable"] and len(asked) == 2   # logged scores compared
+
+    def broken(champion: ModelVersion) -> float:
+        raise OSError("bundle gone")
+
+    stranger = other_version(logged, 0.99, data_hash="w")
+    d = promote(client, stranger, score_key=SCORE, data_hash="w", protocol="temporal",
+                score_champion=broken)
+    assert not d["promoted"] and "bundle gone" in d["champion_error"]
+
 
 @pytest.mark.slow
 def test_resolve_model(logged: dict[str, Any], bundle_dir: Path) -> None:

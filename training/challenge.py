@@ -1,0 +1,56 @@
+"""The registry's champion scored on this run's test fold, so promotion compares two models on
+the same data even when the champion was trained on other data.
+
+A shop retrains on a log that has grown since the champion was trained: the data fingerprint
+differs every time, and the champion's own test metrics come from an older test window. Its
+logged score says nothing about how it does now. So the champion's bundle (its own vocabulary,
+towers and ranking stack) ranks this run's test shoppers from their histories, exactly as it
+would when serving them, and its metrics are computed with this run's targets and exclusions.
+Items the champion does not know cannot be recommended by it; shoppers' events on such items
+are not part of its input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.history import Histories, build_histories
+from features.pipeline import Prepared
+from models.base import Recommender
+from models.bundle import Bundle
+from training.evaluate import EvalTask, build_task, evaluate_task
+
+
+class InThisVocabulary(Recommender):
+    """Another vocabulary's recommender, its scores laid out over this data's item rows."""
+
+    def __init__(self, recommender: Recommender, columns: np.ndarray) -> None:
+        self.inner = recommender
+        self.columns = columns     # per item row here: the inner recommender's row, or -1
+        self.name = f"champion ({recommender.name})"
+
+    @property
+    def n_items(self) -> int:
+        return len(self.columns)
+
+    def score(self, histories: Histories) -> np.ndarray:
+        inner = self.inner.score(histories)
+        known = self.columns >= 0
+        scores = np.full((len(histories), self.n_items), -np.inf, dtype=np.float32)
+        scores[:, known] = inner[:, self.columns[known]]
+        return scores
+
+
+def score_bundle_on(bundle: Bundle, prepared: Prepared, metric: str, fold: str = "test"
+                    ) -> float:
+    """``metric`` (e.g. ``ndcg@10``) of ``bundle`` on ``prepared``'s ``fold``."""
+    task = build_task(prepared, fold)
+    if len(task) == 0:
+        return float("nan")
+    cut = {"valid": prepared.split.valid_start, "test": prepared.split.test_start}[fold]
+    histories = build_histories(prepared.split.history_for(fold), bundle.item_vocab,
+                                max_len=bundle.model.cfg.history_len, cut=cut, users=task.users)
+    columns = bundle.item_vocab.lookup(prepared.item_vocab.ids)
+    theirs = EvalTask(task.protocol, task.users, histories, task.targets, task.exclude)
+    k = int(metric.split("@")[1])
+    return evaluate_task(InThisVocabulary(bundle.recommender, columns), theirs, ks=(k,))[metric]
