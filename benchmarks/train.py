@@ -49,7 +49,7 @@ SAMPLE_S = 0.2   # how often the process tree's memory is sampled
 @dataclass(frozen=True)
 class TrainBenchConfig:
     data: tuple[str, ...] = ("synthetic", "synthetic:large")
-    epochs: tuple[int, ...] = (3, 1)      # per data set (the last one repeats)
+    epochs: tuple[int, ...] = (10, 2)     # per data set (the last one repeats)
     nproc: tuple[int, ...] = (1, 2)
     repeats: int = 1                      # runs per (data set, processes); the median is kept
     train_args: str = ""                  # extra `make train` flags for every run
