@@ -137,6 +137,7 @@ def measure(spec: str, nproc: int, epochs: int, cfg: TrainBenchConfig) -> dict[s
         say(f"    {wall:.0f} s, fit {fit['seconds']:.0f} s, "
             f"{runs[-1]['examples_per_s']:,.0f} examples/s, peak {peak_mb:,.0f} MB")
     row = {key: median(r[key] for r in runs) for key in runs[0]}
+    row.update(examples=int(row["examples"]), epochs=int(row["epochs"]))
     return {"spec": spec, "nproc": nproc, "epochs": epochs, **row, "runs": runs}
 
 
