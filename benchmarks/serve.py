@@ -29,41 +29,41 @@ Results go through ``benchmarks.common.publish`` (JSON, the BENCHMARKS.md sectio
 from __future__ import annotations
 
 import argparse
-import contextlib
-import itertools
 import json
 import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from benchmarks import common
-from benchmarks.common import command_line, say, table
+from benchmarks.common import command_line, say
+from benchmarks.profile import py_spy, summarize_profile
+from benchmarks.serve_report import (
+    ENDPOINTS,
+    TARGET_P99_MS,
+    TARGET_RPS,
+    cpu_budget,
+    load_label,
+    metrics_of,
+    report,
+    target_verdict,
+)
+from benchmarks.server import Server, free_port, served, tail
 from features.cli import run_cli
 from features.config import add_config_args, config_from_args
 from features.schema import DataError
 
-TARGET_RPS = 300.0
-TARGET_P99_MS = 25.0
-SPORTS_SIZED = 15_000   # items; the Amazon Sports catalog has ~18k
-READY_TIMEOUT_S = 240.0
-STOP_TIMEOUT_S = 30.0
 KINDS = ("returning", "session", "unknown")
 SESSION_EVENTS = ("view", "addtocart")
-ENDPOINTS = {"recommend": "/recommend", "also_bought": "/also_bought"}
 
 
 @dataclass(frozen=True)
@@ -242,127 +242,6 @@ def _stats(seconds: list[float], kinds: list[str]) -> dict[str, Any]:
     return {"requests": len(seconds), **summary(seconds), "by_kind": by_kind}
 
 
-# --- the server -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def processes(self) -> list[int]:
-        """Pids of every process the server started (circus puts each worker in a session of
-        its own, so the server's process group does not hold them)."""
-        import psutil
-
-        with contextlib.suppress(psutil.Error):
-            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
-        return []
-
-    def workers(self) -> list[int]:
-        """Pids of BentoML's API workers (``_bentoml_impl.worker``); the server itself when it
-        runs the API in-process."""
-        import psutil
-
-        found = []
-        for pid in self.processes():
-            with contextlib.suppress(psutil.Error):
-                if "_bentoml_impl.worker" in " ".join(psutil.Process(pid).cmdline()):
-                    found.append(pid)
-        return found or [self.proc.pid]
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the server and every process it started, so far."""
-        import psutil
-
-        total = 0.0
-        for pid in [self.proc.pid, *self.processes()]:
-            with contextlib.suppress(psutil.Error):
-                times = psutil.Process(pid).cpu_times()
-                total += times.user + times.system
-        return total
-
-
-@contextlib.contextmanager
-def served(bundle: Path, port: int, log: Path, service: str = "serving.service:Tailor"
-           ) -> Iterator[Server]:
-    """``make serve``'s command on ``port``, ready; stopped afterwards with all its workers."""
-    if not port_is_free(port):
-        raise DataError(f"port {port} is in use; choose another with --port (0: a free one)")
-    bentoml = Path(sys.executable).parent / "bentoml"
-    env = {**os.environ, "TAILOR_MODEL": str(bundle)}
-    cmd = [str(bentoml), "serve", service, "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=common.ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
-            while True:
-                if proc.poll() is not None:
-                    raise DataError(f"the server exited while starting (exit {proc.returncode})"
-                                    f":\n{_tail(log)}")
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/readyz").status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise DataError(f"the server was not ready after {READY_TIMEOUT_S:.0f} s:"
-                                    f"\n{_tail(log)}")
-                time.sleep(0.5)
-        yield server
-    finally:
-        stop(server)
-
-
-def stop(server: Server) -> None:
-    """SIGTERM the server (BentoML's arbiter stops its workers and exits); whatever is still
-    running after that (the arbiter, a worker, their process groups) is SIGKILLed."""
-    import psutil
-
-    proc = server.proc
-    started = []   # taken before the arbiter goes: afterwards its workers are orphans
-    for pid in server.processes():
-        with contextlib.suppress(psutil.Error):
-            started.append(psutil.Process(pid))
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)   # start_new_session: the server leads its group
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    _, alive = psutil.wait_procs(started, timeout=5)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-
-
-def _tail(log: Path, lines: int = 15) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
 # --- the load ---------------------------------------------------------------------------------
 
 
@@ -445,11 +324,6 @@ def write_requests(requests: dict[str, Requests], work: Path) -> dict[str, dict[
 # --- profiling --------------------------------------------------------------------------------
 
 
-def py_spy() -> str | None:
-    found = Path(sys.executable).parent / "py-spy"
-    return str(found) if found.is_file() else shutil.which("py-spy")
-
-
 def profile(server: Server, run: dict[str, Any], cfg: ServeBenchConfig, work: Path,
             out: Path) -> dict[str, Any]:
     """py-spy record of the server's workers while ``run`` loads them; a summary."""
@@ -483,271 +357,6 @@ def profile(server: Server, run: dict[str, Any], cfg: ServeBenchConfig, work: Pa
     shutil.copyfile(raw, out)
     summary = summarize_profile(raw.read_text())
     return {"status": "ok", "pids": pids, "load": results[0], "raw": str(out), **summary}
-
-
-IDLE = ("select", "poll", "wait", "sleep", "acquire", "_wait_for_tstate_lock", "accept")
-PROJECT = ("serving/", "models/", "features/", "training/")
-
-
-def summarize_profile(text: str, top: int = 12) -> dict[str, Any]:
-    """Where the worker's busy samples go.
-
-    ``text``: py-spy's raw (collapsed) format, ``frame;frame;...;leaf count`` per line, frames
-    as ``function (file:line)``. Samples whose leaf is a wait (select, Condition.wait, ...) are
-    idle threads and left out of the shares. ``self``: the function running; ``project``:
-    Tailor's own functions (serving/, models/, features/) anywhere on the stack."""
-    self_counts: Counter[str] = Counter()
-    project_counts: Counter[str] = Counter()
-    samples = idle = in_project = 0
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        frames = [f for f in (_frame(f) for f in stack.split(";")) if f]
-        if not frames:
-            continue
-        samples += n
-        if frames[-1].split(" (")[0].rsplit(".", 1)[-1] in IDLE:
-            idle += n
-            continue
-        self_counts[frames[-1]] += n
-        mine = {f for f in frames if f.partition(" (")[2].startswith(PROJECT)}
-        in_project += n if mine else 0
-        for frame in mine:
-            project_counts[frame] += n
-    busy = samples - idle
-
-    def rows(counts: Counter[str]) -> list[dict[str, Any]]:
-        return [{"function": name, "share": n / busy, "samples": n}
-                for name, n in counts.most_common(top)] if busy else []
-
-    return {"samples": samples, "busy": busy,
-            "project_share": in_project / busy if busy else math.nan,
-            "self": rows(self_counts), "project": rows(project_counts)}
-
-
-def _frame(frame: str) -> str:
-    """``fn (path/to/module.py:12)`` -> ``fn (path/to/module.py)``; process / thread frames
-    dropped."""
-    frame = frame.strip()
-    if not frame or frame.startswith(("process ", "thread ")):
-        return ""
-    name, _, where = frame.partition(" (")
-    if not where:
-        return name
-    path = where.rstrip(")").rsplit(":", 1)[0]
-    if "site-packages/" in path:
-        path = path.split("site-packages/", 1)[1]
-    return f"{name} ({path})"
-
-
-# --- report -----------------------------------------------------------------------------------
-
-
-def load_label(r: dict[str, Any]) -> str:
-    if r.get("rate"):
-        return f"{r['rate']:g}/s open loop"
-    return f"{r['concurrency']} client" + ("s" if r["concurrency"] != 1 else "")
-
-
-def load_key(r: dict[str, Any]) -> str:
-    """``c8`` or ``rate300``: the metric-name part of a run."""
-    return f"rate{r['rate']:g}".replace(".", "_") if r.get("rate") else f"c{r['concurrency']}"
-
-
-def meets_target(r: dict[str, Any]) -> bool:
-    """No errors, nothing dropped, p99 under the bound, at the target rate: offered (open
-    loop; its answered rate trails the offered one by the last requests' latency) or
-    sustained (closed loop)."""
-    rate = r["rate"] if r.get("rate") else r["rps"]
-    return (r["errors"] == 0 and not r.get("dropped") and r["p99_ms"] < TARGET_P99_MS
-            and rate >= TARGET_RPS)
-
-
-def target_verdict(http: list[dict[str, Any]]) -> tuple[bool, str, dict[str, Any]]:
-    """Met when every endpoint has a run that ``meets_target``. Also returns, per endpoint, the
-    load to profile where it is missed (the open-loop run, else the peak level)."""
-    parts, met_all, best = [], True, {}
-    bound = f"p99 < {TARGET_P99_MS:g} ms"
-    for name in dict.fromkeys(r["name"] for r in http):
-        rows = [r for r in http if r["name"] == name]
-        route = rows[0]["route"]
-        good = [r for r in rows if meets_target(r)]
-        if good:
-            r = max(good, key=lambda r: (bool(r.get("rate")), r["rps"]))
-            parts.append(f"{route} met at {load_label(r)} ({r['rps']:.0f} req/s answered, "
-                         f"p99 {r['p99_ms']:.1f} ms)")
-            best[name] = {"met": True, "load": {k: r.get(k) for k in ("concurrency", "rate")}}
-            continue
-        met_all = False
-        text = [f"{route} missed"]
-        rated = [r for r in rows if r.get("rate")]
-        for r in rated:
-            text.append(f"at {load_label(r)}: {r['rps']:.0f} req/s answered, p99 "
-                        f"{r['p99_ms']:.1f} ms" + (f", {r['dropped']:,} dropped"
-                                                   if r.get("dropped") else "")
-                        + (f", {r['errors']:,} errors" if r["errors"] else ""))
-        closed = [r for r in rows if not r.get("rate")]
-        if closed:
-            peak = max(closed, key=lambda r: r["rps"])
-            text.append(f"closed-loop peak {peak['rps']:.0f} req/s ({load_label(peak)}, p99 "
-                        f"{peak['p99_ms']:.1f} ms)")
-            under = [r for r in closed if r["errors"] == 0 and r["p99_ms"] < TARGET_P99_MS]
-            if under:
-                r = max(under, key=lambda r: r["rps"])
-                text.append(f"at most {r['rps']:.0f} req/s with {bound} ({load_label(r)})")
-        parts.append(": ".join([text[0], "; ".join(text[1:])]) if len(text) > 1 else text[0])
-        pick = rated[0] if rated else max(closed, key=lambda r: r["rps"])
-        best[name] = {"met": False, "load": {k: pick.get(k) for k in ("concurrency", "rate")}}
-    word = "met" if met_all else "missed"
-    line = (f"Target (>= {TARGET_RPS:.0f} req/s with {bound} on a Sports-sized catalog): "
-            f"**{word}** — " + "; ".join(parts) + ".")
-    return met_all, line, best
-
-
-def report(info: dict[str, Any], cfg: ServeBenchConfig, http: list[dict[str, Any]],
-           local: dict[str, dict[str, Any]], verdict: str, prof: dict[str, Any] | None
-           ) -> str:
-    rows = []
-    for r in http:
-        rows.append({"endpoint": r["route"], "load": load_label(r), "requests": r["requests"],
-                     "rps": r["rps"], "p50": r["p50_ms"], "p95": r["p95_ms"],
-                     "p99": r["p99_ms"], "errors": r["errors"],
-                     "server_cpu": r.get("server_cpu_ms"), "client_cpu": r.get("client_cpu_ms"),
-                     "other": r.get("other_cores")})
-    for name, s in local.items():
-        rows.append({"endpoint": f"{ENDPOINTS[name]} in-process", "load": "1 caller",
-                     "requests": s["requests"], "rps": s["rps"], "p50": s["p50_ms"],
-                     "p95": s["p95_ms"], "p99": s["p99_ms"], "errors": None,
-                     "server_cpu": s["cpu_ms"]})
-    headers = {"rps": "req/s", "p50": "p50 ms", "p95": "p95 ms", "p99": "p99 ms",
-               "server_cpu": "server CPU ms/req", "client_cpu": "client CPU ms/req",
-               "other": "others' cores"}
-    cols = ["endpoint", "load", "requests", "rps", "p50", "p95", "p99", "errors", "server_cpu",
-            "client_cpu", "other"]
-    rate = (f" Open loop: requests due at {cfg.rate:g}/s whatever the answers, over "
-            f"{cfg.rate_clients} connections; latency counts from when each was due."
-            if cfg.rate else "")
-    lines = [
-        f"Bundle `{info['bundle']}` ({info['data']}): {info['items']:,} items, "
-        f"{info['shoppers']:,} known shoppers, ranking {info['ranking']}. Server: "
-        f"`bentoml serve serving.service:Tailor` (`make serve`: {info['workers']} worker "
-        f"process(es)) on 127.0.0.1; load: `benchmarks.load` (asyncio + httpx, one keep-alive "
-        f"connection per client) in a separate process on the same cores. Per run: "
-        f"{cfg.warmup_s:g} s warm-up, then at most {cfg.seconds:g} s or {cfg.max_requests:,} "
-        f"requests.{rate} /recommend mixes returning / session / unknown shoppers "
-        f"{'/'.join(f'{s:g}' for s in cfg.mix)}; /also_bought items with / without "
-        f"bought-together rows {cfg.also_bought_paired:g}/{1 - cfg.also_bought_paired:g}; "
-        f"k={cfg.k}. In-process: the same requests through `serving.recommend`, one by one "
-        f"(its CPU column: this process's CPU time per call). CPU ms/req: the server's "
-        f"processes and the load generator, per request (warm-up included): what one request "
-        f"costs the shared cores. Others' cores: CPU the machine's other processes used "
-        f"meanwhile, on average (the noise: the cores are shared).",
-        "", table(rows, cols, headers, digits=2)]
-    overhead = []
-    for name, s in local.items():
-        closed = [r for r in http if r["name"] == name and not r.get("rate")]
-        if not closed:
-            continue
-        one = min(closed, key=lambda r: r["concurrency"])
-        kinds = ", ".join(
-            f"{kind} {one['by_kind'][kind]['p50_ms']:.2f}/{v['p50_ms']:.2f} ms"
-            for kind, v in s["by_kind"].items() if kind in one["by_kind"])
-        cpu = one.get("server_cpu_ms", math.nan)
-        overhead.append(f"- {ENDPOINTS[name]}: {one['p50_ms'] / s['p50_ms']:.1f}x "
-                        f"(HTTP {one['p50_ms']:.2f} ms with {load_label(one)} vs in-process "
-                        f"{s['p50_ms']:.2f} ms; per kind, HTTP/in-process p50: {kinds}). Server "
-                        f"CPU {cpu:.2f} ms/request against {s['cpu_ms']:.2f} ms in-process: "
-                        f"{max(cpu - s['cpu_ms'], 0):.2f} ms/request of HTTP stack.")
-    if overhead:
-        lines += ["Serving overhead (HTTP p50 with the fewest clients / in-process p50):", "",
-                  *overhead, ""]
-    budget = cpu_budget(http)
-    if budget:
-        cores = os.cpu_count() or 1
-        lines += [f"CPU per request, server + load generator, which bounds requests/s on these "
-                  f"{cores} shared cores (from the open-loop run, else the busiest level):", ""]
-        for name, b in budget.items():
-            lines.append(f"- {ENDPOINTS[name]}: {b['server_ms']:.2f} + {b['client_ms']:.2f} = "
-                         f"{b['ms']:.2f} ms ({b['load']}): at most {b['ceiling_rps']:.0f} req/s "
-                         f"with the cores to ourselves; {TARGET_RPS:.0f} req/s keeps them "
-                         f"{b['busy_at_target']:.0%} busy.")
-        lines.append("")
-    note = "" if info["items"] >= SPORTS_SIZED else (
-        f" This run's catalog holds {info['items']:,} items, not Sports' ~18k: the line above is "
-        f"about this run only.")
-    lines += [verdict + note, ""]
-    if prof is not None:
-        if prof.get("status") != "ok":
-            lines += [f"Profile: {prof.get('status')}.", ""]
-        else:
-            load = prof["load"]
-            lines += [f"Profile (py-spy, {prof['samples']:,} samples of the server workers' "
-                      f"threads while {load['route']} ran at {load_label(load)}, "
-                      f"{load['rps']:.0f} req/s; raw: `benchmarks/results/serve-profile.txt`): "
-                      f"{prof['busy'] / max(prof['samples'], 1):.0%} of the samples busy; "
-                      f"Tailor's own code (serving/, models/, features/) is on the stack in "
-                      f"{prof['project_share']:.0%} of the busy ones, the rest is the HTTP stack "
-                      f"(BentoML, uvicorn, starlette, asyncio, pydantic, OpenTelemetry, "
-                      f"Prometheus, access log). Shares of busy samples: the function running "
-                      f"(self), and Tailor's functions anywhere on the stack.", "",
-                      "| running | self | Tailor function on the stack | share |",
-                      "|---|---:|---|---:|"]
-            for a, b in itertools.zip_longest(prof["self"], prof["project"]):
-                lines.append(f"| {_cell(a)} | {_share(a)} | {_cell(b)} | {_share(b)} |")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def cpu_budget(http: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per endpoint: server + client CPU ms per request, the requests/s the machine's cores
-    could carry at that cost, and how busy the target rate keeps them."""
-    cores = os.cpu_count() or 1
-    out = {}
-    for name in dict.fromkeys(r["name"] for r in http):
-        rows = [r for r in http if r["name"] == name and r.get("server_cpu_ms") is not None]
-        if not rows:
-            continue
-        r = next((r for r in rows if r.get("rate")), None) or max(rows, key=lambda r: r["rps"])
-        ms = r["server_cpu_ms"] + r["client_cpu_ms"]
-        out[name] = {"server_ms": r["server_cpu_ms"], "client_ms": r["client_cpu_ms"], "ms": ms,
-                     "load": load_label(r), "ceiling_rps": 1000.0 * cores / ms,
-                     "busy_at_target": TARGET_RPS * ms / (1000.0 * cores)}
-    return out
-
-
-def _cell(row: dict[str, Any] | None) -> str:
-    return f"`{row['function']}`" if row else ""
-
-
-def _share(row: dict[str, Any] | None) -> str:
-    return f"{row['share']:.0%}" if row else ""
-
-
-def metrics_of(http: list[dict[str, Any]], local: dict[str, dict[str, Any]],
-               met: bool) -> dict[str, float]:
-    out: dict[str, float] = {"serve.target_met": float(met)}
-    for r in http:
-        key = f"serve.{r['name']}.{load_key(r)}"
-        for field in ("rps", "p50_ms", "p95_ms", "p99_ms", "errors", "requests", "dropped",
-                      "server_cpu_ms", "client_cpu_ms", "other_cores"):
-            if r.get(field) is not None:
-                out[f"{key}.{field}"] = float(r[field])
-    for name, b in cpu_budget(http).items():
-        out[f"serve.{name}.cpu_ms_per_request"] = b["ms"]
-        out[f"serve.{name}.cpu_ceiling_rps"] = b["ceiling_rps"]
-    for name, s in local.items():
-        for field in ("rps", "p50_ms", "p95_ms", "p99_ms"):
-            out[f"serve.inprocess.{name}.{field}"] = float(s[field])
-        closed = [r for r in http if r["name"] == name and not r.get("rate")]
-        if closed:
-            one = min(closed, key=lambda r: r["concurrency"])
-            out[f"serve.{name}.overhead_p50"] = one["p50_ms"] / s["p50_ms"]
-    return out
-
-
-# --- main -------------------------------------------------------------------------------------
 
 
 def _terminate(signum, frame):
@@ -819,7 +428,7 @@ def measure_http(bundle: Path, requests: dict[str, Requests], cfg: ServeBenchCon
                     prof = profile(server, run, cfg, work,
                                    common.RESULTS_DIR / "serve-profile.txt")
                     say(f"  profile: {prof['status']}")
-                log = _tail(server.log, 5)
+                log = tail(server.log, 5)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -4,7 +4,6 @@ the serving fast path it measures answers exactly like the general one."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import re
 import socket
@@ -18,6 +17,8 @@ import pytest
 
 import benchmarks.common as common
 import benchmarks.serve as bench
+import benchmarks.serve_report as serve_report
+from benchmarks.profile import py_spy, summarize_profile
 from serving.recommend import (
     Engine,
     RecommendRequest,
@@ -77,7 +78,7 @@ def test_profile_summary_shares() -> None:
            "main (a/svc.py:1);dumps (/x/site-packages/json/enc.py:3) 2\n"
            "main (a/svc.py:1);EpollSelector.select (selectors.py:4) 5\n"
            "run (threading.py:1);Condition.wait (threading.py:9) 5\n")
-    out = bench.summarize_profile(raw)
+    out = summarize_profile(raw)
     assert out["samples"] == 20 and out["busy"] == 10   # waits are idle, not in the shares
     assert out["project_share"] == 0.8
     own = {r["function"]: r["share"] for r in out["self"]}
@@ -85,7 +86,7 @@ def test_profile_summary_shares() -> None:
     assert own == {"score (models/blend.py)": 0.6, "handle (serving/recommend.py)": 0.2,
                    "dumps (json/enc.py)": 0.2}
     assert mine == {"handle (serving/recommend.py)": 0.8, "score (models/blend.py)": 0.6}
-    assert bench.summarize_profile("")["samples"] == 0
+    assert summarize_profile("")["samples"] == 0
 
 
 # --- slow: a tiny trained bundle -------------------------------------------------------------
@@ -98,12 +99,7 @@ def _free_port() -> int:
 
 
 def _outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
-    md = tmp_path / "BENCHMARKS.md"
-    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(common, "BENCH_MD", md)
-    # update_markdown's path default was bound to the real BENCHMARKS.md at import time.
-    monkeypatch.setattr(common, "update_markdown",
-                        functools.partial(common.update_markdown, path=md))
+    md = tmp_path / "BENCHMARKS.md"   # where conftest's isolated_outputs points publish
     published: dict = {}
     real = common.publish
 
@@ -210,11 +206,10 @@ def test_ctrl_c_under_load_leaves_no_server_behind(tiny_bundle: Path, tmp_path: 
 @pytest.mark.slow
 def test_a_missed_target_is_profiled(tiny_bundle: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    if bench.py_spy() is None:
+    if py_spy() is None:
         pytest.skip("py-spy not installed")
     md, published = _outputs(tmp_path, monkeypatch)
-    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(bench, "TARGET_RPS", 1e9)   # no machine meets this
+    monkeypatch.setattr(serve_report, "TARGET_RPS", 1e9)   # no machine meets this
     assert bench.main(["--model", str(tiny_bundle), "--concurrency", "2", "--seconds", "0.5",
                        "--warmup-s", "0", "--inprocess-requests", "5", "--distinct", "50",
                        "--rate", "0", "--profile-s", "1", "--no-mlflow"]) == 0

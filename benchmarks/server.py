@@ -1,0 +1,141 @@
+"""A real ``make serve`` process for the serving benchmark: started on a loopback port, ready,
+and stopped with every worker it started (also on errors, Ctrl-C and SIGTERM)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import ROOT
+from features.schema import DataError
+
+READY_TIMEOUT_S = 240.0
+STOP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def processes(self) -> list[int]:
+        """Pids of every process the server started (circus puts each worker in a session of
+        its own, so the server's process group does not hold them)."""
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        return []
+
+    def workers(self) -> list[int]:
+        """Pids of BentoML's API workers (``_bentoml_impl.worker``); the server itself when it
+        runs the API in-process."""
+        import psutil
+
+        found = []
+        for pid in self.processes():
+            with contextlib.suppress(psutil.Error):
+                if "_bentoml_impl.worker" in " ".join(psutil.Process(pid).cmdline()):
+                    found.append(pid)
+        return found or [self.proc.pid]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server and every process it started, so far."""
+        import psutil
+
+        total = 0.0
+        for pid in [self.proc.pid, *self.processes()]:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                total += times.user + times.system
+        return total
+
+
+@contextlib.contextmanager
+def served(bundle: Path, port: int, log: Path, service: str = "serving.service:Tailor"
+           ) -> Iterator[Server]:
+    """``make serve``'s command on ``port``, ready; stopped afterwards with all its workers."""
+    if not port_is_free(port):
+        raise DataError(f"port {port} is in use; choose another with --port (0: a free one)")
+    bentoml = Path(sys.executable).parent / "bentoml"
+    env = {**os.environ, "TAILOR_MODEL": str(bundle)}
+    cmd = [str(bentoml), "serve", service, "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
+            while True:
+                if proc.poll() is not None:
+                    raise DataError(f"the server exited while starting (exit {proc.returncode})"
+                                    f":\n{tail(log)}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/readyz").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise DataError(f"the server was not ready after {READY_TIMEOUT_S:.0f} s:"
+                                    f"\n{tail(log)}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        stop(server)
+
+
+def stop(server: Server) -> None:
+    """SIGTERM the server (BentoML's arbiter stops its workers and exits); whatever is still
+    running after that (the arbiter, a worker, their process groups) is SIGKILLed."""
+    import psutil
+
+    proc = server.proc
+    started = []   # taken before the arbiter goes: afterwards its workers are orphans
+    for pid in server.processes():
+        with contextlib.suppress(psutil.Error):
+            started.append(psutil.Process(pid))
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)   # start_new_session: the server leads its group
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    _, alive = psutil.wait_procs(started, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def tail(log: Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    return ""
