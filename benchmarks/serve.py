@@ -57,10 +57,10 @@ from benchmarks.serve_report import (
     report,
     target_verdict,
 )
-from benchmarks.server import Server, free_port, served, tail
 from features.cli import run_cli
 from features.config import add_config_args, config_from_args
 from features.schema import DataError
+from serving.process import Server, free_port, served, tail
 
 KINDS = ("returning", "session", "unknown")
 SESSION_EVENTS = ("view", "addtocart")
@@ -407,7 +407,8 @@ def measure_http(bundle: Path, requests: dict[str, Requests], cfg: ServeBenchCon
             files = write_requests(requests, work)
             port = cfg.port or free_port()
             say(f"serve: bentoml serve serving.service:Tailor on 127.0.0.1:{port}")
-            with served(bundle, port, work / "server.log") as server:
+            with served(bundle, port, work / "server.log",
+                        port_hint="--port (0: a free one)") as server:
                 pids = {"server": server.proc.pid, "workers": server.workers()}
                 runs = [{**files[name], "concurrency": c} for name in files
                         for c in cfg.concurrency]

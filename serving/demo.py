@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,11 +23,11 @@ import pandas as pd
 from features.cli import run_cli
 from features.schema import DataError
 from features.synthetic import generate_with_truth
+from serving.process import served
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ["--data", "synthetic", "--epochs", "4", "--dim", "32", "--encoder", "pooling",
          "--max-minutes", "2", "--no-progress", "--run-name", "demo"]
-READY_TIMEOUT_S = 180
 K = 5
 RULE = "─" * 78
 
@@ -63,34 +60,6 @@ def train() -> str:
     if proc.returncode != 0 or version is None:
         raise DataError(f"demo training failed (exit {proc.returncode})")
     return version
-
-
-def start_server(model: str, port: int, log: Path) -> subprocess.Popen:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise DataError(f"port {port} is in use; choose another with PORT=...") from None
-    bentoml = Path(sys.executable).parent / "bentoml"
-    env = {**os.environ, "TAILOR_MODEL": model}
-    with log.open("w") as out:
-        return subprocess.Popen([str(bentoml), "serve", "serving.service:Tailor", "--host",
-                                 "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_ready(client: httpx.Client, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DataError(f"the server stopped while starting (log: {log})")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise DataError(f"the server was not ready after {READY_TIMEOUT_S} s (log: {log})")
 
 
 def show(client: httpx.Client, title: str, route: str, body: dict,
@@ -163,24 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"\nstarting  bentoml serve serving.service:Tailor (model {model}, port {args.port}; "
           f"log {log.relative_to(ROOT)})", flush=True)
-    proc = start_server(model, args.port, log)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=60) as client:
-            wait_ready(client, proc, log)
+    with served(model, args.port, log, port_hint="PORT=...") as server:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
             examples(client)
         print(f"\n{RULE}\ndemo ready in {time.perf_counter() - started:.0f} s. Serving at "
-              f"http://127.0.0.1:{args.port} (OpenAPI page there; /healthz, /readyz, /metrics)"
+              f"{server.url} (OpenAPI page there; /healthz, /readyz, /metrics)"
               + ("" if args.once else "; Ctrl-C to stop."), flush=True)
         if not args.once:
-            proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)    # BentoML shuts its workers down on SIGINT
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            server.proc.wait()
     return 0
 
 

@@ -19,6 +19,7 @@ import benchmarks.common as common
 import benchmarks.serve as bench
 import benchmarks.serve_report as serve_report
 from benchmarks.profile import py_spy, summarize_profile
+from serving.process import free_port
 from serving.recommend import (
     Engine,
     RecommendRequest,
@@ -92,12 +93,6 @@ def test_profile_summary_shares() -> None:
 # --- slow: a tiny trained bundle -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
     md = tmp_path / "BENCHMARKS.md"   # where conftest's isolated_outputs points publish
     published: dict = {}
@@ -115,7 +110,7 @@ def _outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dic
 def test_serve_benchmark_end_to_end(tiny_bundle: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     md, published = _outputs(tmp_path, monkeypatch)
-    port = _free_port()
+    port = free_port()
     code = bench.main(["--model", str(tiny_bundle), "--concurrency", "1,4", "--seconds", "1",
                        "--warmup-s", "0.2", "--inprocess-requests", "50", "--distinct", "200",
                        "--rate", "50", "--rate-clients", "4", "--port", str(port),

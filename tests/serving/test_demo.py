@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.test_service_e2e import ROOT, free_port
+from serving.process import ROOT, free_port
 
 
 @pytest.mark.slow

@@ -2,63 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from serving.process import free_port, served
 from serving.recommend import Engine, RecommendRequest, recommend
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 150
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    port = free_port()
+    """What `make serve` runs, on a free port (serving/process.py starts, waits and stops it)."""
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    bentoml = Path(sys.executable).parent / "bentoml"
-    env = {**os.environ, "TAILOR_MODEL": str(bundle_dir)}
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(bentoml), "serve", "serving.service:Tailor", "--host",
-                                 "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                assert proc.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"not ready:\n{log.read_text()[-3000:]}"
-                time.sleep(1)
-            yield client
-    finally:
-        # The server and its workers share the new session's process group.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with served(bundle_dir, free_port(), log) as running, \
+            httpx.Client(base_url=running.url, timeout=30) as client:
+        yield client
 
 
 def post(client: httpx.Client, route: str, body: object) -> httpx.Response:

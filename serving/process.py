@@ -1,5 +1,6 @@
-"""A real ``make serve`` process for the serving benchmark: started on a loopback port, ready,
-and stopped with every worker it started (also on errors, Ctrl-C and SIGTERM)."""
+"""A real ``make serve`` process (``bentoml serve serving.service:Tailor``) on a loopback port:
+started, waited for until ready, and stopped with every worker it started (also on errors,
+Ctrl-C and SIGTERM). ``make demo`` and the serving benchmark run the service through it."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import ROOT
 from features.schema import DataError
 
+ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 30.0
 
@@ -78,13 +79,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def served(bundle: Path, port: int, log: Path, service: str = "serving.service:Tailor"
-           ) -> Iterator[Server]:
-    """``make serve``'s command on ``port``, ready; stopped afterwards with all its workers."""
+def served(model: str | Path, port: int, log: Path, *, port_hint: str = "--port",
+           service: str = "serving.service:Tailor") -> Iterator[Server]:
+    """``make serve``'s command for ``model`` (a bundle folder or a registry reference) on
+    ``port``, ready; stopped afterwards with all its workers. ``port_hint``: how the caller's
+    user picks another port (the busy-port error names it)."""
     if not port_is_free(port):
-        raise DataError(f"port {port} is in use; choose another with --port (0: a free one)")
+        raise DataError(f"port {port} is in use; choose another with {port_hint}")
     bentoml = Path(sys.executable).parent / "bentoml"
-    env = {**os.environ, "TAILOR_MODEL": str(bundle)}
+    env = {**os.environ, "TAILOR_MODEL": str(model)}
     cmd = [str(bentoml), "serve", service, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
