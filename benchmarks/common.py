@@ -136,23 +136,6 @@ def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> 
     return {f"p{q:g}": float(np.percentile(arr, q)) if arr.size else math.nan for q in qs}
 
 
-def timed(fn, repeats: int) -> tuple[float, list[float], Any]:
-    """Median wall seconds of ``repeats`` calls of ``fn()``, every timing, and the last result."""
-    times, result = [], None
-    for _ in range(max(1, repeats)):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return median(times), times, result
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 # --- machine ------------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:

@@ -43,6 +43,8 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
+from benchmarks.common import percentiles
+
 REQUEST_TIMEOUT_S = 30.0
 HEADERS = {"Content-Type": "application/json"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -52,12 +54,9 @@ Record = tuple[float, int, str, str | None]   # latency s, HTTP status (0: none)
 
 def summary(latencies: list[float]) -> dict[str, float]:
     """p50/p95/p99 and mean in ms of latencies in seconds (NaN when empty)."""
-    arr = np.asarray(latencies, dtype=np.float64) * 1000.0
-    if not arr.size:
-        return {"p50_ms": math.nan, "p95_ms": math.nan, "p99_ms": math.nan, "mean_ms": math.nan}
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
-            "mean_ms": float(arr.mean())}
+    ms = [1000.0 * t for t in latencies]
+    return {f"{name}_ms": value for name, value in percentiles(ms).items()} | \
+        {"mean_ms": float(np.mean(ms)) if ms else math.nan}
 
 
 class Endpoint:

@@ -52,11 +52,15 @@ class Prepared:
     def targets(self) -> pd.DataFrame:
         return self.split.targets
 
-    def histories(self, fold: str, users: object = None) -> Histories:
-        """Inputs for ``fold``'s targets (valid: train events; test: train + valid events)."""
+    def histories(self, fold: str, users: object = None, *, item_vocab: Vocabulary | None = None,
+                  max_len: int | None = None) -> Histories:
+        """Inputs for ``fold``'s targets (valid: train events; test: train + valid events).
+
+        ``item_vocab`` / ``max_len``: another model's vocabulary and history length (default:
+        this data set's), to score that model on these shoppers."""
         cut = {"valid": self.split.valid_start, "test": self.split.test_start}[fold]
-        return build_histories(self.split.history_for(fold), self.item_vocab,
-                               max_len=self.config.history_len, cut=cut, users=users)
+        return build_histories(self.split.history_for(fold), item_vocab or self.item_vocab,
+                               max_len=max_len or self.config.history_len, cut=cut, users=users)
 
 
 def source_files(spec: DataSpec) -> list[Path]:

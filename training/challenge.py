@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.history import Histories, build_histories
+from features.history import Histories
 from features.pipeline import Prepared
 from models.base import Recommender
 from models.bundle import Bundle
@@ -47,9 +47,8 @@ def score_bundle_on(bundle: Bundle, prepared: Prepared, metric: str, fold: str =
     task = build_task(prepared, fold)
     if len(task) == 0:
         return float("nan")
-    cut = {"valid": prepared.split.valid_start, "test": prepared.split.test_start}[fold]
-    histories = build_histories(prepared.split.history_for(fold), bundle.item_vocab,
-                                max_len=bundle.model.cfg.history_len, cut=cut, users=task.users)
+    histories = prepared.histories(fold, users=task.users, item_vocab=bundle.item_vocab,
+                                   max_len=bundle.model.cfg.history_len)
     columns = bundle.item_vocab.lookup(prepared.item_vocab.ids)
     theirs = EvalTask(task.protocol, task.users, histories, task.targets, task.exclude)
     k = int(metric.split("@")[1])
