@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 PROTOCOLS = ("auto", "temporal", "leave-one-out", "predefined")
+# Not a flag: the split of the refit for serving (features/split.py), set by training itself.
+SERVING_SPLIT = "all"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class FeatureConfig:
     cooccur_top_m: int = 50
 
     def __post_init__(self) -> None:
-        if self.split not in PROTOCOLS:
+        if self.split not in (*PROTOCOLS, SERVING_SPLIT):
             raise ValueError(f"split must be one of {', '.join(PROTOCOLS)}, got {self.split!r}")
         for name in ("test_days", "valid_days"):
             value = getattr(self, name)

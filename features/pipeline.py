@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.config import FeatureConfig
+from features.config import SERVING_SPLIT, FeatureConfig
 from features.cooccur import bought_together
 from features.history import Histories, build_histories
 from features.item_features import item_features
@@ -51,6 +51,15 @@ class Prepared:
     @property
     def targets(self) -> pd.DataFrame:
         return self.split.targets
+
+    @property
+    def ordered(self) -> bool:
+        """Whether each shopper's event order means something (time, or file order) rather than
+        a predefined split's unordered rows; the refit keeps the evaluation's reading."""
+        protocol = self.split.protocol
+        if protocol == SERVING_SPLIT:
+            return self.has_time or "split" not in self.events.columns
+        return self.has_time or protocol != "predefined"
 
     def histories(self, fold: str, users: object = None, *, item_vocab: Vocabulary | None = None,
                   max_len: int | None = None) -> Histories:

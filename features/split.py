@@ -12,6 +12,8 @@ train and valid events. Targets are (user_id, item_id) pairs that exist in the t
 - predefined (a ``split`` column): train rows of every behaviour train; test purchases are the
   test targets; other test rows are dropped. Valid = one train purchase of a seeded sample of
   users, held out for early stopping.
+- all (``SERVING_SPLIT``): every event is training data and nothing is held out: the refit of
+  the served model on everything in the data, after the settings were chosen on the folds above.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.config import FeatureConfig
+from features.config import SERVING_SPLIT, FeatureConfig
 from features.schema import DataError
 
 FOLDS = ("train", "valid", "test")
@@ -80,6 +82,8 @@ def auto_window_days(events: pd.DataFrame) -> float:
 def make_split(events: pd.DataFrame, has_time: bool, cfg: FeatureConfig) -> Split:
     protocol = choose_protocol(events, has_time, cfg.split)
     events = sort_events(events)
+    if protocol == SERVING_SPLIT:
+        return _all(events)
     if protocol == "temporal":
         if not has_time:
             raise DataError("split=temporal needs timestamps; this data has none "
@@ -122,6 +126,13 @@ def _temporal(events: pd.DataFrame, cfg: FeatureConfig) -> Split:
         parts.append(_targets(rows, name, train_items))
     return Split("temporal", events, pd.concat(parts, ignore_index=True), valid_start,
                  test_start, test_days)
+
+
+def _all(events: pd.DataFrame) -> Split:
+    """Every event in the train fold, no targets: the data the served model is refitted on."""
+    events = events.assign(fold=pd.Categorical(["train"] * len(events), dtype=FOLD_DTYPE))
+    empty = _targets(events.iloc[:0], "test", pd.Index([]))
+    return Split(SERVING_SPLIT, events, empty)
 
 
 def _leave_one_out(events: pd.DataFrame) -> Split:

@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -58,6 +58,14 @@ class FitResult:
     examples: int = 0
 
 
+def sized_for(model_cfg: TwoTowerConfig, prepared: Prepared) -> TwoTowerConfig:
+    """``model_cfg`` with the sizes of ``prepared``'s data: items, categories, history length."""
+    cats = prepared.item_features.get("category_idx")
+    n_categories = int(cats.max()) + 1 if cats is not None and len(cats) else 0
+    return replace(model_cfg, n_items=len(prepared.item_vocab),
+                   n_categories=max(n_categories, 0), history_len=prepared.config.history_len)
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -66,18 +74,23 @@ def seed_everything(seed: int) -> None:
 def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
         validate: Callable[[TwoTower], float] | None = None,
         model: TwoTower | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], None] | None = None, *,
+        keep_last: bool = False,
+        reserve_minutes: Callable[[FitResult], float] | None = None) -> FitResult:
     """Train on the train fold; keep the weights of the best validation epoch.
 
     ``validate`` scores the model on the validation fold (higher is better); ``on_epoch``
     receives each epoch's record (loss, examples/s, validation score) as it is made.
+    ``keep_last``: keep the last epoch's weights (the refit, whose epoch count was chosen
+    already). ``reserve_minutes(best so far)``: minutes of ``cfg.max_minutes`` to leave for what
+    comes after this fit (the refit), so the run's budget covers both.
     """
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = model or TwoTower(model_cfg)
     rng = np.random.default_rng(cfg.seed)
-    ordered = prepared.has_time or prepared.split.protocol != "predefined"
+    ordered = prepared.ordered
     train = prepared.split.fold("train")
     item_idx, item_cats = item_tensors(prepared.item_features)
     weights = torch.tensor([cfg.view_weight, cfg.cart_weight, cfg.purchase_weight])
@@ -149,15 +162,17 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
             if cfg.progress:
                 print(f"epoch {epoch}: loss {record['loss']:.4f}  valid {score:.4f}  "
                       f"{record['examples_per_s']:,.0f} ex/s", flush=True)
-            if score > best.best_score:
+            if keep_last or score > best.best_score:
                 best.model, best.best_epoch, best.best_score, stale = \
                     copy.deepcopy(model), epoch, score, 0
             else:
                 stale += 1
             elapsed_min = (time.perf_counter() - started) / 60
+            best.seconds = elapsed_min * 60
+            budget = cfg.max_minutes - (reserve_minutes(best) if reserve_minutes else 0.0)
             if group is not None:  # rank 0's clock: every rank stops at the same epoch
-                (elapsed_min,) = group.from_main(elapsed_min)
-            if stale >= cfg.patience or elapsed_min * (epoch + 1) / epoch > cfg.max_minutes:
+                (elapsed_min, budget) = group.from_main(elapsed_min, budget)
+            if stale >= cfg.patience or elapsed_min * (epoch + 1) / epoch > budget:
                 break
         best.seconds = time.perf_counter() - started
     best.model.eval()

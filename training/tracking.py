@@ -222,13 +222,17 @@ class RunLogger:
         self.client.log_dict(self.run_id, json.loads(json.dumps(configs, default=str)),
                              "configs.json")
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        """One epoch of ``FitResult.history``: every numeric value as ``epoch.<key>``."""
+    def log_epoch(self, record: dict[str, Any], prefix: str = "epoch") -> None:
+        """One epoch of ``FitResult.history``: every numeric value as ``<prefix>.<key>``."""
         step = int(record["epoch"])
         now = int(time.time() * 1000)
-        metrics = [Metric(metric_key("epoch", k), float(v), now, step)
+        metrics = [Metric(metric_key(prefix, k), float(v), now, step)
                    for k, v in record.items() if k != "epoch" and _is_number(v)]
         self.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_refit_epoch(self, record: dict[str, Any]) -> None:
+        """One epoch of the refit for serving (``training/refit.py``) as ``refit_epoch.<key>``."""
+        self.log_epoch({k: v for k, v in record.items() if k != "valid_score"}, "refit_epoch")
 
     def log_results(self, table: pd.DataFrame, fold: str = "test") -> None:
         """One row per method -> ``<fold>.<method>.<metric>`` metrics, plus CSV and markdown."""

@@ -28,6 +28,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from features.cli import add_data_args, run_cli, spec_from_args
 from features.config import (
+    FeatureConfig,
     add_config_args,
     add_feature_args,
     config_from_args,
@@ -37,14 +38,16 @@ from features.item_features import item_features
 from features.pipeline import Prepared, prepare
 from models.base import Recommender
 from models.baselines import BASELINES
-from models.blend import BlendConfig
+from models.blend import BlendConfig, BlendWeights
 from models.bundle import Bundle, build_bundle
 from models.scoring import TwoTowerRecommender, compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 from serving.bundle_index import save_index
 from training.challenge import score_bundle_on
+from training.distributed import Group
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task, format_table
-from training.fit import FitResult, TrainConfig, fit
+from training.fit import FitResult, TrainConfig, fit, sized_for
+from training.refit import Refit, refit, reserve_for_refit
 from training.stack import sources_for_test, tune_blend
 from training.tracking import RunLogger, git_state, metric_key, promote, resolve_model
 
@@ -131,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "one or was evaluated on other data")
     run.add_argument("--out", metavar="DIR",
                      help="also save the bundle to DIR (replaced if it exists)")
+    run.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                     help="after evaluating, refit the served bundle on every event in DATA with "
+                          "the chosen settings (epochs scaled to the data, the stack's weights), "
+                          "so it knows the newest items and events; --no-refit serves the model "
+                          "fitted on the training fold, as evaluated (default: %(default)s)")
     run.add_argument("--no-mlflow", action="store_true",
                      help="log nothing to MLflow and register nothing (a quick experiment; "
                           "with --out the bundle is still saved)")
@@ -140,11 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --- the pure middle ---------------------------------------------------------------------------
 
 def model_config(args: argparse.Namespace, prepared: Prepared) -> TwoTowerConfig:
-    cats = prepared.item_features.get("category_idx")
-    n_categories = int(cats.max()) + 1 if cats is not None and len(cats) else 0
-    return config_from_args(TwoTowerConfig, args, n_items=len(prepared.item_vocab),
-                            n_categories=max(n_categories, 0),
-                            history_len=prepared.config.history_len)
+    return sized_for(config_from_args(TwoTowerConfig, args, n_items=0), prepared)
 
 
 def features_at_valid_cut(prepared: Prepared) -> pd.DataFrame:
@@ -254,9 +258,28 @@ def main(argv: list[str] | None = None) -> int:
     validate = validator(prepared, args.valid_users, train_cfg.seed)
     if validate is None:
         say("note      no validation targets: early stopping on the training loss")
-    if not lead:
-        fit(prepared, model_cfg, train_cfg, validate)
-        return 0
+    # The run's epochs budget covers the refit too: the evaluation fit keeps time for it.
+    all_events = len(prepared.events) + int(m.get("dropped_test_rows") or 0)
+    reserve = reserve_for_refit(len(prepared.split.fold("train")), all_events,
+                                train_cfg.max_epoch_examples) if args.refit else None
+    # One process group for both fits under torchrun (None in a single process).
+    with Group.open():
+        if not lead:  # the other ranks take part in the fits only
+            result = fit(prepared, model_cfg, train_cfg, validate, reserve_minutes=reserve)
+            if args.refit:
+                refit(prepared, model_cfg, train_cfg, result, BlendWeights(), 0.0)
+            return 0
+        return lead_run(args, prepared, model_cfg, feature_cfg, train_cfg, blend_cfg, validate,
+                        reserve, say, started)
+
+
+def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerConfig,
+             feature_cfg: FeatureConfig, train_cfg: TrainConfig, blend_cfg: BlendConfig,
+             validate: Callable[[TwoTower], float] | None,
+             reserve: Callable[[FitResult], float] | None, say: Callable[..., None],
+             started: float) -> int:
+    """Rank 0 (or the only process): evaluate, refit, report, log and register."""
+    m = prepared.meta
 
     baselines, baseline_seconds = fit_baselines(prepared)
     say(f"baselines {', '.join(baselines)} ({sum(baseline_seconds.values()):.1f} s)")
@@ -273,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             f"epochs, early stopping on {'valid ' + MAIN_METRIC if validate else 'the loss'}")
         # Each epoch reaches MLflow as it ends, so a long run can be watched in the UI.
         result = fit(prepared, model_cfg, train_cfg, validate,
-                     on_epoch=log.log_epoch if log is not None else None)
+                     on_epoch=log.log_epoch if log is not None else None,
+                     reserve_minutes=reserve)
         say(f"trained   best epoch {result.best_epoch} of {len(result.history)} "
             f"(valid score {result.best_score:.4f}), {result.examples:,} examples "
             f"in {result.seconds:.1f} s")
@@ -291,8 +315,23 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\ntest fold, {int(table['users'].iloc[0]):,} shoppers ({m['protocol']}; full "
             f"table: results/test.md in the run):\n"
             f"{format_table(table.drop(columns='users'), ks=PRINT_KS)}\n")
-        bundle = build_bundle(prepared, result.model, bundle_info(configs, result, table),
-                              sources=sources, blend=blend)
+        info = {"features": feature_cfg.to_dict(), "data": m,
+                **bundle_info(configs, result, table)}
+        served: Refit | None = None
+        if args.refit:
+            say(f"refit     on every event in DATA for serving: {all_events_text(prepared)}")
+            served = refit(prepared, model_cfg, train_cfg, result, blend,
+                           minutes_left=train_cfg.max_minutes - result.seconds / 60,
+                           on_epoch=log.log_refit_epoch if log is not None else None)
+            info["refit"] = served.info()
+            say(f"refit     {len(served.result.history)} epochs (planned {served.plan.epochs}) "
+                f"on {served.info()['events']:,} events, {served.info()['items']:,} items "
+                f"({len(prepared.item_vocab):,} in the evaluation's training fold), "
+                f"{served.result.examples:,} examples in {served.result.seconds:.1f} s")
+            bundle = build_bundle(served.prepared, served.result.model, info,
+                                  sources=served.sources, blend=blend)
+        else:
+            bundle = build_bundle(prepared, result.model, info, sources=sources, blend=blend)
         with tempfile.TemporaryDirectory(prefix="tailor-bundle-") as tmp:
             folder = bundle.save(Path(args.out) if args.out else Path(tmp) / "bundle")
             # The FAISS index goes into the bundle, so it is part of the logged model.
@@ -305,6 +344,13 @@ def main(argv: list[str] | None = None) -> int:
             if log is not None:
                 log_results(log, result, table, validated=validate is not None)
                 log.client.log_dict(log.run_id, blend.to_dict(), "stack.json")
+                if served is not None:  # what the registered model was fitted on
+                    refit_info = {k: v for k, v in served.info().items() if k != "history"}
+                    log.client.log_dict(log.run_id, refit_info, "refit.json")
+                    for key in ("epochs", "epochs_run", "seconds", "events", "items",
+                                "examples"):
+                        log.client.log_metric(log.run_id, metric_key("refit", key),
+                                              float(refit_info[key]))
                 for name, weight in blend.weights.items():
                     log.client.log_metric(log.run_id, metric_key("stack", "weight", name),
                                           float(weight))
@@ -316,8 +362,19 @@ def main(argv: list[str] | None = None) -> int:
                 role = "champion" if decision["promoted"] else "candidate"
                 say(f"registry  {version.name} v{version.version}: {role} "
                     f"({decision['reason']})")
-    say(f"time      {time.perf_counter() - started:.1f} s in all, training {result.seconds:.1f} s")
+    fits = result.seconds + (served.result.seconds if served is not None else 0.0)
+    say(f"time      {time.perf_counter() - started:.1f} s in all, training {fits:.1f} s"
+        + (f" (evaluation {result.seconds:.1f} s + refit {served.result.seconds:.1f} s)"
+           if served is not None else ""))
     return 0
+
+
+def all_events_text(prepared: Prepared) -> str:
+    m = prepared.meta
+    held = m["events"] - m.get("train_events", m["events"])
+    return (f"{m['events']:,} events, {held:,} of them held out by the evaluation"
+            + (f" and {m['dropped_test_rows']:,} test rows it left out"
+               if m.get("dropped_test_rows") else ""))
 
 
 def log_results(log: RunLogger, result: FitResult, table: pd.DataFrame, *,

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from features.config import FeatureConfig
+from features.config import SERVING_SPLIT, FeatureConfig
 from features.schema import DataError
 from features.split import auto_window_days, make_split
 from tests.helpers import make_events
@@ -77,3 +77,19 @@ def test_temporal_needs_time():
     events = make_events([("u1", "a", "view")], with_time=False)
     with pytest.raises(DataError, match="needs timestamps"):
         make_split(events, False, FeatureConfig(split="temporal"))
+
+
+def test_serving_split_puts_every_event_in_training(timed):
+    """The refit for serving (features.config.SERVING_SPLIT): nothing held out, no targets."""
+    split = make_split(timed, True, FeatureConfig(split=SERVING_SPLIT))
+    assert split.protocol == SERVING_SPLIT
+    assert len(split.fold("train")) == len(timed) and split.targets.empty
+    assert split.valid_start is None and split.test_start is None
+    # the item first seen in the test window of the evaluation split trains here
+    assert "new" in set(split.fold("train")["item_id"])
+
+
+def test_serving_split_is_no_command_line_choice():
+    from features.config import PROTOCOLS
+
+    assert SERVING_SPLIT not in PROTOCOLS  # set by training itself, never by --split

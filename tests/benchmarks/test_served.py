@@ -1,0 +1,54 @@
+"""The served path, scored from outside the training code: cut the embedded shop's log at a day,
+`make train` on the part before it, `make recommend-batch`, and score what shoppers carted and
+bought after the cut (benchmarks/served.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks.served import SERVED, hold_out, measure_served, score
+from features.spec import parse_spec
+from models.bundle import Bundle
+
+
+def test_score_has_a_known_answer() -> None:
+    recs = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b"],
+                         "item_id": ["x", "y", "z", "x", "y"], "rank": [1, 2, 3, 1, 2]})
+    targets = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": ["y", "q", "z", "x"]})
+    got = score(recs, targets, ks=(1, 2))
+    # a: y at rank 2 of targets {y, q}; b: z not in its list; c: no list at all
+    assert got["hr@1"] == 0.0
+    assert got["hr@2"] == pytest.approx(1 / 3)
+    assert got["recall@2"] == pytest.approx((1 / 2) / 3)
+    ideal = 1 + 1 / 1.5849625007211562
+    assert got["ndcg@2"] == pytest.approx((1 / 1.5849625007211562) / ideal / 3)
+
+
+def test_hold_out_keeps_what_came_after_the_cut_out(tmp_path: Path) -> None:
+    held = hold_out(parse_spec("synthetic"), tmp_path, days=3)
+    cut = pd.Timestamp(held.cut)
+    assert held.seen["timestamp"].max() < cut
+    written = pd.read_csv(tmp_path / "events.csv")
+    assert len(written) == len(held.seen)
+    assert set(held.targets["item_id"]) <= set(held.seen["item_id"])
+    assert len(held.new_items) > 0
+
+
+@pytest.mark.slow
+def test_served_model_beats_every_baseline_after_the_cut(tmp_path: Path) -> None:
+    result = measure_served(parse_spec("synthetic"), tmp_path)
+    methods = result["methods"]
+    served = methods[SERVED]
+    for name, values in methods.items():
+        if name == SERVED:
+            continue
+        for metric in ("hr@10", "ndcg@10", "recall@20"):
+            assert served[metric] > values[metric], (name, metric, served, values)
+    # items that first appeared in the last days before the cut are known and recommended
+    bundle = Bundle.load(result["bundle"])
+    held_new = set(hold_out(parse_spec("synthetic"), tmp_path / "again").new_items)
+    assert held_new and held_new <= set(bundle.item_vocab.ids)
+    assert result["new_items_recommended"] > 0
