@@ -370,6 +370,11 @@ def _data_of(client: MlflowClient, mv: ModelVersion) -> tuple[str | None, str | 
     return tags.get("data.hash"), tags.get("data.protocol"), (run.data.metrics if run else {})
 
 
+class ChampionSawTestData(Exception):
+    """The champion was refitted on data that covers this run's test window: scoring it there
+    would grade it on what it trained on."""
+
+
 def promote(client: MlflowClient, version: ModelVersion | str | int, *, score_key: str,
             data_hash: str, protocol: str, force: bool = False, name: str = MODEL_NAME,
             score_champion: Callable[[ModelVersion], float] | None = None) -> dict[str, Any]:
@@ -405,6 +410,8 @@ def promote(client: MlflowClient, version: ModelVersion | str | int, *, score_ke
                 champion.version != mv.version:
             try:
                 here = float(score_champion(champion))
+            except ChampionSawTestData as exc:
+                decision["champion_saw_test"] = str(exc)
             except Exception as exc:  # an old or broken bundle: keep the champion, say why
                 decision["champion_error"] = f"{type(exc).__name__}: {exc}"[:300]
             else:
@@ -427,6 +434,13 @@ def _decide(d: dict[str, Any], already: bool) -> tuple[bool, str]:
         return True, "no champion yet"
     if d["score"] is None:
         return False, f"run has no metric {d['score_key']}"
+    if d.get("champion_saw_test") and d["champion_score"] is not None:
+        # Scored here it would be graded on what it trained on: each on its own test fold.
+        verdict = ">" if d["score"] > d["champion_score"] else "<="
+        return d["score"] > d["champion_score"], (
+            f"{d['score']:.6g} {verdict} champion v{d['champion_version']}'s "
+            f"{d['champion_score']:.6g}, each on its own test fold (the champion was refitted "
+            f"on data that covers this run's test window: {d['champion_saw_test']})")
     if d["champion_data_hash"] != d["data_hash"] or d["champion_protocol"] != d["protocol"]:
         here = d.get("champion_score_here")
         if here is None:

@@ -49,7 +49,14 @@ from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_tas
 from training.fit import FitResult, TrainConfig, fit, sized_for
 from training.refit import Refit, refit, reserve_for_refit
 from training.stack import sources_for_test, tune_blend
-from training.tracking import RunLogger, git_state, metric_key, promote, resolve_model
+from training.tracking import (
+    ChampionSawTestData,
+    RunLogger,
+    git_state,
+    metric_key,
+    promote,
+    resolve_model,
+)
 
 MODEL = "two_tower"                # the model's row in the results, as in the metric names
 TOWERS_ONLY = "towers_only"        # the same towers without the stack's sparse signals
@@ -220,8 +227,27 @@ def champion_scorer(prepared: Prepared) -> Callable[[ModelVersion], float]:
     """How promotion scores a champion trained on other data: on this run's test fold."""
     def score(champion: ModelVersion) -> float:
         bundle = Bundle.load(resolve_model(str(champion.version)))
+        seen = champion_saw(bundle, prepared)
+        if seen:
+            raise ChampionSawTestData(seen)
         return score_bundle_on(bundle, prepared, MAIN_METRIC)
     return score
+
+
+def champion_saw(bundle: Bundle, prepared: Prepared) -> str | None:
+    """Why ``bundle`` (refitted for serving) may have trained on ``prepared``'s test fold, or
+    None. With time: its data reaches into the test window. Without: a refit on any data may
+    hold these shoppers' held-out items, so it is never graded on them."""
+    refit_info = bundle.info.get("refit")
+    if not refit_info:
+        return None
+    test_start = prepared.split.test_start
+    last = refit_info.get("last_event")
+    if test_start is not None and last is not None:
+        if pd.Timestamp(last) < test_start:
+            return None
+        return f"its data ends {last}, this test window starts {test_start}"
+    return "data without time: its events may include this run's held-out ones"
 
 
 def input_example(bundle: Bundle) -> pd.DataFrame:

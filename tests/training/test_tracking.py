@@ -33,6 +33,7 @@ from models.scoring import compute_item_vectors
 from models.two_tower import TwoTower, TwoTowerConfig
 from training.fit import TrainConfig
 from training.tracking import (
+    ChampionSawTestData,
     RunLogger,
     data_fingerprint,
     experiment_name,
@@ -311,6 +312,20 @@ def test_promotion(logged: dict[str, Any]) -> None:
     d = promote(client, stranger, score_key=SCORE, data_hash="w", protocol="temporal",
                 score_champion=broken)
     assert not d["promoted"] and "bundle gone" in d["champion_error"]
+
+    # A champion refitted on data that covers the newcomer's test window would be graded on what
+    # it trained on: then each one's logged score on its own test fold decides.
+    def saw(champion: ModelVersion) -> float:
+        raise ChampionSawTestData("its data ends after this test window starts")
+
+    champion_score = d["champion_score"]
+    for score, promoted in ((champion_score - 0.01, False), (champion_score + 0.01, True)):
+        fresh = other_version(logged, score, data_hash="v")
+        d = promote(client, fresh, score_key=SCORE, data_hash="v", protocol="temporal",
+                    score_champion=saw)
+        assert d["promoted"] is promoted, d["reason"]
+        assert "own test fold" in d["reason"] and "ends after" in d["reason"]
+        assert d["champion_score_here"] is None
 
 
 @pytest.mark.slow
