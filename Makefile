@@ -35,8 +35,9 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 
 install-bench: $(BENCH_STAMP) ## install the benchmark extras (implicit, py-spy) into .venv
 
-lint: $(STAMP) ## ruff over the project
+lint: $(STAMP) ## ruff, and the import-linter contracts (layers point down; pyproject.toml)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 test: $(BENCH_STAMP) lint ## lint, then every test (slow ones included)
 	$(PY) -m pytest -q $(ARGS)

@@ -5,7 +5,7 @@
 Two catalogs: the trained item embeddings of a bundle, and a seeded synthetic catalog of a
 million clustered, L2-normalized vectors. For each index type (exact ``Flat``, ``HNSW32,Flat``,
 and ``auto-ivf``: the IVF Tailor ships for large catalogs) the index is built through
-``serving.index.build_index``, so the figures include Tailor's own nprobe / efSearch tuning up to
+``models.index.build_index``, so the figures include Tailor's own nprobe / efSearch tuning up to
 its recall gate, and searched through ``ItemIndex.search``, the call serving makes. Reported:
 build seconds (train + add, and the recall tuning on top), memory (serialized index, and the
 growth of this process's resident memory), recall@k against exact search on the benchmark's own
@@ -40,7 +40,7 @@ from benchmarks.common import (
 )
 from features.cli import run_cli
 from features.config import add_config_args, config_from_args
-from serving.index import (
+from models.index import (
     IndexBuildError,
     IndexConfig,
     ItemIndex,
@@ -99,7 +99,7 @@ HELP = {
     "k": "neighbours per query (recall@k)",
     "factories": f"FAISS index_factory strings, or {AUTO_IVF} for the IVF Tailor picks for "
                  f"large catalogs",
-    "min_recall": "recall gate of approximate indexes (serving.index.IndexConfig.min_recall)",
+    "min_recall": "recall gate of approximate indexes (models.index.IndexConfig.min_recall)",
     "seed": "seed of the synthetic catalog, the queries and the index training",
     "threads": "FAISS threads (0: every core)",
 }

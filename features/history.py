@@ -15,8 +15,6 @@ import pandas as pd
 from features.schema import EVENT_TYPES
 from features.vocab import Vocabulary
 
-DAY_MS = 86_400_000
-
 
 @dataclass(frozen=True, eq=False)
 class Histories:

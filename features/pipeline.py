@@ -92,7 +92,7 @@ def fingerprint(spec: DataSpec) -> str:
     if spec.kind == "synthetic":
         from features import synthetic  # local: the generator is only needed for synthetic data
 
-        digest.update(f"synthetic:{spec.size}:{getattr(synthetic, 'VERSION', '1')}".encode())
+        digest.update(f"synthetic:{spec.size}:{synthetic.VERSION}".encode())
         return digest.hexdigest()
     for path in source_files(spec):
         if not path.exists():

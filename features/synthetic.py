@@ -30,6 +30,9 @@ from features.schema import EVENT_DTYPE, TIMESTAMP_DTYPE, EventData
 from features.synthetic_catalog import LEAF_NAMES, PARENT_NAMES, build_catalog
 
 SECOND, MINUTE, HOUR, DAY = 1_000, 60_000, 3_600_000, 86_400_000
+# Part of the data fingerprint (features.pipeline): bump on any change to what is generated, so
+# processed-data caches of the old generator are not reused.
+VERSION = "1"
 WINDOW_END = pd.Timestamp("2026-07-01", tz="UTC")  # exclusive: the last day is 2026-06-30
 WINDOW_DAYS = 90
 NEW_USER_DAYS = 14

@@ -9,8 +9,8 @@ A bundle is a folder:
   bought_together.parquet item_id, other_item_id, score, pair_users, rank
   histories.parquet       each known shopper's most recent L events (user_id, item_id, event,
                           timestamp): the stored history the service starts from
-  index.faiss, index.json the FAISS index over item_vectors (serving/bundle_index.py; written by
-                          training, built at load when missing)
+  index.faiss, index.json the FAISS index over item_vectors (models/index.py), written with the
+                          bundle; serving loads it (built at load when missing)
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from features.config import FeatureConfig
 from features.history import Histories, build_histories
 from features.pipeline import Prepared
 from features.schema import DataError
@@ -33,6 +32,7 @@ from features.split import sort_events
 from features.vocab import Vocabulary
 from models.base import Recommender
 from models.blend import BlendWeights, load_sources, save_sources
+from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex, load_index, save_index
 from models.scoring import compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 
@@ -54,10 +54,7 @@ class Bundle:
     blend: BlendWeights | None = None
     info: dict = field(default_factory=dict)   # configs, data fingerprint, metrics, timings
     path: Path | None = None
-
-    @property
-    def feature_config(self) -> FeatureConfig:
-        return FeatureConfig(**self.info["features"])
+    index: ItemIndex | None = None             # the FAISS index written by ``save``
 
     @cached_property
     def recommender(self) -> Recommender:
@@ -86,7 +83,7 @@ class Bundle:
         return build_histories(events, self.item_vocab, max_len=self.model.cfg.history_len,
                                users=np.asarray(users, dtype=object), now=now)
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, index_config: IndexConfig = DEFAULT_CONFIG) -> Path:
         folder = Path(folder)
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -103,11 +100,18 @@ class Bundle:
         self.histories.to_parquet(tmp / "histories.parquet", index=False)
         if self.sources:
             save_sources(self.sources, tmp / "sources")
+        # The index travels inside the bundle (and so inside the logged MLflow model).
+        self.index = save_index(tmp, self.item_vectors, index_config)
         if folder.exists():  # replace only once the new bundle is complete
             shutil.rmtree(folder)
         tmp.rename(folder)
         self.path = folder
         return folder
+
+    def item_index(self, cfg: IndexConfig = DEFAULT_CONFIG) -> tuple[ItemIndex, str]:
+        """The saved FAISS index (searched with ``cfg``'s threads), or one built now when the
+        bundle has none that matches its item vectors; and which of the two it is."""
+        return load_index(self.path, self.item_vectors, cfg)
 
     @classmethod
     def load(cls, folder: str | Path) -> Bundle:

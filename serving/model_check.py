@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from features.cli import run_cli
-from training.tracking import resolve_model
+from models.registry import resolve_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,11 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, String
 from features.history import Histories
 from features.schema import EVENT_DTYPE, EVENT_TYPES, TIMESTAMP_DTYPE
 from models.bundle import Bundle
+from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
 from models.pyfunc import popular_items
+from models.registry import MODEL_NAME, configure, resolve_model
 from models.scoring import TwoTowerRecommender
-from serving.bundle_index import DEFAULT_CONFIG, load_index
-from serving.index import IndexConfig, ItemIndex
-from training.tracking import MODEL_NAME, configure, resolve_model
 
 DEFAULT_K = 10
 MAX_K = 1000
@@ -305,10 +304,10 @@ def session_histories(engine: Engine, user: str, events: list[SessionEvent]
 
 def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG) -> Engine:
     """The engine of model ``ref`` (alias, version, run id or bundle folder; see
-    ``training.tracking.resolve_model``), its index loaded from the bundle or built."""
+    ``models.registry.resolve_model``), its index loaded from the bundle or built."""
     path = resolve_model(ref)
     bundle = Bundle.load(path)
-    index, source = load_index(path, bundle.item_vectors, cfg)
+    index, source = bundle.item_index(cfg)
     return Engine(bundle, index, version=model_version(ref, path), ref=ref, index_source=source)
 
 

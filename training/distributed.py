@@ -60,17 +60,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
 
 
-def rank() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", 0))
-
-
-def is_main() -> bool:
-    """Rank 0 validates, prints, logs and saves."""
-    return rank() == 0
-
-
 def batch_share(idx: np.ndarray, rank: int, world: int, step: int) -> tuple[np.ndarray, bool]:
     """This rank's windows of batch number ``step``, and whether they count (loss, gradient,
     examples).

@@ -4,8 +4,7 @@ A ranking is an int matrix ``ranked`` (n_users, K_max) of item rows, best first,
 fewer than K_max items could be recommended (``models.base.top_k`` pads that way). Targets are
 given per user, either as a list of arrays or as CSR arrays ``(offsets, items)``; relevance is
 binary. Per-user metric functions return float64 arrays so callers can average over batches of
-users without losing precision; ``catalog_coverage`` needs every user at once (or the union of
-the batches' ``recommended_items``).
+users without losing precision (coverage is counted by ``training.evaluate``).
 """
 
 from __future__ import annotations
@@ -87,14 +86,3 @@ def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
     return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
 
 
-def recommended_items(ranked: np.ndarray, k: int) -> np.ndarray:
-    """Distinct item rows in the top ``k`` of any user (padding dropped)."""
-    top = np.asarray(ranked, dtype=np.int64)[:, :k]
-    return np.unique(top[top >= 0])
-
-
-def catalog_coverage(ranked: np.ndarray, k: int, n_items: int) -> float:
-    """Share of the catalog that appears in at least one user's top ``k``."""
-    if n_items <= 0:
-        return 0.0
-    return len(recommended_items(ranked, k)) / n_items

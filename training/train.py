@@ -40,23 +40,16 @@ from models.base import Recommender
 from models.baselines import BASELINES
 from models.blend import BlendConfig, BlendWeights
 from models.bundle import Bundle, build_bundle
+from models.registry import ChampionSawTestData, promote, resolve_model
 from models.scoring import TwoTowerRecommender, compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
-from serving.bundle_index import save_index
 from training.challenge import score_bundle_on
 from training.distributed import Group
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task, format_table
 from training.fit import FitResult, TrainConfig, fit, sized_for
 from training.refit import Refit, refit, reserve_for_refit
 from training.stack import sources_for_test, tune_blend
-from training.tracking import (
-    ChampionSawTestData,
-    RunLogger,
-    git_state,
-    metric_key,
-    promote,
-    resolve_model,
-)
+from training.tracking import RunLogger, git_state, metric_key
 
 MODEL = "two_tower"                # the model's row in the results, as in the metric names
 TOWERS_ONLY = "towers_only"        # the same towers without the stack's sparse signals
@@ -360,8 +353,7 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
             bundle = build_bundle(prepared, result.model, info, sources=sources, blend=blend)
         with tempfile.TemporaryDirectory(prefix="tailor-bundle-") as tmp:
             folder = bundle.save(Path(args.out) if args.out else Path(tmp) / "bundle")
-            # The FAISS index goes into the bundle, so it is part of the logged model.
-            index = save_index(folder, bundle.item_vectors)
+            index = bundle.index  # saved inside the bundle, so part of the logged model
             say(f"index     {index.info['factory']} over {index.n_items:,} items (recall@"
                 f"{index.info['recall_k']} {index.info['recall']:.3f}, "
                 f"{index.info['build_seconds']:.1f} s)")

@@ -118,3 +118,15 @@ def test_failed_read_keeps_the_existing_cache(tmp_path: Path,
     with pytest.raises(DataError, match="row 4"):
         prepare(spec)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == before
+
+
+def test_a_new_generator_version_is_new_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded shop's generator version is part of its fingerprint, so a changed generator
+    never reads an old cache (nor compares as the same data in promotion)."""
+    from features import synthetic
+    from features.pipeline import fingerprint
+
+    spec = parse_spec("synthetic")
+    before = fingerprint(spec)
+    monkeypatch.setattr(synthetic, "VERSION", synthetic.VERSION + "-next")
+    assert fingerprint(spec) != before

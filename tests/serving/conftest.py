@@ -18,7 +18,7 @@ from features.schema import EventData
 from features.spec import parse_spec
 from features.synthetic import ShopTruth, generate_with_truth
 from models.bundle import Bundle
-from serving.bundle_index import load_index
+from models.index import load_index
 from serving.recommend import Engine, load_engine
 
 

@@ -10,9 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
+from models.index import INDEX_FILE, load_index
 from models.pyfunc import popular_items
-from serving.bundle_index import load_index
-from serving.index import INDEX_FILE
 from serving.recommend import (
     PURCHASE,
     Engine,

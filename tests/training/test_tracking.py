@@ -29,20 +29,17 @@ from features.schema import DataError
 from features.spec import parse_spec
 from features.synthetic import generate
 from models.bundle import Bundle, recent_histories
+from models.registry import ChampionSawTestData, promote, resolve_model, tracking_uri
 from models.scoring import compute_item_vectors
 from models.two_tower import TwoTower, TwoTowerConfig
 from training.fit import TrainConfig
 from training.tracking import (
-    ChampionSawTestData,
     RunLogger,
     data_fingerprint,
     experiment_name,
     flatten,
     markdown_table,
     metric_key,
-    promote,
-    resolve_model,
-    tracking_uri,
 )
 
 SCORE = "test.two_tower.ndcg_at_10"
@@ -349,18 +346,18 @@ def test_resolve_model(logged: dict[str, Any], bundle_dir: Path) -> None:
 def test_resolve_model_downloads_remote_artifacts(logged: dict[str, Any],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # A non-local artifact store is downloaded once into $TAILOR_CACHE/models.
-    import training.tracking as tracking
+    import models.registry as registry
 
     calls: list[str] = []
-    real = tracking.mlflow.artifacts.download_artifacts
+    real = registry.mlflow.artifacts.download_artifacts
 
     def fake(artifact_uri: str, dst_path: str) -> str:
         calls.append(artifact_uri)
         return real(artifact_uri=artifact_uri, dst_path=dst_path)
 
-    monkeypatch.setattr(tracking, "urlparse", lambda uri: type("U", (), {
+    monkeypatch.setattr(registry, "urlparse", lambda uri: type("U", (), {
         "scheme": "s3", "path": ""})())
-    monkeypatch.setattr(tracking.mlflow.artifacts, "download_artifacts", fake)
+    monkeypatch.setattr(registry.mlflow.artifacts, "download_artifacts", fake)
     folder = resolve_model("1")
     assert folder.is_relative_to(Path(os.environ["TAILOR_CACHE"]) / "models")
     assert (folder / "bundle.json").exists() and len(calls) == 1

@@ -31,10 +31,10 @@ from features.spec import parse_spec
 from models.baselines import BASELINES
 from models.bundle import Bundle
 from models.pyfunc import popular_items
+from models.registry import tracking_uri
 from models.two_tower import TwoTower, TwoTowerConfig
 from training.evaluate import evaluate
 from training.fit import TrainConfig
-from training.tracking import tracking_uri
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--data", "synthetic", "--epochs", "2", "--dim", "16", "--n-layers", "1",

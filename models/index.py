@@ -409,3 +409,33 @@ def _keep(ids: np.ndarray, scores: np.ndarray, rows: np.ndarray, k: int, n: int,
         ok = np.pad(ok, ((0, 0), (0, k - width)))
     return (np.where(ok, ids, -1).astype(np.int64),
             np.where(ok, scores, -np.inf).astype(np.float32), count)
+
+
+# --- the index inside a bundle folder ------------------------------------------------------------
+# Built once at training time and saved with the bundle (``Bundle.save``), so it is part of the
+# logged MLflow model; serving loads it. A bundle without one (or with one that does not match
+# its item vectors) gets it built in memory at load time; logged artifacts are never written to.
+
+DEFAULT_CONFIG = IndexConfig()
+
+
+def save_index(bundle_dir: str | Path, item_vectors: np.ndarray,
+               cfg: IndexConfig = DEFAULT_CONFIG) -> ItemIndex:
+    """Build the index over ``item_vectors`` (recall gate included) into ``bundle_dir``."""
+    index = build_index(item_vectors, cfg)
+    index.save(bundle_dir)
+    return index
+
+
+def load_index(bundle_dir: str | Path | None, item_vectors: np.ndarray,
+               cfg: IndexConfig = DEFAULT_CONFIG) -> tuple[ItemIndex, str]:
+    """The bundle's index and where it came from: ``"bundle"`` or ``"built at load"``."""
+    n, dim = item_vectors.shape
+    if bundle_dir is not None and (Path(bundle_dir) / INDEX_FILE).is_file():
+        try:
+            index = ItemIndex.load(bundle_dir, threads=cfg.threads)
+        except DataError:  # unreadable: rebuilding is cheaper than refusing to serve
+            index = None
+        if index is not None and (index.n_items, index.dim) == (n, dim):
+            return index, "bundle"
+    return build_index(item_vectors, cfg), "built at load"

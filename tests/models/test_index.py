@@ -1,4 +1,4 @@
-"""serving/index.py against brute-force numpy answers, on small seeded vectors and real FAISS."""
+"""models/index.py against brute-force numpy answers, on small seeded vectors and real FAISS."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from features.schema import DataError
 from models.base import top_k
-from serving.index import (
+from models.index import (
     INDEX_FILE,
     INFO_FILE,
     IndexBuildError,
