@@ -4,8 +4,9 @@
         [--users FILE] [--exclude-seen | --no-exclude-purchased]
 
 Each shopper's input is their full history in DATA (the last L events, like training); ranking
-is ``serving.recommend.rank``, the code path of ``/recommend``: the bundle's recommender for
-shoppers with a known item, the popular items of the model's recent window for the others.
+is ``models.ranking.rank``, the code path of ``/recommend`` and the pyfunc: the bundle's
+recommender for shoppers with a known item, the popular items of the model's recent window for
+the others.
 As ``/recommend`` does by default, items a shopper bought (anywhere in DATA) do not come back;
 ``--exclude-seen`` leaves out everything they interacted with.
 Shoppers are scored in chunks (one user-tower forward and one scoring call per chunk). Output:
@@ -33,7 +34,8 @@ from features.history import build_histories
 from features.readers import read_events
 from features.schema import DataError
 from features.split import sort_events
-from serving.recommend import MAX_K, Engine, load_engine, rank
+from models.ranking import MAX_K, rank
+from serving.recommend import Engine, load_engine
 
 CELLS_PER_CHUNK = 10_000_000   # users x items scored at once (~40 MB of float32 scores)
 MAX_WORKERS = 4                # default bound on chunks in flight (each holds a few copies)

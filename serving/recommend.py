@@ -5,19 +5,10 @@ shopper's recent history, bought-together table), the FAISS index, the availabil
 the popularity order — and nothing a request changes: session events are merged into a copy of
 the shopper's history for that request only.
 
-Ranking (``rank``, shared by ``/recommend`` and batch recommendations): one user-tower forward
-for every history in the call, then either
-
-* ``index``: a FAISS search with the user vectors, when the bundle's recommender is the towers
-  alone without the interest term, so the index ranks exactly as ``recommender.score`` does;
-* ``full_scoring``: ``recommender.recommend`` over the whole catalog in one vectorized call,
-  when the recommender adds per-shopper sparse signals (the ranking stack, the interest term)
-  that an index over item vectors cannot hold; it is one matrix product, and it keeps serving
-  ranking exactly as evaluation ranked.
-
-Histories with no known item get the most popular available items of the recent window
-(``models.pyfunc.popular_items``), per category when asked. Scores are the recommender's (or
-the popularity counts for the fallback): comparable within one response.
+Ranking is ``models.ranking.rank``, the one path that batch recommendations and the MLflow
+pyfunc call too (fallback to popular items, exclusions, availability and category filters, index
+or full scoring). ``Engine`` is a ``models.ranking.Ranker`` plus what answers need on top: titles,
+categories, bought-together neighbours and each known shopper's stored events as arrays.
 """
 
 from __future__ import annotations
@@ -38,15 +29,12 @@ from features.history import Histories
 from features.schema import EVENT_DTYPE, EVENT_TYPES, TIMESTAMP_DTYPE
 from models.bundle import Bundle
 from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
-from models.pyfunc import popular_items
+from models.ranking import MAX_K, Ranker, exclusions, rank
 from models.registry import MODEL_NAME, configure, resolve_model
-from models.scoring import TwoTowerRecommender
 
 DEFAULT_K = 10
-MAX_K = 1000
 MAX_SESSION_EVENTS = 1000   # only the last history_len count; the bound keeps requests cheap
 MAX_EXCLUDE = 10_000
-PURCHASE = EVENT_TYPES.index("purchase")
 EVENT_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
 NAT_MS = np.iinfo(np.int64).min   # NaT as int64
 
@@ -157,32 +145,18 @@ def not_found(field: str, value: str, what: str) -> RequestError:
 # --- the engine -----------------------------------------------------------------------------
 
 
-class Engine:
+class Engine(Ranker):
     """A loaded bundle plus what serving derives from it once, at start-up."""
 
     def __init__(self, bundle: Bundle, index: ItemIndex, *, version: str = "unversioned",
                  ref: str | None = None, index_source: str = "") -> None:
-        if index.n_items != len(bundle.item_vocab):
-            raise ValueError(f"index holds {index.n_items} items, the bundle "
-                             f"{len(bundle.item_vocab)}")
-        self.bundle, self.index, self.version = bundle, index, version
-        self.ref, self.index_source = ref or version, index_source
+        super().__init__(bundle, index)
+        self.version, self.ref, self.index_source = version, ref or version, index_source
         items = bundle.items
         self.ids = bundle.item_vocab.ids
-        self.available = items["available"].to_numpy(dtype=bool)
-        self.popularity = items["popularity"].to_numpy(dtype=np.float64)
-        self.popular_rows, _ = popular_items(bundle)     # available rows, most popular first
         self.titles = _strings(items, "title")
         self.categories = _strings(items, "category_id")
         self.parents = _strings(items, "parent_category_id")
-        self.recommender = bundle.recommender
-        self.towers = getattr(self.recommender, "towers", self.recommender)
-        # The index ranks exactly like score() only for the towers alone, interest term off.
-        self.method = "index" if isinstance(self.recommender, TwoTowerRecommender) and \
-            not self.recommender.model.cfg.interest else "full_scoring"
-        ts = bundle.histories["timestamp"]
-        # "Now" for ages: the end of the data the model knows (a session may move it later).
-        self.now = ts.max() + pd.Timedelta(milliseconds=1) if ts.notna().any() else None
         self.bt_offsets, self.bt_rows, self.bt_scores = _bought_together_csr(bundle)
         self.shoppers = len(bundle.history_rows)   # builds the row lookup before any request
         known = bundle.item_vocab.lookup(bundle.histories["item_id"]) >= 0
@@ -325,49 +299,6 @@ def model_version(ref: str, path: Path) -> str:
     return f"{MODEL_NAME}/{mv.version}"
 
 
-@dataclass(frozen=True)
-class Ranked:
-    rows: np.ndarray       # (n, k) item rows, -1 pads
-    scores: np.ndarray     # (n, k) float32, -inf pads
-    personal: np.ndarray   # (n,) bool: ranked from the history (else popularity)
-
-
-def rank(engine: Engine, histories: Histories, k: int, exclude: list[np.ndarray] | None = None,
-         allowed: np.ndarray | None = None) -> Ranked:
-    """Top-``k`` item rows per history: the model for histories with a known item, the popular
-    fallback for the others. ``allowed`` narrows the available items; ``exclude`` per history."""
-    n = len(histories)
-    allowed = engine.available if allowed is None else allowed & engine.available
-    rows = np.full((n, k), -1, dtype=np.int64)
-    scores = np.full((n, k), -np.inf, dtype=np.float32)
-    personal = histories.lengths > 0
-    idx = np.flatnonzero(personal)
-    if len(idx):
-        hist = histories if len(idx) == n else histories.select(idx)
-        excl = None if exclude is None else [exclude[i] for i in idx]
-        if engine.method == "index":
-            vectors = engine.towers.user_vectors(hist)
-            got, got_scores = engine.index.search(vectors, k, exclude=excl, allowed=allowed)
-            # Index scores are cosines; score() divides them by the softmax temperature.
-            got_scores = got_scores / np.float32(engine.towers.model.cfg.temperature)
-        else:
-            got, got_scores = engine.recommender.recommend(hist, k, exclude=excl, allowed=allowed)
-        rows[idx], scores[idx] = got[:, :k], got_scores[:, :k]
-    candidates = engine.popular_rows[allowed[engine.popular_rows]]
-    for i in np.flatnonzero(~personal):
-        top = _popular(candidates, k, None if exclude is None else exclude[i])
-        rows[i, :len(top)] = top
-        scores[i, :len(top)] = engine.popularity[top]
-    return Ranked(rows, scores, personal)
-
-
-def _popular(candidates: np.ndarray, k: int, exclude: np.ndarray | None) -> np.ndarray:
-    if exclude is None or not len(exclude):
-        return candidates[:k]
-    head = candidates[:k + len(exclude)]  # exclusions remove at most len(exclude) of them
-    return head[~np.isin(head, exclude)][:k]
-
-
 # --- the endpoints ----------------------------------------------------------------------------
 
 
@@ -407,10 +338,9 @@ def recommend(engine: Engine, request: RecommendRequest) -> Recommendations:
             now = latest if now is None else max(now, latest)
         histories = bundle.user_histories([user], extra_events=session, now=now)
         session_items = bundle.item_vocab.lookup(session["item_id"])
-    exclude = engine.rows_of(request.exclude_items)
-    if request.exclude_purchased:
-        exclude = np.concatenate([exclude, histories.item_idx[histories.event_code == PURCHASE]])
-    ranked = rank(engine, histories, request.k, [exclude[exclude >= 0]], allowed)
+    exclude = exclusions(histories, purchased=request.exclude_purchased,
+                         explicit=[engine.rows_of(request.exclude_items)])
+    ranked = rank(engine, histories, request.k, exclude, allowed)
     stored = user in engine.known_users
     in_session = bool((session_items >= 0).any())
     if ranked.personal[0]:

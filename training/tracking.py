@@ -212,10 +212,9 @@ class RunLogger:
 
     def log_bundle(self, bundle_dir: Path, input_example: pd.DataFrame) -> ModelVersion:
         """Log the bundle as a pyfunc (signature from the example), register it as candidate."""
-        from models.bundle import Bundle  # local: torch/torchrec load only when logging a model
-        from models.pyfunc import TailorPyfunc, recommend_frame
+        from models.pyfunc import TailorPyfunc, load_ranker, recommend_frame
 
-        output = recommend_frame(Bundle.load(bundle_dir), input_example)
+        output = recommend_frame(load_ranker(str(bundle_dir)), input_example)
         info = mlflow.pyfunc.log_model(
             name="model", python_model=TailorPyfunc(), artifacts={"bundle": str(bundle_dir)},
             code_paths=[str(ROOT / p) for p in CODE_PACKAGES],

@@ -77,7 +77,6 @@ def test_index_benchmark_end_to_end(tiny_bundle: Path, tmp_path: Path,
             assert 0 < r["single_p50_ms"] <= r["single_p99_ms"]
             assert r["single_1t_qps"] > 0 and 0 < r["single_1t_p50_ms"] <= r["single_1t_p99_ms"]
             assert len(r["batch_qps_runs"]) == len(r["single_1t_qps_runs"]) == 1   # --repeats
-            assert r["build_s"] >= 0 and r["tuning_s"] >= 0
             if r["factory"] != "Flat":   # passed the gate on its stand-ins, and holds on ours
                 assert r["gate_recall"] >= 0.95
                 assert r["recall_at_10"] >= 0.9

@@ -125,9 +125,12 @@ def test_serve_benchmark_end_to_end(tiny_bundle: Path, tmp_path: Path,
     for r in rows.values():
         assert r["requests"] > 0 and r["rps"] > 0 and r["errors"] == 0, r
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"], r
-        assert r["server_cpu_ms"] > 0 and r["client_cpu_ms"] > 0 and r["other_cores"] >= 0
-    assert rows["recommend", "rate50"]["dropped"] == 0
-    assert 40 <= rows["recommend", "rate50"]["requests"] <= 51   # 1 s at 50/s
+        assert r["server_cpu_ms"] > 0 and r["client_cpu_ms"] > 0
+    # Open loop: every request due in 1 s at 50/s is either answered or counted as dropped (a
+    # busy machine may drop some; how many is the benchmark's business, not the test's).
+    open_loop = rows["recommend", "rate50"]
+    assert open_loop["requests"] > 0
+    assert 40 <= open_loop["requests"] + open_loop["dropped"] <= 51
     # The /recommend mix reached the server: every kind of shopper was answered.
     assert set(rows["recommend", 4]["by_kind"]) == {"returning", "session", "unknown"}
     for name in ("recommend", "also_bought"):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import readers
 from features.readers import read_events
 from features.schema import EVENT_DTYPE, TIMESTAMP_DTYPE, BadRowReport, DataError, EventData
 from features.spec import DataSpec, parse_spec, with_overrides
@@ -354,6 +353,3 @@ def test_real_amazon(name: str, expected: tuple[int, int, int], n_attrs: int) ->
     lengths = data.events.groupby("user_id").size()
     assert lengths.min() == 5
 
-
-def test_reader_module_exports() -> None:
-    assert callable(readers.read_seq) and callable(readers.read_retailrocket)

@@ -11,9 +11,8 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from models.index import INDEX_FILE, load_index
-from models.pyfunc import popular_items
+from models.ranking import PURCHASE, popular_items, rank
 from serving.recommend import (
-    PURCHASE,
     Engine,
     ItemRequest,
     RecommendRequest,
@@ -21,7 +20,6 @@ from serving.recommend import (
     also_bought,
     model_card,
     model_version,
-    rank,
     recommend,
     similar_items,
 )

@@ -30,7 +30,7 @@ from features.pipeline import Prepared, prepare
 from features.spec import parse_spec
 from models.baselines import BASELINES
 from models.bundle import Bundle
-from models.pyfunc import popular_items
+from models.ranking import popular_items
 from models.registry import tracking_uri
 from models.two_tower import TwoTower, TwoTowerConfig
 from training.evaluate import evaluate
