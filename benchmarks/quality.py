@@ -47,7 +47,7 @@ from features.spec import parse_spec
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task
 from training.tracking import comparison_chart, metric_key
 
-MODEL = "two_tower"
+MODEL = "tailor"
 
 SERVED_METRICS = ("hr@10", "ndcg@10", "recall@20")
 
@@ -201,7 +201,7 @@ def main_metric(protocol: str) -> str:
 
 def best_baseline(methods: dict[str, dict[str, float]]) -> str:
     """The baseline with the highest test NDCG@10 (ALS included)."""
-    baselines = [n for n in methods if n not in (MODEL, "towers_only")]
+    baselines = [n for n in methods if n not in (MODEL, "towers")]
     return max(baselines, key=lambda n: methods[n].get("ndcg@10") or 0.0)
 
 
@@ -241,7 +241,7 @@ def section(run: dict[str, Any]) -> str:
     if published:
         pcols = sorted({m for _, values, _ in published for m in values},
                        key=lambda c: (c.split("@")[0] != first, int(c.split("@")[1])))
-        ours = {"method": "Tailor two_tower (this run)",
+        ours = {"method": "Tailor (this run)",
                 **{c: methods[MODEL].get(c) for c in pcols}, "source": "above"}
         prow = [ours] + [{"method": m, **v, "source": s} for m, v, s in published]
         text += (f"\nPublished on the same file ({run['protocol']}, full ranking; "
@@ -258,7 +258,7 @@ def summary(runs: list[dict[str, Any]]) -> str:
         best = best_baseline(methods)
         row = {"data": run["name"], "metric": first.upper() if first == "hr" else "Recall",
                "best baseline": best, "model fit s": run["fit"]["seconds"]}
-        for who, name in (("model", MODEL), ("towers", "towers_only"), ("baseline", best)):
+        for who, name in (("model", MODEL), ("towers", "towers"), ("baseline", best)):
             for k in (10, 20):
                 row[f"{who} @{k}"] = methods[name].get(f"{first}@{k}")
                 row[f"{who} NDCG@{k}"] = methods[name].get(f"ndcg@{k}")

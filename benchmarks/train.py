@@ -133,7 +133,7 @@ def measure(spec: str, nproc: int, epochs: int, cfg: TrainBenchConfig) -> dict[s
         runs.append({"wall_s": wall, "fit_s": fit["seconds"], "peak_mb": peak_mb,
                      "examples": fit["examples"], "epochs": fit["epochs"],
                      "examples_per_s": median(r["examples_per_s"] for r in fit["history"]),
-                     "ndcg@10": info["metrics"]["test"]["two_tower"]["ndcg@10"]})
+                     "ndcg@10": info["metrics"]["test"]["tailor"]["ndcg@10"]})
         say(f"    {wall:.0f} s, fit {fit['seconds']:.0f} s, "
             f"{runs[-1]['examples_per_s']:,.0f} examples/s, peak {peak_mb:,.0f} MB")
     row = {key: median(r[key] for r in runs) for key in runs[0]}

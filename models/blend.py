@@ -9,7 +9,8 @@ win, the stack scores every item as
 
 where ``scale_s`` makes each signal unit-free and the weights ``w_s`` are chosen on the
 *validation* fold by coordinate ascent on the protocol's metric, with the signals fitted on the
-training fold only, so nothing about the test window leaks into the weights. A weight of 0
+training fold only, so nothing about the test window leaks into the weights
+(``training/stack.py`` chooses them). A weight of 0
 switches a source off: on data where a signal does not help, the stack is the towers alone.
 """
 
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from features.history import Histories
 from models.base import Recommender
@@ -92,7 +92,7 @@ def signal(raw: np.ndarray, scale: float) -> np.ndarray:
 class BlendedRecommender(Recommender):
     """Towers + weighted sparse signals: what Tailor evaluates and serves."""
 
-    name = "two-tower"
+    name = "tailor"
 
     def __init__(self, towers: TwoTowerRecommender, sources: dict[str, Baseline],
                  blend: BlendWeights) -> None:
@@ -113,74 +113,6 @@ class BlendedRecommender(Recommender):
             scores += self.blend.weights[name] * signal(source.score(histories),
                                                         self.blend.scales[name])
         return scores
-
-
-# --- choosing the weights ---------------------------------------------------------------------
-
-def _ndcg(scores: torch.Tensor, target_mask: torch.Tensor, n_targets: torch.Tensor,
-          k: int) -> float:
-    top = torch.topk(scores, k, dim=1).indices
-    hits = torch.gather(target_mask, 1, top).float()
-    discounts = 1.0 / torch.log2(torch.arange(k, dtype=torch.float32) + 2.0)
-    dcg = (hits * discounts).sum(1)
-    ideal = torch.cumsum(discounts, 0)[(n_targets.clamp(max=k) - 1).clamp(min=0)]
-    return float((dcg / ideal).mean())
-
-
-def choose_weights(towers: TwoTowerRecommender, sources: dict[str, Baseline], histories: Histories,
-                   targets: tuple[np.ndarray, np.ndarray],
-                   exclude: tuple[np.ndarray, np.ndarray] | None,
-                   cfg: BlendConfig) -> BlendWeights:
-    """Coordinate ascent over ``cfg.grid`` for each source's weight, maximizing NDCG@k.
-
-    ``targets``/``exclude`` are CSR (offsets, item rows) per history, as in
-    ``training.evaluate.EvalTask``. Ties keep the smaller weight, so a useless source stays off.
-    """
-    n_users, n_items = len(histories), towers.n_items
-    keep = min(n_users, max(1, cfg.max_cells // max(n_items * (len(sources) + 1), 1)))
-    rows = np.arange(keep)
-    hist = histories.select(rows)
-    t_off, t_items = targets
-    t_off, t_items = t_off[:keep + 1], t_items[:t_off[keep]]
-    target_mask = torch.zeros(keep, n_items, dtype=torch.bool)
-    target_mask[np.repeat(rows, np.diff(t_off)), t_items] = True
-    n_targets = torch.from_numpy(np.diff(t_off))
-    base = torch.from_numpy(towers.score(hist))
-    if exclude is not None:
-        e_off, e_items = exclude
-        e_off, e_items = e_off[:keep + 1], e_items[:e_off[keep]]
-        base[np.repeat(rows, np.diff(e_off)), e_items] = -torch.inf
-
-    parts, scales = {}, {}
-    for name, source in sources.items():
-        raw = source.score(hist)
-        positive_max = raw.max(axis=1)
-        positive_max = positive_max[positive_max > 1e-12]
-        scales[name] = float(np.median(positive_max)) if len(positive_max) else 1.0
-        parts[name] = torch.from_numpy(signal(raw, scales[name]))
-
-    k = min(cfg.k, n_items)
-    weights = {name: 0.0 for name in sources}
-
-    def total(w: dict[str, float]) -> float:
-        scores = base.clone()
-        for name, value in w.items():
-            if value:
-                scores += value * parts[name]
-        return _ndcg(scores, target_mask, n_targets, k)
-
-    towers_only = best = total(weights)
-    for _ in range(cfg.rounds):
-        changed = False
-        for name in sources:
-            for value in cfg.grid:
-                trial = {**weights, name: float(value)}
-                score = total(trial)
-                if score > best + 1e-9:
-                    best, weights, changed = score, trial, True
-        if not changed:
-            break
-    return BlendWeights(weights, scales, best, towers_only)
 
 
 # --- persistence (inside the model bundle) ----------------------------------------------------

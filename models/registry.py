@@ -88,7 +88,10 @@ def _data_of(client: MlflowClient, mv: ModelVersion) -> tuple[str | None, str | 
     """(data hash, protocol, run metrics) of a version: its own tags first, then its run's."""
     run = client.get_run(mv.run_id) if mv.run_id else None
     tags = {**(run.data.tags if run else {}), **(mv.tags or {})}
-    return tags.get("data.hash"), tags.get("data.protocol"), (run.data.metrics if run else {})
+    metrics = dict(run.data.metrics) if run else {}
+    for key, value in list(metrics.items()):  # runs logged before the served ranking was renamed
+        metrics.setdefault(key.replace(".two_tower.", ".tailor."), value)
+    return tags.get("data.hash"), tags.get("data.protocol"), metrics
 
 
 class ChampionSawTestData(Exception):
@@ -101,7 +104,7 @@ def promote(client: MlflowClient, version: ModelVersion | str | int, *, score_ke
             score_champion: Callable[[ModelVersion], float] | None = None) -> dict[str, Any]:
     """Mark ``version`` candidate; make it champion by the rule in the module docstring.
 
-    ``score_key`` is a run metric, higher is better (e.g. ``valid.two_tower.ndcg_at_10``).
+    ``score_key`` is a run metric, higher is better (e.g. ``valid.tailor.ndcg_at_10``).
     ``score_champion``: the champion's value of that metric on this version's own test data
     (``training/challenge.py``), asked for only when the champion's logged score is not
     comparable (other data or protocol); None keeps such a champion.

@@ -32,7 +32,7 @@ def compute_item_vectors(model: TwoTower, item_features: pd.DataFrame) -> np.nda
 
 
 class TwoTowerRecommender(Recommender):
-    name = "two_tower"
+    name = "towers"
 
     def __init__(self, model: TwoTower, item_vectors: np.ndarray) -> None:
         self.model = model.eval()

@@ -98,7 +98,7 @@ def examples(client: httpx.Client) -> None:
     data, truth = generate_with_truth("small")
     titles = data.items.set_index("item_id")["title"] if "title" in data.items else pd.Series()
     card = client.post("/model").json()
-    metrics = card["test_metrics"].get("two_tower", {})
+    metrics = card["test_metrics"].get("tailor", {})
     print(f"\nserving {card['model_version']} (trained {card['trained_at']}, "
           f"{card['items']:,} items, {card['known_shoppers']:,} shoppers; test ndcg@10 "
           f"{metrics.get('ndcg@10', float('nan')):.3f}; {card['ranking']})")

@@ -11,7 +11,7 @@ Names in a run, so runs of one data set compare in a single MLflow table:
   ``data.valid_start``, ``data.test_start``, ...); tags ``data.spec``, ``data.name``,
   ``data.hash``, ``data.protocol``, ``git.commit``, ``git.dirty``
 - per-epoch metrics ``epoch.<key>`` (``epoch.loss``, ``epoch.valid_score``) with step = epoch
-- results ``<fold>.<method>.<metric>`` with '@' spelled ``_at_`` (``test.two_tower.hr_at_10``)
+- results ``<fold>.<method>.<metric>`` with '@' spelled ``_at_`` (``test.tailor.hr_at_10``)
 - artifacts ``data_meta.json``, ``configs.json``, ``results/<fold>.csv|md``,
   ``figures/learning_curves.png``, ``figures/<fold>_comparison.png``, ``promotion.json``
 
@@ -83,7 +83,7 @@ def ensure_experiment(spec_name: str, client: MlflowClient | None = None) -> str
 # --- naming ------------------------------------------------------------------------------------
 
 def metric_key(*parts: str) -> str:
-    """``test``, ``two_tower``, ``hr@10`` -> ``test.two_tower.hr_at_10`` (MLflow forbids '@')."""
+    """``test``, ``tailor``, ``hr@10`` -> ``test.tailor.hr_at_10`` (MLflow forbids '@')."""
     text = ".".join(parts).replace("@", "_at_")
     return re.sub(r"[^\w.\- /]", "_", text)
 

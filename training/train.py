@@ -5,7 +5,7 @@ NDCG@10 of the validation fold, evaluate the model and the baselines on the test
 same full-ranking protocol, print the comparison, and log settings, data fingerprint, per-epoch
 metrics, results, figures and the serving bundle to MLflow (``training/tracking.py`` names them).
 The bundle is registered as model ``tailor`` with alias ``candidate``; it becomes ``champion``
-when it beats the champion on ``test.two_tower.ndcg_at_10`` for the same data and protocol (or
+when it beats the champion on ``test.tailor.ndcg_at_10`` for the same data and protocol (or
 with ``--force-promote``).
 
 Under ``torchrun`` every rank prepares the data and runs ``fit`` (which owns the process group);
@@ -51,8 +51,8 @@ from training.refit import Refit, refit, reserve_for_refit
 from training.stack import sources_for_test, tune_blend
 from training.tracking import RunLogger, git_state, metric_key
 
-MODEL = "two_tower"                # the model's row in the results, as in the metric names
-TOWERS_ONLY = "towers_only"        # the same towers without the stack's sparse signals
+MODEL = "tailor"                   # the served ranking's row in the results and metric names
+TOWERS = "towers"                  # the same towers without the stack's sparse signals
 MAIN_METRIC = "ndcg@10"            # early stopping and promotion, every protocol has it
 SCORE_KEY = metric_key("test", MODEL, MAIN_METRIC)
 VALID_USERS = 2000                 # validation sample: cheap enough to score every epoch
@@ -197,10 +197,10 @@ def results_table(model: Recommender, towers: Recommender, result: FitResult,
                   baselines: dict[str, Recommender], baseline_seconds: dict[str, float],
                   prepared: Prepared) -> pd.DataFrame:
     """Test metrics of the model, its towers alone and every baseline (one shared task)."""
-    table = evaluate_all({MODEL: model, TOWERS_ONLY: towers, **baselines}, prepared, "test",
+    table = evaluate_all({MODEL: model, TOWERS: towers, **baselines}, prepared, "test",
                          ks=DEFAULT_KS)
     table["fit_seconds"] = pd.Series({MODEL: round(result.seconds, 3),
-                                      TOWERS_ONLY: round(result.seconds, 3), **baseline_seconds})
+                                      TOWERS: round(result.seconds, 3), **baseline_seconds})
     return table
 
 

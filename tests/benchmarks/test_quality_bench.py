@@ -25,7 +25,7 @@ def test_quality_bench_compares_every_method_on_one_split(
     payload = json.loads((isolated_outputs / "results" / "quality.json").read_text())
     (run,) = payload["results"]["runs"]
     methods = run["methods"]
-    assert set(methods) == {"two_tower", "towers_only", "most-popular", "repeat", "item-knn",
+    assert set(methods) == {"tailor", "towers", "most-popular", "repeat", "item-knn",
                             "seq-item-knn", "als"}
     for name, values in methods.items():
         for key in ("recall@10", "ndcg@10", "hr@10", "coverage@10", "recall@50"):
@@ -39,7 +39,7 @@ def test_quality_bench_compares_every_method_on_one_split(
 
     text = (isolated_outputs / "BENCHMARKS.md").read_text()
     body = text.split("<!-- bench:quality -->")[1].split("<!-- /bench:quality -->")[0]
-    assert "| two_tower |" in body and "| als |" in body and "python -m benchmarks.quality" in body
+    assert "| tailor |" in body and "| als |" in body and "python -m benchmarks.quality" in body
     assert all(f"<!-- bench:{part} -->" in text for part in PARTS)
     # The served (refitted) model, scored from outside on the days after its data, beside the
     # baselines fitted on the same data

@@ -255,7 +255,7 @@ def test_model_card_reports_version_training_and_test_metrics(engine: Engine) ->
     card = model_card(engine)
     assert card.model_version == engine.version and card.bundle_path
     assert pd.Timestamp(card.trained_at) <= pd.Timestamp.now(tz="UTC")
-    assert 0 < card.test_metrics["two_tower"]["ndcg@10"] <= 1
+    assert 0 < card.test_metrics["tailor"]["ndcg@10"] <= 1
     assert card.index["factory"] == "Flat" and card.index["source"] == "bundle"
     assert card.data["spec"] == "synthetic" and card.items == len(engine.ids)
     assert card.known_shoppers == engine.bundle.histories["user_id"].nunique()

@@ -73,7 +73,7 @@ def test_also_bought_similar_items_and_model(server: httpx.Client, shop) -> None
     assert near.status_code == 200 and near.json()["strategy"] == "embedding:index"
     card = server.post("/model")
     assert card.status_code == 200
-    assert card.json()["test_metrics"]["two_tower"]["ndcg@10"] > 0
+    assert card.json()["test_metrics"]["tailor"]["ndcg@10"] > 0
     assert card.json()["trained_at"]
 
 

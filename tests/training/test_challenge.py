@@ -42,5 +42,5 @@ def test_a_bundle_scored_on_its_own_data_matches_its_logged_test_metric(
     prepared = prepare(parse_spec("synthetic"), FeatureConfig(**bundle.info["features"]))
     logged = json.loads((tiny_bundle / "bundle.json").read_text())["metrics"]["test"]
     got = score_bundle_on(bundle, prepared, "ndcg@10")
-    assert got == pytest.approx(logged["two_tower"]["ndcg@10"], abs=1e-6)
+    assert got == pytest.approx(logged["tailor"]["ndcg@10"], abs=1e-6)
     assert 0.1 < got < 1.0

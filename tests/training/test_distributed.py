@@ -166,9 +166,9 @@ def test_make_train_on_two_ranks_ranks_like_one(shop: dict[str, Any]) -> None:
     assert rows.shape == (50, 10) and np.isfinite(scores).all()
     metrics = evaluate(double.recommender, prepared, "test", ks=(10,))
     test = [b.info["metrics"]["test"] for b in (single, double)]
-    assert metrics["ndcg@10"] == pytest.approx(test[1]["two_tower"]["ndcg@10"], abs=THREADS_TOL)
+    assert metrics["ndcg@10"] == pytest.approx(test[1]["tailor"]["ndcg@10"], abs=THREADS_TOL)
     # same range as one process, and far above popularity
-    ndcg = [t["two_tower"]["ndcg@10"] for t in test]
+    ndcg = [t["tailor"]["ndcg@10"] for t in test]
     assert ndcg[1] > 0.8 * ndcg[0] and ndcg[1] > 2 * test[1]["most-popular"]["ndcg@10"]
 
 

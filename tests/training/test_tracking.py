@@ -42,14 +42,14 @@ from training.tracking import (
     metric_key,
 )
 
-SCORE = "test.two_tower.ndcg_at_10"
+SCORE = "test.tailor.ndcg_at_10"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- fast: naming --------------------------------------------------------------------------------
 
 def test_metric_names_have_no_at_sign() -> None:
-    assert metric_key("test", "two_tower", "hr@10") == "test.two_tower.hr_at_10"
+    assert metric_key("test", "tailor", "hr@10") == "test.tailor.hr_at_10"
     assert metric_key("epoch", "valid:score") == "epoch.valid_score"
 
 
@@ -71,10 +71,10 @@ def test_default_store_is_under_the_project(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_markdown_table() -> None:
-    table = pd.DataFrame({"hr@10": [0.5, 0.25]}, index=pd.Index(["two_tower", "popular"],
+    table = pd.DataFrame({"hr@10": [0.5, 0.25]}, index=pd.Index(["tailor", "popular"],
                                                                  name="method"))
     assert markdown_table(table).splitlines() == [
-        "| method | hr@10 |", "|---|---|", "| two_tower | 0.5000 |", "| popular | 0.2500 |"]
+        "| method | hr@10 |", "|---|---|", "| tailor | 0.5000 |", "| popular | 0.2500 |"]
 
 
 # --- fixtures: a temporary store, a tiny real bundle, one logged run ------------------------------
@@ -120,7 +120,7 @@ def bundle_dir(prepared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> 
 def results_table(two_tower: float) -> pd.DataFrame:
     table = pd.DataFrame({"hr@10": [0.3, 0.2, 0.1], "ndcg@10": [two_tower, 0.08, 0.05],
                           "recall@20": [0.4, 0.3, 0.2], "train_seconds": [12.5, 0.1, 0.0]},
-                         index=["two_tower", "popular", "repeat"])
+                         index=["tailor", "popular", "repeat"])
     table.index.name = "method"
     return table
 
@@ -180,7 +180,7 @@ def test_run_records_settings_fingerprint_metrics_and_artifacts(logged: dict[str
     assert params["data.events_by_type.purchase"].isdigit()
     assert tags["data.hash"] == "x" and tags["data.protocol"] == "temporal"
     assert tags["git.commit"] and tags["git.dirty"] in ("true", "false", "unknown")
-    assert metrics["test.two_tower.hr_at_10"] == pytest.approx(0.3)
+    assert metrics["test.tailor.hr_at_10"] == pytest.approx(0.3)
     assert metrics["test.popular.train_seconds"] == pytest.approx(0.1)
     curve = client.get_metric_history(logged["run_id"], "epoch.loss")
     assert [(m.step, m.value) for m in curve] == [(1, 7.0), (2, 6.5)]

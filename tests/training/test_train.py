@@ -39,7 +39,7 @@ from training.fit import TrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--data", "synthetic", "--epochs", "2", "--dim", "16", "--n-layers", "1",
         "--encoder", "pooling", "--batch-tokens", "8192", "--no-progress"]
-SCORE = "test.two_tower.ndcg_at_10"
+SCORE = "test.tailor.ndcg_at_10"
 
 
 # --- fast: flags -------------------------------------------------------------------------------
@@ -177,11 +177,11 @@ def test_run_logs_settings_epochs_and_test_metrics(first: dict[str, Any]) -> Non
     assert len(client.get_metric_history(run.info.run_id, "epoch.valid_score")) == 2
     assert metrics["fit.epochs"] == 2 and metrics["fit.best_epoch"] in (1, 2)
     # temporal data: every baseline, repeat included, next to the model
-    for method in ("two_tower", *BASELINES):
+    for method in ("tailor", *BASELINES):
         for key in ("ndcg_at_10", "recall_at_50", "hr_at_5", "coverage_at_20", "fit_seconds"):
             assert f"test.{method}.{key}" in metrics, (method, key)
     assert 0 < metrics[SCORE] <= 1
-    assert metrics["valid.two_tower.ndcg_at_10"] == pytest.approx(
+    assert metrics["valid.tailor.ndcg_at_10"] == pytest.approx(
         max(m.value for m in client.get_metric_history(run.info.run_id, "epoch.valid_score")))
     files = {a.path for folder in (None, "results", "figures")
              for a in client.list_artifacts(run.info.run_id, folder)}
@@ -192,7 +192,7 @@ def test_run_logs_settings_epochs_and_test_metrics(first: dict[str, Any]) -> Non
 def test_stdout_compares_the_model_with_every_baseline(first: dict[str, Any]) -> None:
     lines = first["stdout"].splitlines()
     rows = {line.split()[0] for line in lines if line.split()}
-    assert {"two_tower", "towers_only", *BASELINES} <= rows
+    assert {"tailor", "towers", *BASELINES} <= rows
     header = next(line for line in lines if "recall@10" in line)
     assert "fit_seconds" in header
     assert any(line.startswith("time ") and "training" in line for line in lines)
@@ -228,9 +228,9 @@ def test_saved_bundle_round_trips(first: dict[str, Any], prepared: Prepared) -> 
     loaded = Bundle.load(first["out"])
     assert loaded.info["git"]["commit"] == first["run"].data.tags["git.commit"]
     assert loaded.info["data"]["data_hash"] == first["run"].data.params["data.hash"]
-    assert loaded.info["metrics"]["test"]["two_tower"]["ndcg@10"] == \
+    assert loaded.info["metrics"]["test"]["tailor"]["ndcg@10"] == \
         pytest.approx(first["run"].data.metrics[SCORE])
-    assert set(loaded.info["metrics"]["test"]) == {"two_tower", "towers_only", *BASELINES}
+    assert set(loaded.info["metrics"]["test"]) == {"tailor", "towers", *BASELINES}
     assert {"title", "price", "popularity", "available"} <= set(loaded.items.columns)
     assert list(loaded.items.item_id) == list(prepared.item_vocab.ids)
     # every shopper, test window included, with their last L events
@@ -270,7 +270,7 @@ def worse_runs(first: dict[str, Any]) -> dict[str, Any]:
 
     def halved(*args: Any, **kwargs: Any) -> pd.DataFrame:
         table = real(*args, **kwargs)
-        table.loc["two_tower", "ndcg@10"] *= 0.5
+        table.loc["tailor", "ndcg@10"] *= 0.5
         return table
 
     client: MlflowClient = first["client"]
@@ -301,8 +301,8 @@ def test_worse_run_is_not_promoted_unless_forced(first: dict[str, Any],
 def test_same_settings_give_the_same_model(first: dict[str, Any],
                                            worse_runs: dict[str, Any]) -> None:
     a, b = first["run"].data.metrics, worse_runs["worse"].data.metrics
-    for key in ("test.two_tower.hr_at_10", "test.two_tower.recall_at_50",
-                "valid.two_tower.ndcg_at_10", "test.item-knn.ndcg_at_10"):
+    for key in ("test.tailor.hr_at_10", "test.tailor.recall_at_50",
+                "valid.tailor.ndcg_at_10", "test.item-knn.ndcg_at_10"):
         assert a[key] == b[key], key
     assert b[SCORE] == pytest.approx(a[SCORE] * 0.5)
 
@@ -330,7 +330,7 @@ def test_make_train_end_to_end(tmp_path: Path) -> None:
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "registry  tailor v1: champion" in done.stdout
-    assert "item-knn" in done.stdout and "two_tower" in done.stdout
+    assert "item-knn" in done.stdout and "tailor" in done.stdout
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run = client.get_run(client.get_model_version_by_alias("tailor", "champion").run_id)
     assert run.data.params["train.epochs"] == "1" and run.data.params["model.dim"] == "64"
