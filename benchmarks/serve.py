@@ -205,7 +205,8 @@ def build_requests(engine, cfg: ServeBenchConfig) -> dict[str, Requests]:
 
 def in_process(engine, requests: dict[str, Requests], n: int) -> dict[str, dict[str, Any]]:
     """The same calls without HTTP: parsed before timing, then timed one by one."""
-    from serving.recommend import ItemRequest, RecommendRequest, also_bought, recommend
+    from serving.api import ItemRequest, RecommendRequest
+    from serving.recommend import also_bought, recommend
 
     handlers = {"recommend": (recommend, RecommendRequest),
                 "also_bought": (also_bought, ItemRequest)}
@@ -370,7 +371,7 @@ def prepare(bundle: Path, data: str, cfg: ServeBenchConfig
     import faiss
     import torch
 
-    from serving.recommend import load_engine
+    from serving.engine import load_engine
     from serving.service import THREADS
 
     threads = torch.get_num_threads()

@@ -35,7 +35,7 @@ from features.readers import read_events
 from features.schema import DataError
 from features.split import sort_events
 from models.ranking import MAX_K, rank
-from serving.recommend import Engine, load_engine
+from serving.engine import Engine, load_engine
 
 CELLS_PER_CHUNK = 10_000_000   # users x items scored at once (~40 MB of float32 scores)
 MAX_WORKERS = 4                # default bound on chunks in flight (each holds a few copies)

@@ -24,20 +24,16 @@ import faiss
 import torch
 from starlette.responses import JSONResponse
 
-from serving.recommend import (
-    Engine,
+from serving.api import (
     ItemNeighbours,
     ItemRequest,
     ModelCard,
     Recommendations,
     RecommendRequest,
     RequestError,
-    also_bought,
-    load_engine,
-    model_card,
-    recommend,
-    similar_items,
 )
+from serving.engine import Engine, load_engine
+from serving.recommend import also_bought, model_card, recommend, similar_items
 
 MODEL_ENV = "TAILOR_MODEL"
 DEFAULT_MODEL = "champion"

@@ -19,7 +19,7 @@ from features.spec import parse_spec
 from features.synthetic import ShopTruth, generate_with_truth
 from models.bundle import Bundle
 from models.index import load_index
-from serving.recommend import Engine, load_engine
+from serving.engine import Engine, load_engine
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,10 @@ import pytest
 import serving.batch as batch
 from features.cli import run_cli
 from features.schema import EventData
+from serving.api import RecommendRequest
 from serving.batch import BatchConfig, batch_recommend, read_users
-from serving.recommend import Engine, RecommendRequest, recommend
+from serving.engine import Engine
+from serving.recommend import recommend
 
 
 def test_batch_ranks_like_the_endpoint(engine: Engine, synthetic_events: EventData) -> None:

@@ -9,8 +9,10 @@ import pytest
 
 from models.pyfunc import recommend_frame
 from models.ranking import MAX_K
+from serving.api import RecommendRequest
 from serving.batch import BatchConfig, batch_recommend
-from serving.recommend import Engine, RecommendRequest, recommend
+from serving.engine import Engine
+from serving.recommend import recommend
 
 
 def shoppers(engine: Engine, n: int = 12) -> list[str]:

@@ -12,17 +12,9 @@ from pydantic import ValidationError
 
 from models.index import INDEX_FILE, load_index
 from models.ranking import PURCHASE, popular_items, rank
-from serving.recommend import (
-    Engine,
-    ItemRequest,
-    RecommendRequest,
-    RequestError,
-    also_bought,
-    model_card,
-    model_version,
-    recommend,
-    similar_items,
-)
+from serving.api import ItemRequest, RecommendRequest, RequestError
+from serving.engine import Engine, model_version
+from serving.recommend import also_bought, model_card, recommend, similar_items
 from tests.serving.conftest import variant
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving.api import RecommendRequest
+from serving.engine import Engine
 from serving.process import free_port, served
-from serving.recommend import Engine, RecommendRequest, recommend
+from serving.recommend import recommend
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,118 @@
+"""The HTTP API's request and response models and its errors (the OpenAPI page shows their
+examples). Unknown fields are errors; numeric ids become strings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+
+from models.ranking import MAX_K
+
+DEFAULT_K = 10
+MAX_SESSION_EVENTS = 1000   # only the last history_len count; the bound keeps requests cheap
+MAX_EXCLUDE = 10_000
+
+# --- request and response models (the OpenAPI page shows their examples) ---------------------
+
+Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
+
+
+class ApiModel(BaseModel):
+    # Unknown fields are errors (a typo must not be ignored); numeric ids become strings.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+
+class SessionEvent(ApiModel):
+    item_id: Id
+    event: Literal["view", "addtocart", "purchase"]
+    timestamp: datetime | None = Field(
+        None, description="ISO 8601 or epoch seconds; default: after the stored history, in "
+                          "list order")
+
+
+class RecommendRequest(ApiModel):
+    # One "example" (BentoML's OpenAPI schema has no "examples"): a returning shopper's session.
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "user_id": "u000042", "k": 5,
+        "recent_events": [{"item_id": "i000123", "event": "view"},
+                          {"item_id": "i000123", "event": "addtocart"}],
+        "exclude_items": [], "exclude_purchased": True, "category": None}})
+
+    user_id: Id = Field(description="the shopper; unknown ids are served from the session or "
+                                    "by popularity")
+    k: K = DEFAULT_K
+    recent_events: list[SessionEvent] = Field(
+        default_factory=list, max_length=MAX_SESSION_EVENTS,
+        description="the current session's events, oldest first, applied on top of the stored "
+                    "history for this request only")
+    exclude_items: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE,
+                                    description="item ids that must not come back")
+    exclude_purchased: StrictBool = Field(True, description="leave out items the shopper "
+                                                            "bought (stored history + session)")
+    category: Id | None = Field(None, description="only items of this category (leaf or "
+                                                  "parent category id)")
+
+
+class ItemRequest(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"item_id": "i000123", "k": 5}})
+
+    item_id: Id
+    k: K = DEFAULT_K
+
+
+class ScoredItem(BaseModel):
+    rank: int
+    item_id: str
+    score: float
+    title: str | None = None
+    category_id: str | None = None
+    source: str | None = Field(None, description="also_bought: bought_together or embedding")
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    strategy: str = Field(description="history|history+session|session, then ':index' or "
+                                      "':full_scoring'; or popular / popular:category")
+    model_version: str
+    items: list[ScoredItem]
+
+
+class ItemNeighbours(BaseModel):
+    item_id: str
+    strategy: str
+    model_version: str
+    items: list[ScoredItem]
+
+
+class ModelCard(BaseModel):
+    model_version: str
+    model_ref: str
+    bundle_path: str | None
+    trained_at: str | None
+    data: dict[str, Any]
+    ranking: str
+    items: int
+    known_shoppers: int
+    index: dict[str, Any]
+    fit: dict[str, Any]
+    test_metrics: dict[str, dict[str, float]]
+
+
+class RequestError(Exception):
+    """A request the service refuses: HTTP ``status``, the offending ``field`` and why."""
+
+    def __init__(self, status: int, field: str, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.status, self.field, self.message, self.kind = status, field, message, kind
+
+    def body(self) -> dict[str, Any]:
+        # The shape of BentoML's own validation errors, so clients parse one format.
+        return {"error": self.message,
+                "detail": [{"loc": [self.field], "msg": self.message, "type": self.kind}]}
+
+
+def not_found(field: str, value: str, what: str) -> RequestError:
+    return RequestError(404, field, f"unknown {what} {value!r}", "not_found")
