@@ -5,8 +5,8 @@
 Two catalogs: the trained item embeddings of a bundle, and a seeded synthetic catalog of a
 million clustered, L2-normalized vectors. For each index type (exact ``Flat``, ``HNSW32,Flat``,
 and ``auto-ivf``: the IVF Tailor ships for large catalogs) the index is built through
-``models.index.build_index``, so the figures include Tailor's own nprobe / efSearch tuning up to
-its recall gate, and searched through ``ItemIndex.search``, the call serving makes. Reported:
+``models.index_build.build_index``, so the figures include Tailor's own nprobe / efSearch tuning
+up to its recall gate, and searched through ``ItemIndex.search``, the call serving makes. Reported:
 build seconds (train + add, and the recall tuning on top), memory (serialized index, and the
 growth of this process's resident memory), recall@k against exact search on the benchmark's own
 queries (seeded apart from the gate's), single-query QPS with p50/p99 latency (with every
@@ -40,15 +40,8 @@ from benchmarks.common import (
 )
 from features.cli import run_cli
 from features.config import add_config_args, config_from_args
-from models.index import (
-    IndexBuildError,
-    IndexConfig,
-    ItemIndex,
-    auto_factory,
-    build_index,
-    recall_at_k,
-    stand_in_queries,
-)
+from models.index import IndexBuildError, IndexConfig, ItemIndex
+from models.index_build import auto_factory, build_index, recall_at_k, stand_in_queries
 
 AUTO_IVF = "auto-ivf"   # auto_factory(n, exact_max_items=0): the IVF large catalogs get
 # Synthetic catalog, shaped like trained two-tower embeddings rather than uniform noise (which

@@ -45,7 +45,8 @@ from features.config import FeatureConfig, add_config_args, config_from_args
 from features.pipeline import Prepared, prepare
 from features.spec import parse_spec
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task
-from training.tracking import comparison_chart, metric_key
+from training.plots import comparison_chart
+from training.tracking import metric_key
 
 MODEL = "tailor"
 

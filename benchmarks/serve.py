@@ -42,13 +42,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks import common
 from benchmarks.common import command_line, say
 from benchmarks.profile import py_spy, summarize_profile
 from benchmarks.serve_report import (
-    ENDPOINTS,
     TARGET_P99_MS,
     TARGET_RPS,
     cpu_budget,
@@ -57,13 +54,11 @@ from benchmarks.serve_report import (
     report,
     target_verdict,
 )
+from benchmarks.serve_requests import Requests, build_requests, in_process
 from features.cli import run_cli
 from features.config import add_config_args, config_from_args
 from features.schema import DataError
 from serving.process import Server, free_port, served, tail
-
-KINDS = ("returning", "session", "unknown")
-SESSION_EVENTS = ("view", "addtocart")
 
 
 @dataclass(frozen=True)
@@ -152,95 +147,6 @@ def parse_levels(values: list[str]) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"--concurrency takes integers, got {' '.join(values)}") from None
     return tuple(dict.fromkeys(levels))
-
-
-# --- requests ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Requests:
-    route: str
-    bodies: list[bytes]     # JSON documents, one per request
-    kinds: list[str]        # returning / session / unknown, or paired / unpaired
-
-
-def build_requests(engine, cfg: ServeBenchConfig) -> dict[str, Requests]:
-    """Seeded request bodies for both endpoints, from what the bundle knows."""
-    rng = np.random.default_rng(cfg.seed)
-    users = np.array(sorted(engine.known_users), dtype=object)
-    if not len(users):
-        raise DataError("the bundle knows no shopper with a known item")
-    items = engine.ids
-    share = np.asarray(cfg.mix, dtype=np.float64) / sum(cfg.mix)
-    kinds = [KINDS[i] for i in rng.choice(3, size=cfg.distinct, p=share)]
-    bodies = []
-    for i, kind in enumerate(kinds):
-        body: dict[str, Any] = {"user_id": f"bench-{kind}-{i}", "k": cfg.k}
-        if kind == "returning":
-            body["user_id"] = str(users[rng.integers(len(users))])
-        elif kind == "session":
-            n = int(rng.integers(1, 6))
-            body["recent_events"] = [
-                {"item_id": str(items[rng.integers(len(items))]),
-                 "event": SESSION_EVENTS[rng.integers(len(SESSION_EVENTS))]} for _ in range(n)]
-        bodies.append(json.dumps(body, separators=(",", ":")).encode())
-    recommend = Requests(ENDPOINTS["recommend"], bodies, kinds)
-
-    pairs = np.diff(engine.bt_offsets)
-    paired, unpaired = np.flatnonzero(pairs > 0), np.flatnonzero(pairs == 0)
-    kinds, bodies = [], []
-    for _ in range(cfg.distinct):
-        use_paired = len(paired) and (not len(unpaired) or rng.random() < cfg.also_bought_paired)
-        pool = paired if use_paired else unpaired
-        row = int(pool[rng.integers(len(pool))])
-        kinds.append("paired" if use_paired else "unpaired")
-        bodies.append(json.dumps({"item_id": str(items[row]), "k": cfg.k},
-                                 separators=(",", ":")).encode())
-    return {"recommend": recommend,
-            "also_bought": Requests(ENDPOINTS["also_bought"], bodies, kinds)}
-
-
-# --- in-process -------------------------------------------------------------------------------
-
-
-def in_process(engine, requests: dict[str, Requests], n: int) -> dict[str, dict[str, Any]]:
-    """The same calls without HTTP: parsed before timing, then timed one by one."""
-    from serving.api import ItemRequest, RecommendRequest
-    from serving.recommend import also_bought, recommend
-
-    handlers = {"recommend": (recommend, RecommendRequest),
-                "also_bought": (also_bought, ItemRequest)}
-    out = {}
-    for name, reqs in requests.items():
-        handler, model = handlers[name]
-        parsed = [model.model_validate_json(b) for b in reqs.bodies]
-        order = [i % len(parsed) for i in range(n)]
-        for i in order[:min(50, n)]:   # warm-up: first-call costs (allocations, caches)
-            handler(engine, parsed[i])
-        times, kinds = [], []
-        cpu = time.process_time()
-        for i in order:
-            started = time.perf_counter()
-            handler(engine, parsed[i])
-            times.append(time.perf_counter() - started)
-            kinds.append(reqs.kinds[i])
-        cpu = time.process_time() - cpu
-        out[name] = _stats(times, kinds)
-        out[name]["rps"] = len(times) / sum(times) if sum(times) > 0 else math.nan
-        # CPU rather than wall time per call: what the HTTP rows' server CPU compares with
-        # (wall time on shared cores also counts the time other processes had the core).
-        out[name]["cpu_ms"] = 1000.0 * cpu / len(times)
-    return out
-
-
-def _stats(seconds: list[float], kinds: list[str]) -> dict[str, Any]:
-    from benchmarks.load import summary
-
-    by_kind = {}
-    for kind in dict.fromkeys(sorted(kinds)):
-        mine = [t for t, k in zip(seconds, kinds, strict=True) if k == kind]
-        by_kind[kind] = {"requests": len(mine), **summary(mine)}
-    return {"requests": len(seconds), **summary(seconds), "by_kind": by_kind}
 
 
 # --- the load ---------------------------------------------------------------------------------

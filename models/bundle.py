@@ -32,11 +32,13 @@ from features.split import sort_events
 from features.vocab import Vocabulary
 from models.base import Recommender
 from models.blend import BlendWeights, load_sources, save_sources
-from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex, load_index, save_index
+from models.index import INDEX_FILE, IndexConfig, ItemIndex
+from models.index_build import build_index
 from models.scoring import compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 
 BUNDLE_VERSION = 1
+DEFAULT_CONFIG = IndexConfig()  # the FAISS index written with the bundle
 FILES = ("bundle.json", "model.pt", "item_vocab.parquet", "items.parquet", "item_vectors.npy",
          "bought_together.parquet", "histories.parquet")
 
@@ -164,3 +166,30 @@ def recent_histories(events: pd.DataFrame, max_len: int) -> pd.DataFrame:
     keep = events.groupby("user_id", sort=False, observed=True).cumcount(ascending=False) < max_len
     cols = ["user_id", "item_id", "event", "timestamp"]
     return events.loc[keep, cols].reset_index(drop=True)
+
+
+# --- the index inside a bundle folder ------------------------------------------------------------
+# Built once at training time and saved with the bundle (``Bundle.save``), so it is part of the
+# logged MLflow model; serving loads it. A bundle without one (or with one that does not match
+# its item vectors) gets it built in memory at load time; logged artifacts are never written to.
+
+def save_index(bundle_dir: str | Path, item_vectors: np.ndarray,
+               cfg: IndexConfig = DEFAULT_CONFIG) -> ItemIndex:
+    """Build the index over ``item_vectors`` (recall gate included) into ``bundle_dir``."""
+    index = build_index(item_vectors, cfg)
+    index.save(bundle_dir)
+    return index
+
+
+def load_index(bundle_dir: str | Path | None, item_vectors: np.ndarray,
+               cfg: IndexConfig = DEFAULT_CONFIG) -> tuple[ItemIndex, str]:
+    """The bundle's index and where it came from: ``"bundle"`` or ``"built at load"``."""
+    n, dim = item_vectors.shape
+    if bundle_dir is not None and (Path(bundle_dir) / INDEX_FILE).is_file():
+        try:
+            index = ItemIndex.load(bundle_dir, threads=cfg.threads)
+        except DataError:  # unreadable: rebuilding is cheaper than refusing to serve
+            index = None
+        if index is not None and (index.n_items, index.dim) == (n, dim):
+            return index, "bundle"
+    return build_index(item_vectors, cfg), "built at load"

@@ -12,12 +12,17 @@ are not part of its input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 
 from features.history import Histories
 from features.pipeline import Prepared
 from models.base import Recommender
 from models.bundle import Bundle
+from models.registry import ChampionSawTestData, resolve_model
 from training.evaluate import EvalTask, build_task, evaluate_task
 
 
@@ -53,3 +58,30 @@ def score_bundle_on(bundle: Bundle, prepared: Prepared, metric: str, fold: str =
     theirs = EvalTask(task.protocol, task.users, histories, task.targets, task.exclude)
     k = int(metric.split("@")[1])
     return evaluate_task(InThisVocabulary(bundle.recommender, columns), theirs, ks=(k,))[metric]
+
+
+def champion_scorer(prepared: Prepared, metric: str) -> Callable[[ModelVersion], float]:
+    """How promotion scores a champion trained on other data: on this run's test fold."""
+    def score(champion: ModelVersion) -> float:
+        bundle = Bundle.load(resolve_model(str(champion.version)))
+        seen = champion_saw(bundle, prepared)
+        if seen:
+            raise ChampionSawTestData(seen)
+        return score_bundle_on(bundle, prepared, metric)
+    return score
+
+
+def champion_saw(bundle: Bundle, prepared: Prepared) -> str | None:
+    """Why ``bundle`` (refitted for serving) may have trained on ``prepared``'s test fold, or
+    None. With time: its data reaches into the test window. Without: a refit on any data may
+    hold these shoppers' held-out items, so it is never graded on them."""
+    refit_info = bundle.info.get("refit")
+    if not refit_info:
+        return None
+    test_start = prepared.split.test_start
+    last = refit_info.get("last_event")
+    if test_start is not None and last is not None:
+        if pd.Timestamp(last) < test_start:
+            return None
+        return f"its data ends {last}, this test window starts {test_start}"
+    return "data without time: its events may include this run's held-out ones"

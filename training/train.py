@@ -24,7 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
 
 from features.cli import add_data_args, run_cli, spec_from_args
 from features.config import (
@@ -40,10 +39,10 @@ from models.base import Recommender
 from models.baselines import BASELINES
 from models.blend import BlendConfig, BlendWeights
 from models.bundle import Bundle, build_bundle
-from models.registry import ChampionSawTestData, promote, resolve_model
+from models.registry import promote
 from models.scoring import TwoTowerRecommender, compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
-from training.challenge import score_bundle_on
+from training.challenge import champion_scorer
 from training.distributed import Group
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task, format_table
 from training.fit import FitResult, TrainConfig, fit, sized_for
@@ -216,33 +215,6 @@ def bundle_info(configs: dict, result: FitResult, table: pd.DataFrame) -> dict:
             "git": {"commit": git["git.commit"], "dirty": git["git.dirty"]}}
 
 
-def champion_scorer(prepared: Prepared) -> Callable[[ModelVersion], float]:
-    """How promotion scores a champion trained on other data: on this run's test fold."""
-    def score(champion: ModelVersion) -> float:
-        bundle = Bundle.load(resolve_model(str(champion.version)))
-        seen = champion_saw(bundle, prepared)
-        if seen:
-            raise ChampionSawTestData(seen)
-        return score_bundle_on(bundle, prepared, MAIN_METRIC)
-    return score
-
-
-def champion_saw(bundle: Bundle, prepared: Prepared) -> str | None:
-    """Why ``bundle`` (refitted for serving) may have trained on ``prepared``'s test fold, or
-    None. With time: its data reaches into the test window. Without: a refit on any data may
-    hold these shoppers' held-out items, so it is never graded on them."""
-    refit_info = bundle.info.get("refit")
-    if not refit_info:
-        return None
-    test_start = prepared.split.test_start
-    last = refit_info.get("last_event")
-    if test_start is not None and last is not None:
-        if pd.Timestamp(last) < test_start:
-            return None
-        return f"its data ends {last}, this test window starts {test_start}"
-    return "data without time: its events may include this run's held-out ones"
-
-
 def input_example(bundle: Bundle) -> pd.DataFrame:
     """A known shopper and an unseen one: the signature's example and a smoke test."""
     users = set(bundle.histories["user_id"].astype(str))
@@ -376,7 +348,7 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
                 decision = promote(log.client, version, score_key=SCORE_KEY,
                                    data_hash=m["data_hash"], protocol=m["protocol"],
                                    force=args.force_promote,
-                                   score_champion=champion_scorer(prepared))
+                                   score_champion=champion_scorer(prepared, MAIN_METRIC))
                 role = "champion" if decision["promoted"] else "candidate"
                 say(f"registry  {version.name} v{version.version}: {role} "
                     f"({decision['reason']})")

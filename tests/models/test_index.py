@@ -14,8 +14,8 @@ from models.index import (
     IndexConfig,
     IndexRecallError,
     ItemIndex,
-    build_index,
 )
+from models.index_build import build_index
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -17,8 +17,7 @@ from features.readers import read_events
 from features.schema import EventData
 from features.spec import parse_spec
 from features.synthetic import ShopTruth, generate_with_truth
-from models.bundle import Bundle
-from models.index import load_index
+from models.bundle import Bundle, load_index
 from serving.engine import Engine, load_engine
 
 

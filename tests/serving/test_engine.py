@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import benchmarks.serve as bench
+from benchmarks.serve_requests import build_requests
 from serving.api import RecommendRequest
 from serving.engine import Engine, load_engine, session_histories
 from serving.recommend import recommend, session_frame
@@ -31,7 +32,7 @@ def _reference(engine: Engine, request: RecommendRequest):
 
 def _requests(engine: Engine) -> list[RecommendRequest]:
     cfg = bench.ServeBenchConfig(distinct=150, seed=3)
-    bodies = [json.loads(b) for b in bench.build_requests(engine, cfg)["recommend"].bodies]
+    bodies = [json.loads(b) for b in build_requests(engine, cfg)["recommend"].bodies]
     rng = np.random.default_rng(0)
     ids = engine.ids
     for i, body in enumerate(bodies):

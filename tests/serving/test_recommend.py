@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from models.index import INDEX_FILE, load_index
+from models.bundle import load_index
+from models.index import INDEX_FILE
 from models.ranking import PURCHASE, popular_items, rank
 from serving.api import ItemRequest, RecommendRequest, RequestError
 from serving.engine import Engine, model_version

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import training.train as train
 from features.config import FeatureConfig
 from features.pipeline import prepare
 from features.spec import parse_spec
 from models.bundle import Bundle
+from tests.conftest import TINY
 from tests.models.recommender_contract import empty_histories
-from training.challenge import InThisVocabulary, score_bundle_on
+from training.challenge import InThisVocabulary, champion_saw, score_bundle_on
 
 
 class Fixed:
@@ -36,11 +41,29 @@ def test_scores_land_on_this_vocabularys_rows() -> None:
 
 
 def test_a_bundle_scored_on_its_own_data_matches_its_logged_test_metric(
-        tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The model of the evaluation (--no-refit): the refitted one has seen the test window.
     monkeypatch.setenv("TAILOR_CACHE", str(tmp_path / "cache"))
-    bundle = Bundle.load(tiny_bundle)
+    monkeypatch.delenv("RANK", raising=False)
+    folder = tmp_path / "evaluated"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert train.main([*TINY, "--no-refit", "--out", str(folder)]) == 0
+    bundle = Bundle.load(folder)
     prepared = prepare(parse_spec("synthetic"), FeatureConfig(**bundle.info["features"]))
-    logged = json.loads((tiny_bundle / "bundle.json").read_text())["metrics"]["test"]
+    logged = json.loads((folder / "bundle.json").read_text())["metrics"]["test"]
     got = score_bundle_on(bundle, prepared, "ndcg@10")
     assert got == pytest.approx(logged["tailor"]["ndcg@10"], abs=1e-6)
     assert 0.1 < got < 1.0
+
+
+def test_a_refitted_champion_is_not_graded_on_what_it_trained_on() -> None:
+    from types import SimpleNamespace
+
+    start = pd.Timestamp("2026-06-10", tz="UTC")
+    prepared = SimpleNamespace(split=SimpleNamespace(test_start=start))
+    refitted = lambda last: SimpleNamespace(info={"refit": {"last_event": last}})  # noqa: E731
+    assert champion_saw(SimpleNamespace(info={}), prepared) is None   # not refitted
+    assert champion_saw(refitted("2026-06-09 23:00:00+00:00"), prepared) is None
+    assert "ends" in champion_saw(refitted("2026-06-10 08:00:00+00:00"), prepared)
+    timeless = SimpleNamespace(split=SimpleNamespace(test_start=None))
+    assert champion_saw(refitted(None), timeless) is not None

@@ -8,7 +8,6 @@ import io
 import re
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import training.train as train
@@ -86,16 +85,3 @@ def test_served_bundle_is_refitted_on_all_data(tmp_path: Path,
     assert refitted.blend.weights == plain.blend.weights
     assert set(refitted.sources) == set(plain.sources)
     assert re.search(r"^refit\s+\d+ epochs \(planned \d+\)", out.getvalue(), re.M)
-
-
-def test_a_refitted_champion_is_not_graded_on_what_it_trained_on() -> None:
-    from types import SimpleNamespace
-
-    start = pd.Timestamp("2026-06-10", tz="UTC")
-    prepared = SimpleNamespace(split=SimpleNamespace(test_start=start))
-    refitted = lambda last: SimpleNamespace(info={"refit": {"last_event": last}})  # noqa: E731
-    assert train.champion_saw(SimpleNamespace(info={}), prepared) is None   # not refitted
-    assert train.champion_saw(refitted("2026-06-09 23:00:00+00:00"), prepared) is None
-    assert "ends" in train.champion_saw(refitted("2026-06-10 08:00:00+00:00"), prepared)
-    timeless = SimpleNamespace(split=SimpleNamespace(test_start=None))
-    assert train.champion_saw(refitted(None), timeless) is not None
