@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from features.infra import atomic_path, cache_root
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCH_MD = ROOT / "BENCHMARKS.md"
@@ -93,8 +95,7 @@ def default_data_set() -> DataSet:
 
 def bundle_dir(ds: DataSet) -> Path:
     """Where the benchmarks keep the bundle trained on ``ds`` (under the data cache)."""
-    root = Path(os.environ.get("TAILOR_CACHE", ROOT / ".cache" / "tailor"))
-    return root / "bench-bundles" / re.sub(r"[^\w.-]", "_", ds.name)
+    return cache_root() / "bench-bundles" / re.sub(r"[^\w.-]", "_", ds.name)
 
 
 def trained_bundle(ds: DataSet, *, refresh: bool = False, extra_args: Sequence[str] = ()
@@ -191,9 +192,8 @@ def publish(part: str, *, command: str, settings: dict[str, Any], results: dict[
                "settings": settings, "results": results}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{part}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
     section = (f"Command: `{command}` · measured {date} on {info['cores']} cores "
                f"({info['cpu']}), {info['memory_gb']} GiB, Python {info['python']}, "
                f"torch {info['packages']['torch']}, faiss {info['packages']['faiss-cpu']}, "
@@ -228,9 +228,8 @@ def update_markdown(part: str, section: str, path: Path | None = None) -> None:
                     f"_Not measured yet: `make bench-{name}`._\n<!-- /bench:{name} -->\n")
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: f"{begin}\n{section.strip()}\n{end}", text, count=1)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def log_to_mlflow(part: str, command: str, settings: dict[str, Any], metrics: dict[str, float],

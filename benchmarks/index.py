@@ -38,8 +38,8 @@ from benchmarks.common import (
     table,
     trained_bundle,
 )
-from features.cli import run_cli
 from features.config import add_config_args, config_from_args
+from features.infra import run_cli
 from models.index import IndexBuildError, IndexConfig, ItemIndex
 from models.index_build import auto_factory, build_index, recall_at_k, stand_in_queries
 

@@ -40,8 +40,8 @@ from benchmarks.common import (
     trained_bundle,
 )
 from benchmarks.served import SERVED, measure_served
-from features.cli import run_cli
 from features.config import FeatureConfig, add_config_args, config_from_args
+from features.infra import run_cli
 from features.pipeline import Prepared, prepare
 from features.spec import parse_spec
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task

@@ -55,9 +55,8 @@ from benchmarks.serve_report import (
     target_verdict,
 )
 from benchmarks.serve_requests import Requests, build_requests, in_process
-from features.cli import run_cli
 from features.config import add_config_args, config_from_args
-from features.schema import DataError
+from features.infra import TailorError, run_cli
 from serving.process import Server, free_port, served, tail
 
 
@@ -352,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         bundle = Path(args.model).expanduser().resolve()
         if not (bundle / "bundle.json").is_file():
-            raise DataError(f"not a Tailor bundle folder: {bundle}")
+            raise TailorError(f"not a Tailor bundle folder: {bundle}")
         data = bundle.name
     else:
         ds = common.default_data_set()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benchmarks.serve_report import ENDPOINTS
-from features.schema import DataError
+from features.infra import TailorError
 
 if TYPE_CHECKING:
     from benchmarks.serve import ServeBenchConfig
@@ -37,7 +37,7 @@ def build_requests(engine, cfg: ServeBenchConfig) -> dict[str, Requests]:
     rng = np.random.default_rng(cfg.seed)
     users = np.array(sorted(engine.known_users), dtype=object)
     if not len(users):
-        raise DataError("the bundle knows no shopper with a known item")
+        raise TailorError("the bundle knows no shopper with a known item")
     items = engine.ids
     share = np.asarray(cfg.mix, dtype=np.float64) / sum(cfg.mix)
     kinds = [KINDS[i] for i in rng.choice(3, size=cfg.distinct, p=share)]

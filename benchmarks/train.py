@@ -37,8 +37,8 @@ from benchmarks.common import (
     say,
     table,
 )
-from features.cli import run_cli
 from features.config import FeatureConfig, add_config_args, config_from_args
+from features.infra import run_cli
 from features.pipeline import prepare
 from features.spec import parse_spec
 from training.tracking import metric_key

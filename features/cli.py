@@ -1,12 +1,10 @@
-"""Command-line plumbing shared by every Tailor entry point: data flags and clean errors."""
+"""The data flags every Tailor entry point shares (``--data`` and the column overrides); the runner
+that turns errors into one line is ``features.infra.run_cli``."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 
-from features.schema import DataError
 from features.spec import DataSpec, parse_event_map, parse_spec, with_overrides
 
 COLUMN_FLAGS = {"user": "user id", "item": "item id", "event": "event name",
@@ -37,21 +35,3 @@ def spec_from_args(args: argparse.Namespace) -> DataSpec:
     event_map = parse_event_map(args.event_map, where="--event-map") if args.event_map else None
     return with_overrides(spec, columns=columns, event_map=event_map, items_path=args.items,
                           on_bad_rows=args.on_bad_rows)
-
-
-def run_cli(main: Callable[[], int]) -> None:
-    """Run ``main``; bad input becomes one line on stderr and exit code 2, never a traceback."""
-    try:
-        code = main()
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
-        code = 2
-    except ValueError as exc:  # settings that fail a dataclass check
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +20,9 @@ import pandas as pd
 from features.config import SERVING_SPLIT, FeatureConfig
 from features.cooccur import bought_together
 from features.history import Histories, build_histories
+from features.infra import DataError, atomic_path, cache_root
 from features.item_features import item_features
-from features.schema import EVENT_TYPES, DataError, EventData
+from features.schema import EVENT_TYPES, EventData
 from features.spec import DataSpec
 from features.split import Split, make_split
 from features.vocab import Vocabulary
@@ -110,10 +109,6 @@ def cache_key(spec: DataSpec, cfg: FeatureConfig, data_hash: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("TAILOR_CACHE", ".cache/tailor"))
-
-
 def build(spec: DataSpec, cfg: FeatureConfig, data: EventData, data_hash: str) -> Prepared:
     """The pure middle: validated events in, every derived table out."""
     split = make_split(data.events, data.has_time, cfg)
@@ -153,19 +148,15 @@ def summarize(spec: DataSpec, cfg: FeatureConfig, data: EventData, split: Split,
 
 
 def _save(prepared: Prepared, folder: Path) -> None:
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     tables = {"events": prepared.events, "items": prepared.items,
               "targets": prepared.targets, "item_vocab": prepared.item_vocab.to_frame(),
               "item_features": prepared.item_features, "bought_together": prepared.bought_together}
-    for name, frame in tables.items():
-        frame.to_parquet(tmp / f"{name}.parquet", index=False)
-    (tmp / "meta.json").write_text(json.dumps(prepared.meta, indent=2, default=str))
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Another process that finished the same data first keeps its folder.
+    with atomic_path(folder, keep_existing=True) as tmp:
+        tmp.mkdir()
+        for name, frame in tables.items():
+            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        (tmp / "meta.json").write_text(json.dumps(prepared.meta, indent=2, default=str))
 
 
 def _load(spec: DataSpec, cfg: FeatureConfig, folder: Path) -> Prepared:

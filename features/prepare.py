@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from features.cli import add_data_args, run_cli, spec_from_args
+from features.cli import add_data_args, spec_from_args
 from features.config import add_feature_args, feature_config_from_args
+from features.infra import run_cli
 from features.pipeline import Prepared, prepare
 
 

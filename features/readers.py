@@ -27,13 +27,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from features.infra import DataError
 from features.schema import (
     EVENT_DTYPE,
     EVENT_TYPES,
     ITEM_COLUMNS,
     TIMESTAMP_DTYPE,
     BadRowReport,
-    DataError,
     EventData,
     empty_items,
 )

@@ -44,24 +44,6 @@ DEFAULT_EVENT_ALIASES: dict[str, str] = {
 }
 
 
-class DataError(ValueError):
-    """Bad input data. ``str()`` is a one-line message naming the file, row, field and value."""
-
-    def __init__(self, message: str, *, path: str | None = None, row: int | None = None,
-                 column: str | None = None, value: object = None) -> None:
-        self.path, self.row, self.column, self.value = path, row, column, value
-        where = []
-        if path is not None:
-            where.append(str(path))
-        if row is not None:
-            where.append(f"row {row}")
-        if column is not None:
-            where.append(f"column '{column}'")
-        prefix = ", ".join(where)
-        shown = "" if value is None else f": {value!r}"
-        super().__init__(f"{prefix}: {message}{shown}" if prefix else f"{message}{shown}")
-
-
 @dataclass(frozen=True)
 class BadRowReport:
     """What ``on_bad_rows='skip'`` dropped, by reason, with a few examples each."""

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from features.schema import EVENT_TYPES, DataError
+from features.infra import DataError
+from features.schema import EVENT_TYPES
 
 KINDS = ("synthetic", "events", "retailrocket", "seq")
 SYNTHETIC_SIZES = ("small", "medium", "large")

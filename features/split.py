@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import SERVING_SPLIT, FeatureConfig
-from features.schema import DataError
+from features.infra import DataError
 
 FOLDS = ("train", "valid", "test")
 FOLD_DTYPE = pd.CategoricalDtype(list(FOLDS))

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.infra import DataError
 from features.schema import (
     DEFAULT_EVENT_ALIASES,
     EVENT_DTYPE,
@@ -30,7 +31,6 @@ from features.schema import (
     SPLIT_VALUES,
     TIMESTAMP_DTYPE,
     BadRowReport,
-    DataError,
     EventData,
 )
 from features.spec import ReadOptions

@@ -16,7 +16,6 @@ A bundle is a folder:
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,8 +25,8 @@ import pandas as pd
 import torch
 
 from features.history import Histories, build_histories
+from features.infra import DataError, atomic_path
 from features.pipeline import Prepared
-from features.schema import DataError
 from features.split import sort_events
 from features.vocab import Vocabulary
 from models.base import Recommender
@@ -87,9 +86,13 @@ class Bundle:
 
     def save(self, folder: str | Path, index_config: IndexConfig = DEFAULT_CONFIG) -> Path:
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        with atomic_path(folder) as tmp:   # replaces ``folder`` only once the bundle is complete
+            self._write(tmp, index_config)
+        self.path = folder
+        return folder
+
+    def _write(self, tmp: Path, index_config: IndexConfig) -> None:
+        tmp.mkdir()
         info = {**self.info, "bundle_version": BUNDLE_VERSION,
                 "model": self.model.cfg.to_dict(),
                 "blend": self.blend.to_dict() if self.blend is not None else None}
@@ -104,11 +107,6 @@ class Bundle:
             save_sources(self.sources, tmp / "sources")
         # The index travels inside the bundle (and so inside the logged MLflow model).
         self.index = save_index(tmp, self.item_vectors, index_config)
-        if folder.exists():  # replace only once the new bundle is complete
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        self.path = folder
-        return folder
 
     def item_index(self, cfg: IndexConfig = DEFAULT_CONFIG) -> tuple[ItemIndex, str]:
         """The saved FAISS index (searched with ``cfg``'s threads), or one built now when the

@@ -27,14 +27,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from features.schema import DataError
+from features.infra import DataError, TailorError, atomic_path
 
 INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 FORMAT_VERSION = 1
 
 
-class IndexBuildError(DataError):
+class IndexBuildError(TailorError):
     """The index cannot be built from these vectors / settings (one-line message)."""
 
 
@@ -138,9 +138,8 @@ class ItemIndex:
         folder.mkdir(parents=True, exist_ok=True)
         for name, write in ((INDEX_FILE, lambda p: faiss.write_index(self.index, str(p))),
                             (INFO_FILE, lambda p: p.write_text(json.dumps(self.info, indent=2)))):
-            tmp = folder / f".{name}.tmp"
-            write(tmp)
-            os.replace(tmp, folder / name)
+            with atomic_path(folder / name) as tmp:
+                write(tmp)
         return folder
 
     @classmethod

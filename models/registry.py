@@ -36,7 +36,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from features.schema import DataError
+from features.infra import TailorError
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE_DIR = ROOT / "mlflow"  # never a Python package: it would shadow the `mlflow` library
@@ -217,13 +217,13 @@ def resolve_model(ref: str, *, name: str = MODEL_NAME) -> Path:
             return path
         if (path / "MLmodel").exists():
             return _bundle_in(path)
-        raise DataError(f"model '{ref}': folder is not a Tailor bundle (no bundle.json)")
+        raise TailorError(f"model '{ref}': folder is not a Tailor bundle (no bundle.json)")
     if "/" in ref and not ref.startswith(("models:/", "runs:/")):
-        raise DataError(f"model '{ref}': no such bundle folder")
+        raise TailorError(f"model '{ref}': no such bundle folder")
     client = MlflowClient(configure())
     source = _registry_source(client, ref, name) or _run_source(client, ref)
     if source is None:
-        raise DataError(f"model '{ref}': not a bundle folder, an alias or version of registered "
+        raise TailorError(f"model '{ref}': not a bundle folder, an alias or version of registered "
                         f"model '{name}', or a run id with a logged model")
     return _bundle_of_source(client, source, ref)
 
@@ -272,7 +272,7 @@ def _bundle_of_source(client: MlflowClient, source: str, ref: str) -> Path:
     parsed = urlparse(location)
     if parsed.scheme in ("", "file") and Path(unquote(parsed.path)).is_dir():
         return _bundle_in(Path(unquote(parsed.path)))
-    from features.pipeline import cache_root  # the same cache root as the processed data
+    from features.infra import cache_root  # the same cache root as the processed data
 
     target = cache_root() / "models" / key
     if not (target / "MLmodel").exists():
@@ -285,7 +285,7 @@ def _bundle_of_source(client: MlflowClient, source: str, ref: str) -> Path:
             local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp))
             os.replace(local, target)
         except MlflowException as exc:
-            raise DataError(f"model '{ref}': cannot download {location}: {exc}") from exc
+            raise TailorError(f"model '{ref}': cannot download {location}: {exc}") from exc
         except OSError:  # another process finished the same download first: keep theirs
             pass
         finally:
@@ -299,5 +299,5 @@ def _bundle_in(model_dir: Path) -> Path:
         flavor = Model.load(model_dir / "MLmodel").flavors["python_function"]
         rel = flavor["artifacts"]["bundle"]["path"]
     except (KeyError, TypeError, OSError) as exc:
-        raise DataError(f"{model_dir}: MLflow model without a Tailor bundle") from exc
+        raise TailorError(f"{model_dir}: MLflow model without a Tailor bundle") from exc
     return model_dir / rel

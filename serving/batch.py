@@ -28,11 +28,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from features.cli import add_data_args, run_cli, spec_from_args
+from features.cli import add_data_args, spec_from_args
 from features.config import add_config_args, config_from_args
 from features.history import build_histories
+from features.infra import DataError, atomic_path, run_cli
 from features.readers import read_events
-from features.schema import DataError
 from features.split import sort_events
 from models.ranking import MAX_K, rank
 from serving.engine import Engine, load_engine
@@ -150,19 +150,14 @@ def write_csv(frame: pd.DataFrame, out: str | Path) -> Path:
     """``frame`` as CSV at ``out``, replaced only once complete. Arrow writes it (pandas takes
     seconds per million rows); ids are quoted only when one holds a comma, quote or newline."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     table = pa.Table.from_pandas(frame[list(COLUMNS)].astype({"score": np.float32}),
                                  preserve_index=False)
-    try:
+    with atomic_path(out) as tmp:
         try:
             pa_csv.write_csv(table, tmp, pa_csv.WriteOptions(quoting_style="none",
                                                              quoting_header="none"))
         except pa.ArrowInvalid:   # an id needs quoting
             pa_csv.write_csv(table, tmp, pa_csv.WriteOptions(quoting_header="none"))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

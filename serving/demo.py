@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from features.cli import run_cli
-from features.schema import DataError
+from features.infra import TailorError, run_cli
 from features.synthetic import generate_with_truth
 from serving.process import served
 
@@ -58,7 +57,7 @@ def train() -> str:
             found = re.match(r"registry\s+\S+ v(\d+)", line)
             version = found.group(1) if found else version
     if proc.returncode != 0 or version is None:
-        raise DataError(f"demo training failed (exit {proc.returncode})")
+        raise TailorError(f"demo training failed (exit {proc.returncode})")
     return version
 
 

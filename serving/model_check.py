@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from features.cli import run_cli
+from features.infra import run_cli
 from models.registry import resolve_model
 
 

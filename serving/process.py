@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from features.schema import DataError
+from features.infra import TailorError
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 240.0
@@ -85,7 +85,7 @@ def served(model: str | Path, port: int, log: Path, *, port_hint: str = "--port"
     ``port``, ready; stopped afterwards with all its workers. ``port_hint``: how the caller's
     user picks another port (the busy-port error names it)."""
     if not port_is_free(port):
-        raise DataError(f"port {port} is in use; choose another with {port_hint}")
+        raise TailorError(f"port {port} is in use; choose another with {port_hint}")
     bentoml = Path(sys.executable).parent / "bentoml"
     env = {**os.environ, "TAILOR_MODEL": str(model)}
     cmd = [str(bentoml), "serve", service, "--host", "127.0.0.1", "--port", str(port)]
@@ -98,13 +98,13 @@ def served(model: str | Path, port: int, log: Path, *, port_hint: str = "--port"
         with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
             while True:
                 if proc.poll() is not None:
-                    raise DataError(f"the server exited while starting (exit {proc.returncode})"
+                    raise TailorError(f"the server exited while starting (exit {proc.returncode})"
                                     f":\n{tail(log)}")
                 with contextlib.suppress(httpx.TransportError):
                     if client.get("/readyz").status_code == 200:
                         break
                 if time.monotonic() > deadline:
-                    raise DataError(f"the server was not ready after {READY_TIMEOUT_S:.0f} s:"
+                    raise TailorError(f"the server was not ready after {READY_TIMEOUT_S:.0f} s:"
                                     f"\n{tail(log)}")
                 time.sleep(0.5)
         yield server

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.cli import add_data_args, run_cli, spec_from_args
+from features.cli import add_data_args, spec_from_args
 from features.config import (
     FeatureConfig,
     add_config_args,
@@ -33,6 +33,7 @@ from features.config import (
     config_from_args,
     feature_config_from_args,
 )
+from features.infra import run_cli
 from features.item_features import item_features
 from features.pipeline import Prepared, prepare
 from models.base import Recommender

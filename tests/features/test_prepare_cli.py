@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from features.config import FeatureConfig
+from features.infra import DataError
 from features.pipeline import prepare
-from features.schema import DataError
 from features.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]

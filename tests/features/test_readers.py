@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from features.infra import DataError
 from features.readers import read_events
-from features.schema import EVENT_DTYPE, TIMESTAMP_DTYPE, BadRowReport, DataError, EventData
+from features.schema import EVENT_DTYPE, TIMESTAMP_DTYPE, BadRowReport, EventData
 from features.spec import DataSpec, parse_spec, with_overrides
 
 SHARED = Path(os.environ.get("TAILOR_SHARED_DATA",

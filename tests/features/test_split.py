@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from features.config import SERVING_SPLIT, FeatureConfig
-from features.schema import DataError
+from features.infra import DataError
 from features.split import auto_window_days, make_split
 from tests.helpers import make_events
 

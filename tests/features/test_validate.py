@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.schema import EVENT_DTYPE, SPLIT_DTYPE, TIMESTAMP_DTYPE, DataError
+from features.infra import DataError
+from features.schema import EVENT_DTYPE, SPLIT_DTYPE, TIMESTAMP_DTYPE
 from features.spec import ReadOptions
 from features.validate import parse_timestamps, resolve_columns, validate_events
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.schema import DataError
+from features.infra import DataError
 from features.spec import parse_event_map, parse_spec, with_overrides
 from features.vocab import UNKNOWN, Vocabulary
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.schema import DataError
+from features.infra import DataError, TailorError
 from models.base import top_k
 from models.index import (
     INDEX_FILE,
@@ -136,7 +136,7 @@ def test_a_weak_index_is_refused_by_the_recall_gate():
     message = str(caught.value)
     assert "\n" not in message and "'IVF16,PQ2x4'" in message and "nprobe=16" in message
     assert "recall@10 0." in message and "min_recall 0.95" in message
-    assert isinstance(caught.value, DataError)
+    assert isinstance(caught.value, TailorError)  # one line, exit 2 from a command
 
 
 def test_an_unbuildable_factory_is_a_one_line_error():

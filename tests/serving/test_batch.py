@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import serving.batch as batch
-from features.cli import run_cli
+from features.infra import run_cli
 from features.schema import EventData
 from serving.api import RecommendRequest
 from serving.batch import BatchConfig, batch_recommend, read_users

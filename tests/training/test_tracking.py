@@ -24,8 +24,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
 from features.config import FeatureConfig
+from features.infra import TailorError
 from features.pipeline import Prepared, build
-from features.schema import DataError
 from features.spec import parse_spec
 from features.synthetic import generate
 from models.bundle import Bundle, recent_histories
@@ -336,9 +336,9 @@ def test_resolve_model(logged: dict[str, Any], bundle_dir: Path) -> None:
         assert json.loads((folder / "bundle.json").read_text()) == expected, ref
         assert Bundle.load(folder).item_vocab == Bundle.load(bundle_dir).item_vocab
     for bad in ["nope", "999", "0123456789abcdef0123456789abcdef", "./no/such/bundle"]:
-        with pytest.raises(DataError, match=f"model '{bad}'"):
+        with pytest.raises(TailorError, match=f"model '{bad}'"):
             resolve_model(bad)
-    with pytest.raises(DataError, match="not a Tailor bundle"):
+    with pytest.raises(TailorError, match="not a Tailor bundle"):
         resolve_model(str(bundle_dir.parent.parent))
 
 

@@ -25,8 +25,8 @@ from mlflow.tracking import MlflowClient
 
 import training.refit as refit_module
 import training.train as train
-from features.cli import run_cli
 from features.config import FeatureConfig, add_config_args, config_from_args
+from features.infra import run_cli
 from features.pipeline import Prepared, prepare
 from features.schema import EVENT_TYPES
 from features.spec import parse_spec
