@@ -38,7 +38,7 @@ from benchmarks.common import (
     table,
     trained_bundle,
 )
-from features.config import add_config_args, config_from_args
+from features.config import add_config_args, config_from_args, setting
 from features.infra import run_cli
 from models.index import IndexBuildError, IndexConfig, ItemIndex
 from models.index_build import auto_factory, build_index, recall_at_k, stand_in_queries
@@ -58,17 +58,26 @@ CHUNK = 100_000         # rows generated at a time, bounding the temporaries
 
 @dataclass(frozen=True)
 class IndexBenchConfig:
-    synthetic_items: int = 1_000_000
-    dim: int = 64
-    queries: int = 1000
-    single_queries: int = 200
-    batch_size: int = 256
-    repeats: int = 3
-    k: int = 10
-    factories: tuple[str, ...] = ("Flat", "HNSW32,Flat", AUTO_IVF)
-    min_recall: float = 0.95
-    seed: int = 0
-    threads: int = 0
+    synthetic_items: int = setting(1_000_000, "items in the synthetic catalog (0: skip it)")
+    dim: int = setting(
+        64,
+        "vector dimension of the synthetic catalog (the trained one keeps the bundle's)")
+    queries: int = setting(1000, "queries for recall@k and batch QPS")
+    single_queries: int = setting(
+        200,
+        "queries searched one at a time for single-query QPS and latency")
+    batch_size: int = setting(256, "queries per search call for batch QPS")
+    repeats: int = setting(3, "timed repeats; figures are medians")
+    k: int = setting(10, "neighbours per query (recall@k)")
+    factories: tuple[str, ...] = setting(
+        ("Flat", "HNSW32,Flat", AUTO_IVF),
+        f"FAISS index_factory strings, or {AUTO_IVF} for the IVF Tailor picks for "
+                 f"large catalogs")
+    min_recall: float = setting(
+        0.95,
+        "recall gate of approximate indexes (models.index.IndexConfig.min_recall)")
+    seed: int = setting(0, "seed of the synthetic catalog, the queries and the index training")
+    threads: int = setting(0, "FAISS threads (0: every core)")
 
     def __post_init__(self) -> None:
         for name in ("dim", "queries", "single_queries", "batch_size", "repeats", "k"):
@@ -82,20 +91,6 @@ class IndexBenchConfig:
             raise ValueError(f"min_recall must be in [0, 1], got {self.min_recall}")
 
 
-HELP = {
-    "synthetic_items": "items in the synthetic catalog (0: skip it)",
-    "dim": "vector dimension of the synthetic catalog (the trained one keeps the bundle's)",
-    "queries": "queries for recall@k and batch QPS",
-    "single_queries": "queries searched one at a time for single-query QPS and latency",
-    "batch_size": "queries per search call for batch QPS",
-    "repeats": "timed repeats; figures are medians",
-    "k": "neighbours per query (recall@k)",
-    "factories": f"FAISS index_factory strings, or {AUTO_IVF} for the IVF Tailor picks for "
-                 f"large catalogs",
-    "min_recall": "recall gate of approximate indexes (models.index.IndexConfig.min_recall)",
-    "seed": "seed of the synthetic catalog, the queries and the index training",
-    "threads": "FAISS threads (0: every core)",
-}
 HEADERS = {"index": "index", "items": "items", "build_s": "build s", "tuning_s": "tuning s",
            "memory_mb": "memory MB", "rss_mb": "RSS + MB", "params": "search params",
            "recall": "recall@{k}", "single_qps": "single-query QPS",
@@ -110,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build time, memory, recall@k and QPS of Flat, HNSW and IVF indexes over "
                     "trained item embeddings and a synthetic catalog; writes "
                     "benchmarks/results/index.json and the Index section of BENCHMARKS.md.")
-    add_config_args(parser, IndexBenchConfig, title="benchmark", help=HELP)
+    add_config_args(parser, IndexBenchConfig, title="benchmark")
     run = parser.add_argument_group("run")
     run.add_argument("--model", metavar="BUNDLE",
                      help="bundle folder whose item vectors are the trained catalog (default: "

@@ -40,7 +40,7 @@ from benchmarks.common import (
     trained_bundle,
 )
 from benchmarks.served import SERVED, measure_served
-from features.config import FeatureConfig, add_config_args, config_from_args
+from features.config import FeatureConfig, add_config_args, config_from_args, setting
 from features.infra import run_cli
 from features.pipeline import Prepared, prepare
 from features.spec import parse_spec
@@ -55,32 +55,28 @@ SERVED_METRICS = ("hr@10", "ndcg@10", "recall@20")
 
 @dataclass(frozen=True)
 class QualityBenchConfig:
-    data: str = ""                  # comma-separated data set names; empty: all present
-    embedded: bool = True           # also the embedded shop
-    als_alphas: tuple[float, ...] = (1.0, 10.0, 40.0)   # chosen on validation NDCG@10
-    als_factors: int = 64
-    als_iterations: int = 15
-    valid_users: int = 2000         # validation shoppers ALS's alpha is chosen on
-    seed: int = 0
-    train_args: str = ""            # extra `make train` flags (default: its defaults)
-    served: bool = True             # also the served model scored on what came after the data
+    data: str = setting(
+        "",
+        "data sets to measure, comma-separated (Sports, Toys, Taobao, Tmall, synthetic); default:"
+        " every real file present in ../shared/data, plus the embedded shop")
+    embedded: bool = setting(True, "include the embedded shop (synthetic)")
+    als_alphas: tuple[float, ...] = setting(
+        (1.0, 10.0, 40.0),
+        "ALS confidence weights tried on the validation fold")
+    als_factors: int = setting(64, "ALS latent factors")
+    als_iterations: int = setting(15, "ALS alternating least squares sweeps")
+    valid_users: int = setting(2000, "validation shoppers ALS's alpha is chosen on (seeded sample)")
+    seed: int = setting(0, "seed of the validation sample and of ALS")
+    train_args: str = setting(
+        "",
+        "extra flags for the training runs, e.g. '--epochs 2 --dim 32' (default: none, the "
+        "settings `make train` uses)")
+    served: bool = setting(
+        True,
+        "also measure the served model as a shop gets it: hold the newest days (or each shopper's"
+        " last item) out, `make train` + `make recommend-batch` on the rest, score the batch "
+        "output and the baselines on what was held out (benchmarks/served.py)")
 
-
-HELP = {
-    "data": "data sets to measure, comma-separated (Sports, Toys, Taobao, Tmall, synthetic); "
-            "default: every real file present in ../shared/data, plus the embedded shop",
-    "embedded": "include the embedded shop (synthetic)",
-    "als_alphas": "ALS confidence weights tried on the validation fold",
-    "als_factors": "ALS latent factors",
-    "als_iterations": "ALS alternating least squares sweeps",
-    "valid_users": "validation shoppers ALS's alpha is chosen on (seeded sample)",
-    "seed": "seed of the validation sample and of ALS",
-    "train_args": "extra flags for the training runs, e.g. '--epochs 2 --dim 32' "
-                  "(default: none, the settings `make train` uses)",
-    "served": "also measure the served model as a shop gets it: hold the newest days (or each "
-              "shopper's last item) out, `make train` + `make recommend-batch` on the rest, score "
-              "the batch output and the baselines on what was held out (benchmarks/served.py)",
-}
 
 # Published full-ranking results (every item ranked) on the same files and split, as read in
 # the sources. Keys: data set -> (method, {metric: value}, source).
@@ -125,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "baseline and implicit ALS on the same split (full ranking), print the "
                     "tables, write benchmarks/results/quality.json and BENCHMARKS.md, log to "
                     "MLflow (tailor-benchmarks).")
-    add_config_args(parser, QualityBenchConfig, title="quality benchmark", help=HELP)
+    add_config_args(parser, QualityBenchConfig, title="quality benchmark")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return parser
 

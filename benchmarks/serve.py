@@ -55,28 +55,41 @@ from benchmarks.serve_report import (
     target_verdict,
 )
 from benchmarks.serve_requests import Requests, build_requests, in_process
-from features.config import add_config_args, config_from_args
+from features.config import add_config_args, config_from_args, fields_help, setting
 from features.infra import TailorError, run_cli
 from serving.process import Server, free_port, served, tail
 
 
 @dataclass(frozen=True)
 class ServeBenchConfig:
-    concurrency: tuple[int, ...] = (1, 8, 32, 64)
-    rate: float = TARGET_RPS       # open-loop run per endpoint at this rate (0: none)
-    rate_clients: int = 64         # connections the open-loop run may use at once
-    seconds: float = 10.0          # measured seconds per level (upper bound)
-    max_requests: int = 20000      # requests per level (upper bound)
-    warmup_s: float = 2.0          # un-recorded load before each level
-    k: int = 10
-    mix: tuple[float, ...] = (0.6, 0.3, 0.1)   # returning / session / unknown shoppers
-    also_bought_paired: float = 0.8            # share of /also_bought items with pairs
-    distinct: int = 2000           # distinct request bodies per endpoint (the load cycles)
-    inprocess_requests: int = 2000
-    seed: int = 0
-    profile: bool = True           # py-spy the server when the target is missed
-    profile_s: float = 5.0
-    port: int = 0                  # 0: a free port
+    concurrency: tuple[int, ...] = setting(
+        (1, 8, 32, 64),
+        "concurrent clients per level, e.g. 1,8,32,64 (commas or spaces)")
+    rate: float = setting(
+        TARGET_RPS,
+        "requests/s of an open-loop run per endpoint: requests are due at this rate whatever the "
+        "answers, latency counts from when each was due (0: no such run)")
+    rate_clients: int = setting(
+        64,
+        "keep-alive connections the open-loop run spreads its requests over")
+    seconds: float = setting(10.0, "measured seconds per level, at most")
+    max_requests: int = setting(20000, "requests per level, at most")
+    warmup_s: float = setting(2.0, "seconds of un-recorded load before each level")
+    k: int = setting(10, "items per request")
+    mix: tuple[float, ...] = setting(
+        (0.6, 0.3, 0.1),
+        "shares of returning, session and unknown shoppers in /recommend")
+    also_bought_paired: float = setting(
+        0.8,
+        "share of /also_bought items that have bought-together rows")
+    distinct: int = setting(
+        2000,
+        "distinct request bodies per endpoint, built before timing (the load cycles through them)")
+    inprocess_requests: int = setting(2000, "requests per endpoint timed in-process, one by one")
+    seed: int = setting(0, "seed of the request mix")
+    profile: bool = setting(True, "record the server worker with py-spy when the target is missed")
+    profile_s: float = setting(5.0, "seconds of py-spy recording")
+    port: int = setting(0, "server port (0: a free port)")
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:
@@ -96,27 +109,6 @@ class ServeBenchConfig:
             raise ValueError("profile_s must be positive and port in 0..65535")
 
 
-HELP = {
-    "concurrency": "concurrent clients per level, e.g. 1,8,32,64 (commas or spaces)",
-    "rate": "requests/s of an open-loop run per endpoint: requests are due at this rate "
-            "whatever the answers, latency counts from when each was due (0: no such run)",
-    "rate_clients": "keep-alive connections the open-loop run spreads its requests over",
-    "seconds": "measured seconds per level, at most",
-    "max_requests": "requests per level, at most",
-    "warmup_s": "seconds of un-recorded load before each level",
-    "k": "items per request",
-    "mix": "shares of returning, session and unknown shoppers in /recommend",
-    "also_bought_paired": "share of /also_bought items that have bought-together rows",
-    "distinct": "distinct request bodies per endpoint, built before timing (the load cycles "
-                "through them)",
-    "inprocess_requests": "requests per endpoint timed in-process, one by one",
-    "seed": "seed of the request mix",
-    "profile": "record the server worker with py-spy when the target is missed",
-    "profile_s": "seconds of py-spy recording",
-    "port": "server port (0: a free port)",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serve",
@@ -125,12 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "/recommend (returning, session and unknown shoppers) and /also_bought; the "
                     "same calls in-process for the serving overhead; py-spy where the target "
                     f"({TARGET_RPS:.0f} req/s with p99 < {TARGET_P99_MS:.0f} ms) is missed.")
-    add_config_args(parser, ServeBenchConfig, title="benchmark", help=HELP,
+    add_config_args(parser, ServeBenchConfig, title="benchmark",
                     skip=("concurrency",))
     group = parser.add_argument_group("run")
     default = ServeBenchConfig().concurrency
     group.add_argument("--concurrency", nargs="+", default=[",".join(map(str, default))],
-                       help=f"{HELP['concurrency']} (default: {','.join(map(str, default))})")
+                       help=fields_help(ServeBenchConfig)["concurrency"]
+                       + f" (default: {','.join(map(str, default))})")
     group.add_argument("--model", metavar="BUNDLE",
                        help="bundle folder to serve (default: the benchmarks' bundle of the "
                             "default data set, Sports when ../shared/data has it, trained "

@@ -37,7 +37,7 @@ from benchmarks.common import (
     say,
     table,
 )
-from features.config import FeatureConfig, add_config_args, config_from_args
+from features.config import FeatureConfig, add_config_args, config_from_args, setting
 from features.infra import run_cli
 from features.pipeline import prepare
 from features.spec import parse_spec
@@ -48,21 +48,18 @@ SAMPLE_S = 0.2   # how often the process tree's memory is sampled
 
 @dataclass(frozen=True)
 class TrainBenchConfig:
-    data: tuple[str, ...] = ("synthetic", "synthetic:large")
-    epochs: tuple[int, ...] = (10, 2)     # per data set (the last one repeats)
-    nproc: tuple[int, ...] = (1, 2)
-    repeats: int = 1                      # runs per (data set, processes); the median is kept
-    train_args: str = ""                  # extra `make train` flags for every run
-
-
-HELP = {
-    "data": "data specs to train on (default: the embedded shop, small and large; add e.g. "
-            "'seq:../shared/data/amazon2014-5core-s3rec/Sports_and_Outdoors.txt.gz')",
-    "epochs": "epochs per data set, in the order of --data (the last value repeats)",
-    "nproc": "process counts to compare (1: plain python; more: torchrun with TorchRec DMP)",
-    "repeats": "runs per (data set, processes); figures are medians",
-    "train_args": "extra flags for every training run, e.g. '--dim 32'",
-}
+    data: tuple[str, ...] = setting(
+        ("synthetic", "synthetic:large"),
+        "data specs to train on (default: the embedded shop, small and large; add e.g. "
+        "'seq:../shared/data/amazon2014-5core-s3rec/Sports_and_Outdoors.txt.gz')")
+    epochs: tuple[int, ...] = setting(
+        (10, 2),
+        "epochs per data set, in the order of --data (the last value repeats)")
+    nproc: tuple[int, ...] = setting(
+        (1, 2),
+        "process counts to compare (1: plain python; more: torchrun with TorchRec DMP)")
+    repeats: int = setting(1, "runs per (data set, processes); figures are medians")
+    train_args: str = setting("", "extra flags for every training run, e.g. '--dim 32'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time full training runs (wall time, fit time, examples/s, peak memory) on "
                     "one process and under torchrun, on data of growing size; print the table, "
                     "write benchmarks/results/train.json and BENCHMARKS.md, log to MLflow.")
-    add_config_args(parser, TrainBenchConfig, title="training benchmark", help=HELP)
+    add_config_args(parser, TrainBenchConfig, title="training benchmark")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return parser
 

@@ -6,7 +6,7 @@ import argparse
 import types
 import typing
 from collections.abc import Iterable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -15,25 +15,41 @@ PROTOCOLS = ("auto", "temporal", "leave-one-out", "predefined")
 SERVING_SPLIT = "all"
 
 
+def setting(default: Any, help: str) -> Any:
+    """A settings field with its ``--help`` text: each setting is documented once, here, and
+    ``add_config_args`` makes its flag from it."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("settings are immutable: use a tuple")
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     # Split. "auto": a `split` column -> predefined; timestamps -> temporal; else leave-one-out.
-    split: str = "auto"
+    split: str = setting("auto", "evaluation protocol: auto, temporal, leave-one-out or predefined")
     # Temporal test window in days. None: 14 days, shrunk to a fifth of the data's span for short
     # logs (10 days of data -> 2 test days), so the same default works on short and long logs.
-    test_days: float | None = None
-    valid_days: float | None = None  # None: same as the test window
-    seed: int = 0  # for the predefined split's validation hold-out
+    test_days: float | None = setting(
+        None,
+        "temporal test window in days (default: 14, or a fifth of a shorter log)")
+    valid_days: float | None = setting(
+        None,
+        "temporal validation window in days (default: the test window)")
+    seed: int = setting(0, "seed of the validation hold-out for predefined splits")
     # User histories: the most recent L events feed the user tower and the service.
-    history_len: int = 50
+    history_len: int = setting(50, "events kept per user history (L)")
     # Item popularity: events in this many days before the cut (all events for data without time).
-    popularity_days: float = 7.0
+    popularity_days: float = setting(7.0, "window in days for recent item popularity")
     # Bought together: pairs of cart/purchase events of the same user at most `cooccur_days` apart
     # (and at most `cooccur_neighbors` events apart, which bounds the work), top-M kept per item.
-    cooccur_days: float = 7.0
-    cooccur_neighbors: int = 10
-    cooccur_min_count: int = 2
-    cooccur_top_m: int = 50
+    cooccur_days: float = setting(
+        7.0,
+        "max days between two cart/purchase events counted as bought together")
+    cooccur_neighbors: int = setting(
+        10,
+        "max events apart for a bought-together pair (bounds the work)")
+    cooccur_min_count: int = setting(2, "min shoppers per bought-together pair")
+    cooccur_top_m: int = setting(50, "bought-together neighbours kept per item")
 
     def __post_init__(self) -> None:
         if self.split not in (*PROTOCOLS, SERVING_SPLIT):
@@ -49,24 +65,11 @@ class FeatureConfig:
         return asdict(self)
 
 
-_HELP = {
-    "split": "evaluation protocol: auto, temporal, leave-one-out or predefined",
-    "test_days": "temporal test window in days (default: 14, or a fifth of a shorter log)",
-    "valid_days": "temporal validation window in days (default: the test window)",
-    "seed": "seed of the validation hold-out for predefined splits",
-    "history_len": "events kept per user history (L)",
-    "popularity_days": "window in days for recent item popularity",
-    "cooccur_days": "max days between two cart/purchase events counted as bought together",
-    "cooccur_neighbors": "max events apart for a bought-together pair (bounds the work)",
-    "cooccur_min_count": "min shoppers per bought-together pair",
-    "cooccur_top_m": "bought-together neighbours kept per item",
-}
 
 
 def add_feature_args(parser: argparse.ArgumentParser) -> None:
     """One flag per field, defaults from the dataclass, so --help documents every setting."""
-    add_config_args(parser, FeatureConfig, title="features", help=_HELP,
-                    choices={"split": PROTOCOLS})
+    add_config_args(parser, FeatureConfig, title="features", choices={"split": PROTOCOLS})
 
 
 def feature_config_from_args(args: argparse.Namespace) -> FeatureConfig:
@@ -86,12 +89,13 @@ def _flag_type(hint: Any) -> tuple[type, bool]:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, *, title: str,
-                    help: dict[str, str], choices: dict[str, Sequence[Any]] | None = None,
+                    choices: dict[str, Sequence[Any]] | None = None,
                     skip: Iterable[str] = (), flags: dict[str, str] | None = None) -> None:
     """A ``--flag`` per field of the settings dataclass ``cls``, in the --help group ``title``.
 
-    Defaults come from the dataclass, so the flags cannot drift from it. ``help`` describes each
-    field; ``skip`` leaves out fields the caller fills itself (sizes that come from the data);
+    Defaults and help texts come from the dataclass (``setting(default, help)``), so the flags
+    cannot drift from it; a field without a help text is an error. ``skip`` leaves out fields
+    the caller fills itself (sizes that come from the data);
     ``flags`` renames a flag where two configs share a field name (both have a ``seed``).
     Values land under ``<ClassName>.<field>`` in the namespace, so configs never collide there;
     ``config_from_args`` reads them back. Booleans get ``--x/--no-x``, tuples take several values.
@@ -107,7 +111,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, title: str,
             f.default if f.default is not MISSING else f.default_factory()
         kind, many = _flag_type(hints[f.name])
         flag = f"--{flags.get(f.name, f.name.replace('_', '-'))}"
-        text = help.get(f.name, f.name.replace("_", " ")).replace("%", "%%")
+        if "help" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name} has no help text (use setting(...))")
+        text = f.metadata["help"].replace("%", "%%")
         options = {"dest": f"{cls.__name__}.{f.name}", "default": default, "required": required}
         if kind is bool and not many:
             action = group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
@@ -130,3 +136,8 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
             value = getattr(args, dest)
             values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
+
+
+def fields_help(cls: type) -> dict[str, str]:
+    """Each field's help text (``setting``), for a flag made by hand."""
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from features.config import setting
 from features.history import Histories
 from models.base import Recommender
 from models.baselines import BASELINES, Baseline, Repeat, RepeatConfig
@@ -51,13 +52,21 @@ def fit_source(name: str, prepared, fold: str) -> Baseline:
 
 @dataclass(frozen=True)
 class BlendConfig:
-    sources: tuple[str, ...] = ("repeat-view", "repeat-cart", "repeat-purchase", "item-knn",
-                                "seq-item-knn")
-    grid: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
-    rounds: int = 2               # coordinate-ascent passes over the sources
-    max_users: int = 2000         # validation shoppers the weights are chosen on
-    max_cells: int = 300_000_000  # users x items x components held in memory while choosing
-    k: int = 10                   # the weights maximize NDCG@k
+    sources: tuple[str, ...] = setting(
+        ("repeat-view", "repeat-cart", "repeat-purchase", "item-knn",
+                                "seq-item-knn"),
+        "sparse signals scored together with the towers (weights chosen on validation; 0 switches"
+        " one off): repeat-view, repeat-cart, repeat-purchase (the shopper's own items by event "
+        "type), repeat (all types), item-knn, seq-item-knn, most-popular")
+    grid: tuple[float, ...] = setting(
+        (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0),
+        "candidate weights tried for each source")
+    rounds: int = setting(2, "coordinate-ascent passes over the sources")
+    max_users: int = setting(2000, "validation shoppers the weights are chosen on")
+    max_cells: int = setting(
+        300_000_000,
+        "bound on users x items x signals held in memory while choosing")
+    k: int = setting(10, "the weights maximize NDCG@k on validation")
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.sources if name not in SOURCES]

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
+from features.config import setting
+
 N_EVENT_TYPES = 3
 GAP_BUCKETS = 12      # log2 buckets of hours to the next event; the last one means "no time"
 STEP_BUCKETS = 8      # 0, 1, 2, 3-4, 5-8, 9-16, 17-32, 33+
@@ -33,14 +35,19 @@ AGE_BUCKETS = 10      # log2 buckets of days; the last one means "no time"
 class TwoTowerConfig:
     n_items: int
     n_categories: int = 0
-    dim: int = 64
+    dim: int = setting(64, "embedding size of both towers")
     history_len: int = 50
-    encoder: str = "pooling"         # "pooling" (learned weighted mean) or "transformer"
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    temperature: float = 0.05        # softmax temperature over cosine scores
-    interest: bool = True            # learn the "comes back to what they looked at" term
+    encoder: str = setting(
+        "pooling",
+        "user-tower encoder: transformer (causal self-attention over the history) or pooling "
+        "(weighted mean)")
+    n_layers: int = setting(2, "transformer layers")
+    n_heads: int = setting(2, "attention heads per transformer layer")
+    dropout: float = setting(0.2, "dropout in the user tower")
+    temperature: float = setting(0.05, "softmax temperature over cosine scores")
+    interest: bool = setting(
+        True,
+        "learn the 'comes back to what they looked at' term next to the tower score")
 
     def to_dict(self) -> dict:
         return asdict(self)

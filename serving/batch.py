@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from features.cli import add_data_args, spec_from_args
-from features.config import add_config_args, config_from_args
+from features.config import add_config_args, config_from_args, setting
 from features.history import build_histories
 from features.infra import DataError, atomic_path, run_cli
 from features.readers import read_events
@@ -44,27 +44,25 @@ COLUMNS = ("user_id", "item_id", "rank", "score")
 
 @dataclass(frozen=True)
 class BatchConfig:
-    k: int = 50
-    exclude_purchased: bool = True   # as /recommend: what a shopper bought does not come back
-    exclude_seen: bool = False       # nothing they interacted with comes back
-    chunk_users: int = 0    # 0: as many as keep users x items under CELLS_PER_CHUNK
-    workers: int = 0        # chunks ranked at once; 0: one per CPU core, at most MAX_WORKERS
+    k: int = setting(50, "recommendations per shopper")
+    exclude_purchased: bool = setting(
+        True,
+        "leave out items the shopper bought in DATA, as /recommend does by default "
+        "(--no-exclude-purchased keeps them)")
+    exclude_seen: bool = setting(
+        False,
+        "leave out every item the shopper interacted with in DATA (views and carts too)")
+    chunk_users: int = setting(0, "shoppers scored per chunk (0: chosen from the catalog size)")
+    workers: int = setting(
+        0,
+        f"chunks ranked in parallel threads (0: one per CPU core, "
+                   f"at most {MAX_WORKERS})")
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= MAX_K:
             raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
         if self.chunk_users < 0 or self.workers < 0:
             raise ValueError("chunk_users and workers must be >= 0")
-
-
-HELP = {"k": "recommendations per shopper",
-        "exclude_purchased": "leave out items the shopper bought in DATA, as /recommend does "
-                             "by default (--no-exclude-purchased keeps them)",
-        "exclude_seen": "leave out every item the shopper interacted with in DATA (views and "
-                        "carts too)",
-        "chunk_users": "shoppers scored per chunk (0: chosen from the catalog size)",
-        "workers": f"chunks ranked in parallel threads (0: one per CPU core, "
-                   f"at most {MAX_WORKERS})"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "from each shopper's history in DATA, ranked like the /recommend endpoint; "
                     "writes user_id,item_id,rank,score (rank from 1).")
     add_data_args(parser)
-    add_config_args(parser, BatchConfig, title="batch", help=HELP)
+    add_config_args(parser, BatchConfig, title="batch")
     run = parser.add_argument_group("run")
     run.add_argument("--model", default="champion",
                      help="registered alias or version, MLflow run id, or bundle folder "

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from features.config import setting
 from features.pipeline import Prepared
 from models.scoring import item_tensors
 from models.two_tower import TwoTower, TwoTowerConfig
@@ -28,21 +29,34 @@ from training.loss import batch_loss
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40                  # upper bound; early stopping usually ends sooner
-    patience: int = 3                 # epochs without validation gain before stopping
-    batch_tokens: int = 256           # history positions per step (windows of similar length)
-    lr: float = 5e-3
-    weight_decay: float = 0.0
-    view_weight: float = 1.0          # loss weight of each target's event type
-    cart_weight: float = 2.0
-    purchase_weight: float = 4.0
-    full_softmax_max_items: int = 60_000  # above: sampled softmax with logQ correction
-    n_negatives: int = 8192
-    max_minutes: float = 7.0          # epochs budget: with the rest of a run, under 10 min
-    max_epoch_examples: int = 250_000  # a fresh sample of windows per epoch above this; 0: all
-    seed: int = 0
-    threads: int = 0                  # 0: every core
-    progress: bool = True
+    epochs: int = setting(40, "most epochs; early stopping usually ends sooner")
+    patience: int = setting(3, "epochs without a validation gain before stopping")
+    batch_tokens: int = setting(
+        256,
+        "history positions per training step (windows of similar length batched together)")
+    lr: float = setting(5e-3, "AdamW learning rate")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    view_weight: float = setting(1.0, "loss weight of a view target")
+    cart_weight: float = setting(2.0, "loss weight of an add-to-cart target")
+    purchase_weight: float = setting(4.0, "loss weight of a purchase target")
+    full_softmax_max_items: int = setting(
+        60_000,
+        "catalog size up to which the loss is a full softmax; above it a sampled softmax with "
+        "logQ correction")
+    n_negatives: int = setting(8192, "negatives per batch of the sampled softmax")
+    max_minutes: float = setting(
+        7.0,
+        "wall-clock budget for the epochs of both fits (evaluation and the refit for serving), "
+        "in minutes")
+    max_epoch_examples: int = setting(
+        250_000,
+        "an epoch trains on a fresh random sample of about this many targets when the log has "
+        "more (0: always all)")
+    seed: int = setting(
+        0,
+        "seed of training (initialization, order, sampling) and of the validation sample")
+    threads: int = setting(0, "torch CPU threads (0: every core)")
+    progress: bool = setting(True, "show a progress bar per epoch")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -59,47 +59,6 @@ VALID_USERS = 2000                 # validation sample: cheap enough to score ev
 PRINT_KS = (10, 20)                # the printed table; MLflow gets every cut-off
 UNKNOWN_USER = "new-shopper"       # the input example's unseen shopper (popular fallback)
 
-MODEL_HELP = {
-    "dim": "embedding size of both towers",
-    "encoder": "user-tower encoder: transformer (causal self-attention over the history) or "
-               "pooling (weighted mean)",
-    "n_layers": "transformer layers",
-    "n_heads": "attention heads per transformer layer",
-    "dropout": "dropout in the user tower",
-    "temperature": "softmax temperature over cosine scores",
-    "interest": "learn the 'comes back to what they looked at' term next to the tower score",
-}
-TRAIN_HELP = {
-    "epochs": "most epochs; early stopping usually ends sooner",
-    "patience": "epochs without a validation gain before stopping",
-    "batch_tokens": "history positions per training step (windows of similar length batched "
-                    "together)",
-    "lr": "AdamW learning rate",
-    "weight_decay": "AdamW weight decay",
-    "view_weight": "loss weight of a view target",
-    "cart_weight": "loss weight of an add-to-cart target",
-    "purchase_weight": "loss weight of a purchase target",
-    "full_softmax_max_items": "catalog size up to which the loss is a full softmax; above it a "
-                              "sampled softmax with logQ correction",
-    "n_negatives": "negatives per batch of the sampled softmax",
-    "max_minutes": "wall-clock budget for the epochs, in minutes",
-    "max_epoch_examples": "an epoch trains on a fresh random sample of about this many targets "
-                          "when the log has more (0: always all)",
-    "seed": "seed of training (initialization, order, sampling) and of the validation sample",
-    "threads": "torch CPU threads (0: every core)",
-    "progress": "show a progress bar per epoch",
-}
-BLEND_HELP = {
-    "sources": "sparse signals scored together with the towers (weights chosen on validation; "
-               "0 switches one off): repeat-view, repeat-cart, repeat-purchase (the shopper's "
-               "own items by event type), repeat (all types), item-knn, seq-item-knn, "
-               "most-popular",
-    "grid": "candidate weights tried for each source",
-    "rounds": "coordinate-ascent passes over the sources",
-    "max_users": "validation shoppers the weights are chosen on",
-    "max_cells": "bound on users x items x signals held in memory while choosing",
-    "k": "the weights maximize NDCG@k on validation",
-}
 # Sizes come from the data; the history length is the feature stage's (one L for both).
 MODEL_FROM_DATA = ("n_items", "n_categories", "history_len")
 
@@ -116,10 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                "Processed data is cached under $TAILOR_CACHE (default .cache/tailor).")
     add_data_args(parser)
     add_feature_args(parser)
-    add_config_args(parser, TwoTowerConfig, title="model", help=MODEL_HELP, skip=MODEL_FROM_DATA)
-    add_config_args(parser, TrainConfig, title="training", help=TRAIN_HELP,
+    add_config_args(parser, TwoTowerConfig, title="model", skip=MODEL_FROM_DATA)
+    add_config_args(parser, TrainConfig, title="training",
                     flags={"seed": "train-seed"})  # --seed is the feature stage's split seed
-    add_config_args(parser, BlendConfig, title="ranking stack", help=BLEND_HELP,
+    add_config_args(parser, BlendConfig, title="ranking stack",
                     flags={"sources": "stack-sources", "grid": "stack-grid",
                            "rounds": "stack-rounds", "max_users": "stack-users",
                            "max_cells": "stack-max-cells", "k": "stack-k"})

@@ -13,7 +13,7 @@ import io
 import os
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,13 @@ from mlflow.tracking import MlflowClient
 
 import training.refit as refit_module
 import training.train as train
-from features.config import FeatureConfig, add_config_args, config_from_args
+from features.config import FeatureConfig, add_config_args, config_from_args, setting
 from features.infra import run_cli
 from features.pipeline import Prepared, prepare
 from features.schema import EVENT_TYPES
 from features.spec import parse_spec
 from models.baselines import BASELINES
+from models.blend import BlendConfig
 from models.bundle import Bundle
 from models.ranking import popular_items
 from models.registry import tracking_uri
@@ -48,11 +49,13 @@ SCORE = "test.tailor.ndcg_at_10"
 def test_help_documents_every_setting() -> None:
     parser = train.build_parser()
     text = parser.format_help()
-    documented = {**train.MODEL_HELP, **train.TRAIN_HELP}
-    for cls, skip in ((TwoTowerConfig, train.MODEL_FROM_DATA), (TrainConfig, ())):
+    # each setting is documented once, in its dataclass field, and its flag shows that text
+    for cls, skip in ((TwoTowerConfig, train.MODEL_FROM_DATA), (TrainConfig, ()),
+                      (BlendConfig, ()), (FeatureConfig, ())):
         for f in fields(cls):
             if f.name not in skip:
-                assert f.name in documented, f"{cls.__name__}.{f.name} has no help text"
+                assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+                assert " ".join(f.metadata["help"].split()[:3]) in " ".join(text.split()), f.name
     for flag in ("--data", "--split", "--history-len", "--dim", "--encoder", "--interest",
                  "--no-interest", "--epochs", "--patience", "--train-seed", "--seed",
                  "--no-progress", "--valid-users", "--force-promote", "--out", "--no-mlflow"):
@@ -69,15 +72,15 @@ def test_help_documents_every_setting() -> None:
 def test_config_args_handle_optional_bool_and_tuple_fields() -> None:
     @dataclass(frozen=True)
     class Settings:
-        size: int
-        rate: float | None = None
-        on: bool = True
-        weights: tuple[float, ...] = (1.0, 2.0)
-        name: str = "a"
+        size: int = field(metadata={"help": "a size"})
+        rate: float | None = setting(None, "a rate (default: auto)")
+        on: bool = setting(True, "on or off")
+        weights: tuple[float, ...] = setting((1.0, 2.0), "weights")
+        name: str = setting("a", "a name")
 
     parser = argparse.ArgumentParser()
-    add_config_args(parser, Settings, title="s", help={"rate": "a rate (default: auto)"},
-                    choices={"name": ("a", "b")}, flags={"name": "settings-name"})
+    add_config_args(parser, Settings, title="s", choices={"name": ("a", "b")},
+                    flags={"name": "settings-name"})
     assert config_from_args(Settings, parser.parse_args(["--size", "3"])) == Settings(3)
     args = parser.parse_args(["--size", "3", "--rate", "0.5", "--no-on", "--weights", "4", "5",
                               "--settings-name", "b"])
@@ -86,6 +89,13 @@ def test_config_args_handle_optional_bool_and_tuple_fields() -> None:
     assert "a rate (default: auto)" in text and text.count("(default: True)") == 1
     with pytest.raises(SystemExit):  # size has no default: required
         parser.parse_args([])
+
+    @dataclass(frozen=True)
+    class Undocumented:
+        size: int = 1
+
+    with pytest.raises(TypeError, match="Undocumented.size has no help text"):
+        add_config_args(argparse.ArgumentParser(), Undocumented, title="u")
 
 
 def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
