@@ -10,10 +10,12 @@ import pytest
 
 import training.train as train
 
-# A tiny real training run: the embedded shop, a small pooling model, one epoch, no MLflow.
-TINY = ["--data", "synthetic", "--epochs", "1", "--dim", "16", "--encoder", "pooling",
-        "--batch-tokens", "8192", "--valid-users", "300", "--stack-users", "500",
-        "--no-progress", "--no-mlflow"]
+# A tiny real model on the embedded shop: small, pooling, big batches (the shared flags), and the
+# one-epoch run without MLflow most tests use.
+TINY_MODEL = ["--data", "synthetic", "--dim", "16", "--n-layers", "1", "--encoder", "pooling",
+              "--batch-tokens", "8192", "--no-progress"]
+TINY = [*TINY_MODEL, "--epochs", "1", "--valid-users", "300", "--stack-users", "500",
+        "--no-mlflow"]
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,14 @@
-"""Small, hand-written canonical event tables with answers worked out by hand."""
+"""Test helpers: small hand-written event tables with answers worked out by hand, a throw-away
+MLflow store, the registry's aliases."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import pandas as pd
+import pytest
 
 from features.schema import EVENT_DTYPE, TIMESTAMP_DTYPE
 
@@ -26,3 +32,20 @@ def make_events(rows: list[tuple], *, with_time: bool = True, **extra: list) -> 
     for name, values in extra.items():
         frame[name] = values
     return frame
+
+
+@contextmanager
+def isolated_store(root: Path) -> Iterator[Path]:
+    """A throw-away MLflow store and data cache under ``root`` for a block of tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.setenv("TAILOR_CACHE", str(root / "cache"))
+        mp.delenv("RANK", raising=False)
+        # configure() sets MLflow's process-wide URI; put it back for the tests after these.
+        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None, raising=False)
+        yield root
+
+
+def aliases(client) -> dict[str, int]:
+    """The registered model ``tailor``'s aliases -> version numbers."""
+    return {k: int(v) for k, v in client.get_registered_model("tailor").aliases.items()}

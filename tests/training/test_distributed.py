@@ -25,6 +25,7 @@ from features.pipeline import Prepared, prepare
 from features.spec import parse_spec
 from models.bundle import Bundle
 from models.two_tower import TwoTower, TwoTowerConfig
+from tests.conftest import TINY_MODEL
 from training.data import make_windows
 from training.distributed import Group, batch_share, sharding_plan, world_size
 from training.evaluate import evaluate
@@ -33,9 +34,8 @@ from training.fit import TrainConfig, fit
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node=2"]
 # Settings passed in full: the tests must not move when TrainConfig's defaults do.
-TINY = ["--data", "synthetic", "--epochs", "2", "--patience", "5", "--max-minutes", "10",
-        "--dim", "16", "--n-layers", "1", "--encoder", "pooling", "--batch-tokens", "8192",
-        "--valid-users", "300", "--no-progress", "--no-mlflow"]
+TINY = [*TINY_MODEL, "--epochs", "2", "--patience", "5", "--max-minutes", "10",
+        "--valid-users", "300", "--no-mlflow"]
 TINY_TRAIN = TrainConfig(epochs=2, patience=5, max_minutes=10.0, batch_tokens=8192,
                          progress=False)
 VALID_USERS = 300

@@ -32,6 +32,7 @@ from models.bundle import Bundle, recent_histories
 from models.registry import ChampionSawTestData, promote, resolve_model, tracking_uri
 from models.scoring import compute_item_vectors
 from models.two_tower import TwoTower, TwoTowerConfig
+from tests.helpers import aliases, isolated_store
 from training.fit import TrainConfig
 from training.tracking import (
     RunLogger,
@@ -81,12 +82,7 @@ def test_markdown_table() -> None:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setenv("TAILOR_CACHE", str(root / "cache"))
-        # configure() sets MLflow's process-wide URI; put it back for the tests after these.
-        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None, raising=False)
+    with isolated_store(tmp_path_factory.mktemp("mlflow")) as root:
         yield root
 
 
@@ -160,10 +156,6 @@ def other_version(logged: dict[str, Any], score: float | None, data_hash: str = 
     client.set_terminated(run.info.run_id)
     return client.create_model_version("tailor", logged["version"].source,
                                        run_id=run.info.run_id)
-
-
-def aliases(client: MlflowClient) -> dict[str, int]:
-    return {k: int(v) for k, v in client.get_registered_model("tailor").aliases.items()}
 
 
 # --- slow: the real store -------------------------------------------------------------------------

@@ -36,11 +36,12 @@ from models.bundle import Bundle
 from models.ranking import popular_items
 from models.registry import tracking_uri
 from models.two_tower import TwoTower, TwoTowerConfig
+from tests.conftest import TINY_MODEL
+from tests.helpers import aliases, isolated_store
 from training.fit import FitResult, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--data", "synthetic", "--epochs", "2", "--dim", "16", "--n-layers", "1",
-        "--encoder", "pooling", "--batch-tokens", "8192", "--no-progress"]
+TINY = [*TINY_MODEL, "--epochs", "2"]
 SCORE = "test.tailor.ndcg_at_10"
 
 
@@ -114,13 +115,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("train")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        mp.setenv("TAILOR_CACHE", str(root / "cache"))
-        mp.delenv("RANK", raising=False)
-        # configure() sets MLflow's process-wide URI; put it back for the tests after these.
-        mp.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None, raising=False)
+    with isolated_store(tmp_path_factory.mktemp("train")) as root:
         yield root
 
 
@@ -165,10 +160,6 @@ def first(store: Path) -> dict[str, Any]:
     assert len(runs) == 1
     return {"stdout": stdout, "run": runs[0], "client": client, "bundle": built[0],
             "out": store / "bundle"}
-
-
-def aliases(client: MlflowClient) -> dict[str, int]:
-    return {k: int(v) for k, v in client.get_registered_model("tailor").aliases.items()}
 
 
 # --- fast: what one run records ------------------------------------------------------------------
