@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 
 from features.history import Histories
+from features.pipeline import Prepared
 from features.vocab import Vocabulary
+from models.base import Recommender
 from models.blend import (
     BlendConfig,
+    BlendedRecommender,
     BlendWeights,
     load_sources,
     save_sources,
     signal,
 )
+from tests.models.recommender_contract import Planted, RecommenderContract, pairs_prepared
 
 N_USERS, N_ITEMS = 200, 50
 
@@ -78,3 +82,26 @@ def test_repeat_sources_split_by_event_type(tmp_path: Path) -> None:
 def test_unknown_source_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown ranking-stack source.*repeat-cart"):
         BlendConfig(sources=("repeat", "reapet"))
+
+
+class TestBlended(RecommenderContract):
+    """The ranking stack, the model that is served, through the shared recommender contract: tiny
+    trained towers plus item-kNN and sequential item-kNN at fixed weights."""
+
+    PLANTED = (
+        Planted("next-after-a-is-b", pairs_prepared, (("a3", "view"),), "b3", within=3),
+        Planted("most-recent-pair-leads", pairs_prepared,
+                (("a1", "view"), ("b1", "addtocart"), ("a4", "view")), "b4", within=3),
+    )
+
+    def make_recommender(self, prepared: Prepared) -> Recommender:
+        from models.blend import fit_source
+        from models.scoring import recommender_for
+        from tests.models.test_two_tower import train
+
+        names = ("item-knn", "seq-item-knn")
+        sources = {name: fit_source(name, prepared, "test") for name in names}
+        blend = BlendWeights({name: 2.0 for name in names}, {name: 1.0 for name in names})
+        rec = recommender_for(train(prepared), prepared.item_features, sources, blend)
+        assert isinstance(rec, BlendedRecommender)
+        return rec
