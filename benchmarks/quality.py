@@ -74,8 +74,9 @@ class QualityBenchConfig:
     served: bool = setting(
         True,
         "also measure the served model as a shop gets it: hold the newest days (or each shopper's"
-        " last item) out, `make train` + `make recommend-batch` on the rest, score the batch "
-        "output and the baselines on what was held out (benchmarks/served.py)")
+        " last item, or a predefined split's test purchases) out, `make train` + "
+        "`make recommend-batch` on the rest, score the batch output and the baselines on what "
+        "was held out (benchmarks/served.py)")
 
 
 # Published full-ranking results (every item ranked) on the same files and split, as read in
@@ -169,16 +170,13 @@ def measure(ds: DataSet, cfg: QualityBenchConfig) -> dict[str, Any]:
         raise RuntimeError(f"{ds.name}: ALS was evaluated on {int(als_row['users'].iloc[0])} "
                            f"shoppers, the training run on {int(results['users'].iloc[0])}")
     served = None
-    if cfg.served and prepared.split.protocol in ("temporal", "leave-one-out"):
+    if cfg.served:
         started = time.perf_counter()
         served = measure_served(parse_spec(ds.spec), bundle_dir(ds).with_name(
             bundle_dir(ds).name + "-served"), shlex.split(cfg.train_args))
         served["seconds"] = round(time.perf_counter() - started, 1)
         say(f"  served (refit), scored on what came after the data: "
             f"{json.dumps(served['methods']['tailor (served)'])}")
-    elif cfg.served:
-        say(f"  served: not measured under the {prepared.split.protocol} protocol (its test "
-            f"rows have no time or order to hold out by)")
     return {"name": ds.name, "spec": ds.spec, "protocol": prepared.split.protocol,
             "served": served, "refit": {k: v for k, v in (info.get("refit") or {}).items()
                                         if k != "history"},
@@ -294,8 +292,9 @@ def served_summary(runs: list[dict[str, Any]]) -> str:
                                               for w in ("served", "baseline", "x")],
             "best baseline"]
     return ("**Served (refit), scored on the days / items after the data:** the data minus its "
-            "newest days (temporal) or minus each shopper's last item (leave-one-out) goes "
-            "through `make train` and `make recommend-batch` as a shop would run them; the batch "
+            "newest days (temporal), minus each shopper's last item (leave-one-out) or minus its "
+            "test purchases (predefined) goes through `make train` and `make recommend-batch` "
+            "as a shop would run them; the batch "
             "output is scored on what was held out, beside every baseline fitted on the same "
             "data and ranked the same way (purchases left out). `x` is served / best baseline "
             "(by NDCG@10).\n\n" + table(rows, cols, digits=4))

@@ -12,6 +12,10 @@ here, from the raw events and the batch CSV.
 - Data without time (leave-one-out): each shopper with at least 3 events loses their last one,
   which becomes the target; the model sees the rest. Items a shopper bought are left out of
   their list (the batch default), so the target is always an item new to them.
+- A predefined split (a ``split`` column, e.g. Tmall): the model sees the train rows; targets
+  are the test purchases. So that `make train` still evaluates under the same protocol, one
+  seeded train purchase per shopper (of those with two or more) is marked ``test`` in the file it
+  is given: held out by its evaluation, trained on by its refit, like any other train row.
 
 The baselines (``models.baselines``) are fitted on exactly the data the model was given and
 ranked with the same exclusions, so every row of the table is the same measurement.
@@ -61,7 +65,12 @@ def hold_out(spec: DataSpec, folder: Path, days: float | None = None) -> HoldOut
     events = sort_events(data.events)
     folder.mkdir(parents=True, exist_ok=True)
     new_items = np.array([], dtype=object)
-    if data.has_time:
+    columns = ["user_id", "item_id", "event"] + (["timestamp"] if data.has_time else [])
+    if "split" in events.columns and not data.has_time:
+        seen, targets = _predefined(events)
+        protocol, cut_text = "predefined", None
+        columns.append("split")
+    elif data.has_time:
         days = days or auto_window_days(events)
         cut = events["timestamp"].max() + pd.Timedelta(milliseconds=1) - days * DAY
         seen, after = events[events["timestamp"] < cut], events[events["timestamp"] >= cut]
@@ -78,7 +87,6 @@ def hold_out(spec: DataSpec, folder: Path, days: float | None = None) -> HoldOut
         protocol, cut_text = "leave-one-out", None
     targets = targets[targets["item_id"].isin(seen["item_id"])]
     targets = targets[["user_id", "item_id"]].drop_duplicates().reset_index(drop=True)
-    columns = ["user_id", "item_id", "event"] + (["timestamp"] if data.has_time else [])
     out = seen[columns].copy()
     if data.has_time:  # epoch ms, as the reader takes it
         out["timestamp"] = (out["timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(
@@ -93,6 +101,24 @@ def hold_out(spec: DataSpec, folder: Path, days: float | None = None) -> HoldOut
     users = folder / "users.txt"
     users.write_text("\n".join(targets["user_id"].astype(str).unique()) + "\n")
     return HoldOut(text, users, targets, protocol, cut_text, seen, data.items, new_items)
+
+
+def _predefined(events: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the train rows with one seeded train purchase per shopper marked ``test``, the test
+    purchases)."""
+    split = events["split"].astype(str)
+    seen = events[(split == "train").to_numpy()].copy()
+    targets = events[((split == "test") & (events["event"] == "purchase")).to_numpy()]
+    buys = seen.index[(seen["event"] == "purchase").to_numpy()]
+    owners = seen.loc[buys, "user_id"].astype(str)
+    counts = owners.value_counts()
+    pool = pd.DataFrame({"row": buys, "user": owners.to_numpy()})
+    pool = pool[pool["user"].isin(counts.index[counts >= 2])]
+    pool["key"] = np.random.default_rng(seed).random(len(pool))
+    picked = pool.sort_values(["user", "key"]).drop_duplicates("user")["row"]
+    seen["split"] = "train"
+    seen.loc[picked, "split"] = "test"
+    return seen, targets
 
 
 # --- running the public commands ----------------------------------------------------------------

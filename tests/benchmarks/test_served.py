@@ -52,3 +52,25 @@ def test_served_model_beats_every_baseline_after_the_cut(tmp_path: Path) -> None
     held_new = set(hold_out(parse_spec("synthetic"), tmp_path / "again").new_items)
     assert held_new and held_new <= set(bundle.item_vocab.ids)
     assert result["new_items_recommended"] > 0
+
+
+def test_a_predefined_split_holds_its_test_purchases_out(tmp_path: Path) -> None:
+    rows = []
+    for u in range(20):
+        rows += [(f"u{u}", f"i{(u + j) % 15}", "view", "train") for j in range(5)]
+        rows += [(f"u{u}", f"i{(u + j) % 15}", "buy", "train") for j in (5, 6)]
+        rows += [(f"u{u}", f"i{(u + 7) % 15}", "buy", "test"),
+                 (f"u{u}", f"i{(u + 8) % 15}", "view", "test")]
+    path = tmp_path / "shop.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "event", "split"]).to_csv(path,
+                                                                                 index=False)
+    held = hold_out(parse_spec(f"events:{path}"), tmp_path / "out")
+    assert held.protocol == "predefined"
+    # the targets are the test purchases, and no test row reaches the model
+    assert len(held.targets) == 20
+    written = pd.read_csv(tmp_path / "out" / "events.csv")
+    assert len(written) == 20 * 7
+    # one train purchase per shopper is the evaluation's test row, so `make train` still runs
+    # the predefined protocol on it
+    test_rows = written[written["split"] == "test"]
+    assert len(test_rows) == 20 and set(test_rows["event"]) == {"purchase"}
