@@ -28,7 +28,6 @@ from models.two_tower import TwoTower, TwoTowerConfig
 from tests.conftest import TINY_MODEL
 from training.data import make_windows
 from training.distributed import Group, batch_share, sharding_plan, world_size
-from training.evaluate import evaluate
 from training.fit import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,13 +159,17 @@ def test_make_train_on_two_ranks_ranks_like_one(shop: dict[str, Any]) -> None:
     fits = [b.info["fit"] for b in (single, double)]
     assert [f["examples"] for f in fits] == [fits[0]["examples"]] * 2
     assert all(min(r["rank_examples"]) > 0 for r in fits[1]["history"])
-    # the saved bundle is the trained model: it recommends and reproduces its logged metric
+    # both refitted the served model on every event, over both ranks for the torchrun launch
+    refits = [b.info["refit"] for b in (single, double)]
+    assert refits[0]["epochs_run"] == refits[1]["epochs_run"] >= 1
+    assert refits[0]["examples"] == refits[1]["examples"]
+    assert all(min(r["rank_examples"]) > 0 for r in refits[1]["history"])
+    assert set(double.item_vocab.ids) == set(prepared.events["item_id"])
+    # the saved bundle is the refitted model: it recommends
     users = sorted(double.histories.user_id.unique())[:50]
     rows, scores = double.recommender.recommend(double.user_histories(users), 10)
     assert rows.shape == (50, 10) and np.isfinite(scores).all()
-    metrics = evaluate(double.recommender, prepared, "test", ks=(10,))
     test = [b.info["metrics"]["test"] for b in (single, double)]
-    assert metrics["ndcg@10"] == pytest.approx(test[1]["tailor"]["ndcg@10"], abs=THREADS_TOL)
     # same range as one process, and far above popularity
     ndcg = [t["tailor"]["ndcg@10"] for t in test]
     assert ndcg[1] > 0.8 * ndcg[0] and ndcg[1] > 2 * test[1]["most-popular"]["ndcg@10"]
