@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from features.infra import atomic_path, cache_root
+from features.infra import ROOT, atomic_path, cache_root
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCH_MD = ROOT / "BENCHMARKS.md"
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -33,14 +33,15 @@ import numpy as np
 import pandas as pd
 
 from features.history import build_histories
+from features.infra import ROOT
 from features.item_features import item_features
 from features.readers import read_events
 from features.spec import DataSpec
 from features.split import auto_window_days, sort_events
 from features.vocab import Vocabulary
 from models.baselines import BASELINES
+from serving.batch import seen_items
 
-ROOT = Path(__file__).resolve().parents[1]
 K_LIST = 50
 SERVED = "tailor (served)"  # the served model's row in the results
 DAY = pd.Timedelta(days=1)
@@ -151,15 +152,10 @@ def baseline_recs(held: HoldOut, k: int = K_LIST, history_len: int = 50) -> dict
     users = held.targets["user_id"].astype(object).unique()
     histories = build_histories(seen, vocab, max_len=history_len, users=users)
     bought = seen[seen["event"] == "purchase"]
-    owner = pd.Index(users).get_indexer(bought["user_id"].astype(object))
-    rows = vocab.lookup(bought["item_id"])
-    keep = (owner >= 0) & (rows >= 0)
+    exclude = seen_items(bought, users, vocab.lookup(bought["item_id"]))  # as the batch does
     out = {}
     for name, cls in BASELINES.items():
-        model = cls.fit(seen, vocab, feats)
-        scores = model.score(histories)
-        scores[owner[keep], rows[keep]] = -np.inf
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top, _ = cls.fit(seen, vocab, feats).recommend(histories, k, exclude=exclude)
         out[name] = pd.DataFrame({"user_id": np.repeat(users, k),
                                   "item_id": vocab.ids[top.ravel()],
                                   "rank": np.tile(np.arange(1, k + 1), len(users))})

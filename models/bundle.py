@@ -31,13 +31,12 @@ from features.split import sort_events
 from features.vocab import Vocabulary
 from models.base import Recommender
 from models.blend import BlendWeights, load_sources, save_sources
-from models.index import INDEX_FILE, IndexConfig, ItemIndex
+from models.index import DEFAULT_CONFIG, INDEX_FILE, IndexConfig, ItemIndex
 from models.index_build import build_index
 from models.scoring import compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 
 BUNDLE_VERSION = 1
-DEFAULT_CONFIG = IndexConfig()  # the FAISS index written with the bundle
 FILES = ("bundle.json", "model.pt", "item_vocab.parquet", "items.parquet", "item_vectors.npy",
          "bought_together.parquet", "histories.parquet")
 

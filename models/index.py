@@ -65,6 +65,10 @@ class IndexConfig:
             raise ValueError("nprobe and ef_search must be non-empty tuples of positive ints")
 
 
+# The settings a bundle's index is built and searched with unless a caller says otherwise.
+DEFAULT_CONFIG = IndexConfig()
+
+
 class ItemIndex:
     """A built (or loaded) index plus its ``info``: factory, search params, recall, timings."""
 

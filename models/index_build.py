@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 
 from models.index import (
+    DEFAULT_CONFIG,
     FORMAT_VERSION,
     IndexBuildError,
     IndexConfig,
@@ -19,8 +20,6 @@ from models.index import (
     _set_threads,
     _supports_selector,
 )
-
-DEFAULT_BUILD = IndexConfig()
 
 
 def auto_factory(n_items: int, exact_max_items: int) -> str:
@@ -36,7 +35,7 @@ def auto_factory(n_items: int, exact_max_items: int) -> str:
     return f"IVF{min(max(nlist, 64), 65536)},Flat"
 
 
-def build_index(vectors: np.ndarray, cfg: IndexConfig = DEFAULT_BUILD) -> ItemIndex:
+def build_index(vectors: np.ndarray, cfg: IndexConfig = DEFAULT_CONFIG) -> ItemIndex:
     """Index ``vectors`` (row r = item row r); approximate indexes must pass the recall gate."""
     started = time.perf_counter()
     x = _check_vectors(vectors)

@@ -91,8 +91,12 @@ def exclusions(histories: Histories, *, purchased: bool = True, seen: bool = Fal
     for i in range(len(histories)):
         start, end = histories.offsets[i], histories.offsets[i + 1]
         items = histories.item_idx[start:end]
-        parts = [items] if seen else \
-            [items[histories.event_code[start:end] == PURCHASE]] if purchased else []
+        if seen:
+            parts = [items]
+        elif purchased:
+            parts = [items[histories.event_code[start:end] == PURCHASE]]
+        else:
+            parts = []
         if explicit is not None:
             parts.append(np.asarray(explicit[i], dtype=np.int64))
         rows = np.concatenate(parts) if parts else np.array([], dtype=np.int64)

@@ -36,9 +36,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
 
-from features.infra import TailorError
+from features.infra import ROOT, TailorError
 
-ROOT = Path(__file__).resolve().parent.parent
 STORE_DIR = ROOT / "mlflow"  # never a Python package: it would shadow the `mlflow` library
 DEFAULT_URI = f"sqlite:///{STORE_DIR / 'mlflow.db'}"
 MODEL_NAME = "tailor"

@@ -106,7 +106,7 @@ def batch_recommend(engine: Engine, events: pd.DataFrame, users: np.ndarray | No
     seen = None
     if cfg.exclude_seen or cfg.exclude_purchased:
         mine = events if cfg.exclude_seen else events[events["event"] == "purchase"]
-        seen = _seen_items(mine, users, vocab.lookup(mine["item_id"]))
+        seen = seen_items(mine, users, vocab.lookup(mine["item_id"]))
     chunk = cfg.chunk_users or max(64, CELLS_PER_CHUNK // max(len(vocab), 1))
 
     def ranked(start: int):
@@ -134,8 +134,8 @@ def batch_recommend(engine: Engine, events: pd.DataFrame, users: np.ndarray | No
     return frame, {"users": len(users), "personal": personal, "rows": len(frame)}
 
 
-def _seen_items(events: pd.DataFrame, users: np.ndarray, item_rows: np.ndarray
-                ) -> list[np.ndarray]:
+def seen_items(events: pd.DataFrame, users: np.ndarray, item_rows: np.ndarray
+               ) -> list[np.ndarray]:
     """Per user (in ``users`` order) the distinct known item rows of all their events."""
     owner = pd.Index(users).get_indexer(events["user_id"].to_numpy(dtype=object))
     keep = (owner >= 0) & (item_rows >= 0)

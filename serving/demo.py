@@ -20,11 +20,10 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from features.infra import TailorError, run_cli
+from features.infra import ROOT, TailorError, run_cli
 from features.synthetic import generate_with_truth
 from serving.process import served
 
-ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ["--data", "synthetic", "--epochs", "4", "--dim", "32", "--encoder", "pooling",
          "--max-minutes", "2", "--no-progress", "--run-name", "demo"]
 K = 5

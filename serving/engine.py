@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from features.history import Histories
 from features.schema import EVENT_TYPES, TIMESTAMP_DTYPE
-from models.bundle import DEFAULT_CONFIG, Bundle
-from models.index import IndexConfig, ItemIndex
+from models.bundle import Bundle
+from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
 from models.ranking import Ranker
 from models.registry import MODEL_NAME, configure, resolve_model
 from serving.api import ScoredItem, SessionEvent, not_found

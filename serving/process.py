@@ -17,9 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from features.infra import TailorError
+from features.infra import ROOT, TailorError
 
-ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 30.0
 

@@ -274,9 +274,9 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
             served = refit(prepared, model_cfg, train_cfg, result, blend,
                            minutes_left=train_cfg.max_minutes - result.seconds / 60,
                            on_epoch=log.log_refit_epoch if log is not None else None)
-            info["refit"] = served.info()
+            info["refit"] = refit_info = served.info()
             say(f"refit     {len(served.result.history)} epochs (planned {served.plan.epochs}) "
-                f"on {served.info()['events']:,} events, {served.info()['items']:,} items "
+                f"on {refit_info['events']:,} events, {refit_info['items']:,} items "
                 f"({len(prepared.item_vocab):,} in the evaluation's training fold), "
                 f"{served.result.examples:,} examples in {served.result.seconds:.1f} s")
             bundle = build_bundle(served.prepared, served.result.model, info,
@@ -295,12 +295,12 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
                 log_results(log, result, table, validated=validate is not None)
                 log.client.log_dict(log.run_id, blend.to_dict(), "stack.json")
                 if served is not None:  # what the registered model was fitted on
-                    refit_info = {k: v for k, v in served.info().items() if k != "history"}
-                    log.client.log_dict(log.run_id, refit_info, "refit.json")
+                    summary = {k: v for k, v in refit_info.items() if k != "history"}
+                    log.client.log_dict(log.run_id, summary, "refit.json")
                     for key in ("epochs", "epochs_run", "seconds", "events", "items",
                                 "examples"):
                         log.client.log_metric(log.run_id, metric_key("refit", key),
-                                              float(refit_info[key]))
+                                              float(summary[key]))
                 for name, weight in blend.weights.items():
                     log.client.log_metric(log.run_id, metric_key("stack", "weight", name),
                                           float(weight))
