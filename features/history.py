@@ -3,17 +3,25 @@
 This is the input of the user tower (training, batch scoring and the service alike), so a user is
 described by what they did, not by an id row: a new shopper with a few events gets a history,
 and deleting a user's events deletes their influence.
+
+The one builder of shopper histories: ``build_histories`` from event frames (evaluation, batch,
+the bundle's stored histories) and ``append_events`` for a request's session events on top of a
+stored history (the service), which gives what ``build_histories`` would give on all the events.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from features.schema import EVENT_TYPES
 from features.vocab import Vocabulary
+
+NAT_MS = np.iinfo(np.int64).min   # NaT as int64 epoch milliseconds (sorts first, like NaT)
+DAY_MS = 86_400_000.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,6 +34,7 @@ class Histories:
     event_code: np.ndarray    # int8 index into EVENT_TYPES
     age_days: np.ndarray      # float32 days between the event and the cut; NaN without time
     steps_back: np.ndarray    # int32: 0 for the most recent event, 1 for the one before, ...
+    ts_ms: np.ndarray         # int64 epoch milliseconds (UTC) of the event; NaT as NAT_MS
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -34,8 +43,9 @@ class Histories:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def position(self) -> dict[str, int]:
-        """Raw user id -> position, for look-ups at the boundary."""
+    @cached_property
+    def positions(self) -> dict[str, int]:
+        """Raw user id -> position, for look-ups at the boundary (built once)."""
         return {u: i for i, u in enumerate(self.user_ids)}
 
     def items_of(self, position: int) -> np.ndarray:
@@ -46,6 +56,14 @@ class Histories:
         positions = np.asarray(positions, dtype=np.int64)
         return _gather(self, self.user_ids[positions], self.offsets[positions],
                        self.offsets[positions + 1])
+
+    def of(self, users: np.ndarray | list[str]) -> Histories:
+        """The histories of ``users`` (raw ids), in that order; unknown users get empty ones."""
+        return _reorder(self, np.asarray(users, dtype=object))
+
+    def as_of(self, now_ms: int | None) -> Histories:
+        """The same events with ages measured from ``now_ms`` (epoch ms; None: no time)."""
+        return replace(self, age_days=_ages(self.ts_ms, now_ms))
 
 
 def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: int,
@@ -69,10 +87,11 @@ def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: in
     keep = steps_back < max_len
     events, item_idx, steps_back = events[keep], item_idx[keep], steps_back[keep]
 
+    ts_ms = timestamps_ms(events["timestamp"])
     if has_time:
         ref = now if now is not None else cut if cut is not None else \
             events["timestamp"].max() + pd.Timedelta(milliseconds=1)
-        age = ((ref - events["timestamp"]) / pd.Timedelta(days=1)).to_numpy(dtype=np.float32)
+        age = _ages(ts_ms, _ms(ref))
     else:
         age = np.full(len(events), np.nan, dtype=np.float32)
     codes = events["event"].cat.codes.to_numpy(dtype=np.int8) if hasattr(events["event"], "cat") \
@@ -85,7 +104,7 @@ def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: in
     present = user_col[change]
     bounds = np.r_[change, len(user_col)].astype(np.int64)
     hist = Histories(present, bounds, item_idx.astype(np.int64), codes, age,
-                     steps_back.astype(np.int32))
+                     steps_back.astype(np.int32), ts_ms)
     if users is None:
         return hist
     return _reorder(hist, np.asarray(users, dtype=object))
@@ -108,4 +127,56 @@ def _gather(hist: Histories, user_ids: np.ndarray, starts: np.ndarray,
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
     return Histories(user_ids, offsets, hist.item_idx[gather], hist.event_code[gather],
-                     hist.age_days[gather], hist.steps_back[gather])
+                     hist.age_days[gather], hist.steps_back[gather], hist.ts_ms[gather])
+
+
+def append_events(stored: Histories, user_id: str, item_idx: np.ndarray, event_code: np.ndarray,
+                  ts_ms: np.ndarray, *, max_len: int, now_ms: int | None) -> Histories:
+    """``user_id``'s stored history with new events on top, as one history.
+
+    Gives what ``build_histories`` gives on the shopper's events plus the new ones: merged by
+    time (NaT first; ties: stored events first, new ones in their order), unknown items
+    (``item_idx`` -1) dropped, the last ``max_len`` kept, ages measured from ``now_ms`` or, when
+    a new event is later, from 1 ms after the newest one. Arrays only: this is the service's
+    per-request path.
+    """
+    position = stored.positions.get(user_id)
+    start, end = (stored.offsets[position], stored.offsets[position + 1]) \
+        if position is not None else (0, 0)
+    items = np.concatenate([stored.item_idx[start:end], np.asarray(item_idx, dtype=np.int64)])
+    codes = np.concatenate([stored.event_code[start:end], np.asarray(event_code, dtype=np.int8)])
+    ts = np.concatenate([stored.ts_ms[start:end], np.asarray(ts_ms, dtype=np.int64)])
+    order = np.argsort(ts, kind="stable")
+    known = items[order] >= 0
+    order = order[known][-max_len:]
+    items, codes, ts = items[order], codes[order], ts[order]
+    new_timed = np.asarray(ts_ms, dtype=np.int64)
+    new_timed = new_timed[new_timed != NAT_MS]
+    if len(new_timed):
+        latest = int(new_timed.max()) + 1
+        now_ms = latest if now_ms is None else max(now_ms, latest)
+    length = len(items)
+    return Histories(np.array([user_id], dtype=object), np.array([0, length], dtype=np.int64),
+                     items, codes, _ages(ts, now_ms),
+                     np.arange(length - 1, -1, -1, dtype=np.int32), ts)
+
+
+def timestamps_ms(timestamps: pd.Series) -> np.ndarray:
+    """Epoch milliseconds (UTC) of a timestamp column; NaT as ``NAT_MS``."""
+    values = pd.to_datetime(timestamps, utc=True)
+    ms = values.dt.tz_localize(None).to_numpy(dtype="datetime64[ms]").view(np.int64)
+    return np.where(values.isna().to_numpy(), NAT_MS, ms)
+
+
+def _ms(ts: pd.Timestamp) -> int:
+    return pd.Timestamp(ts).value // 1_000_000
+
+
+def _ages(ts_ms: np.ndarray, now_ms: int | None) -> np.ndarray:
+    """Days from each event to ``now_ms``, float32; NaN for NaT events or without a now."""
+    if now_ms is None:
+        return np.full(len(ts_ms), np.nan, dtype=np.float32)
+    missing = ts_ms == NAT_MS
+    age = ((now_ms - np.where(missing, now_ms, ts_ms)) / DAY_MS).astype(np.float32)
+    age[missing] = np.nan
+    return age

@@ -7,8 +7,9 @@ A bundle is a folder:
   items.parquet           per item row: metadata, category rows, availability, popularity
   item_vectors.npy        normalized item vectors (rows as in item_vocab)
   bought_together.parquet item_id, other_item_id, score, pair_users, rank
-  histories.parquet       each known shopper's most recent L events (user_id, item_id, event,
-                          timestamp): the stored history the service starts from
+  histories.parquet       each known shopper's most recent L known-item events (user_id,
+                          item_row, event_code, ts_ms), i.e. ``features.history.Histories``:
+                          the stored history the service appends a request's events to
   index.faiss, index.json the FAISS index over item_vectors (models/index.py), written with the
                           bundle; serving loads it (built at load when missing)
 """
@@ -36,7 +37,8 @@ from models.index_build import build_index
 from models.scoring import compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 
-BUNDLE_VERSION = 1
+# 2: histories.parquet holds Histories (item rows, event codes, ms); 1: raw events (read too).
+BUNDLE_VERSION = 2
 FILES = ("bundle.json", "model.pt", "item_vocab.parquet", "items.parquet", "item_vectors.npy",
          "bought_together.parquet", "histories.parquet")
 
@@ -48,7 +50,9 @@ class Bundle:
     items: pd.DataFrame
     item_vectors: np.ndarray
     bought_together: pd.DataFrame
-    histories: pd.DataFrame
+    # Each shopper's last L known-item events, ages measured from ``now_ms``.
+    histories: Histories
+    now_ms: int | None        # 1 ms after the newest event the model knows; None without time
     # The ranking stack's sparse signals and their weights (models/blend.py); none: towers only.
     sources: dict = field(default_factory=dict)
     blend: BlendWeights | None = None
@@ -62,26 +66,10 @@ class Bundle:
         # ``items`` holds every item_features column, in vocabulary order.
         return recommender_for(self.model, self.items, self.sources, self.blend)
 
-    @cached_property
-    def history_rows(self) -> dict[str, np.ndarray]:
-        """Positions of each shopper's stored events, so a request for a few shoppers reads
-        their rows instead of scanning every stored event (the service's per-request path)."""
-        return self.histories.groupby("user_id", sort=False, observed=True).indices
-
-    def user_histories(self, users: np.ndarray | list[str],
-                       extra_events: pd.DataFrame | None = None,
-                       now: pd.Timestamp | None = None) -> Histories:
-        """Histories of ``users`` from the stored events (plus ``extra_events``), as of ``now``."""
-        rows = self.history_rows
-        found = [rows[u] for u in dict.fromkeys(users) if u in rows]  # each shopper once
-        stored = self.histories.iloc[np.concatenate(found)] if found else self.histories.iloc[:0]
-        events = stored if extra_events is None or extra_events.empty else \
-            pd.concat([stored, extra_events], ignore_index=True)
-        if "seq" not in events:
-            events = events.assign(seq=np.arange(len(events), dtype=np.int64))
-        events = sort_events(events)
-        return build_histories(events, self.item_vocab, max_len=self.model.cfg.history_len,
-                               users=np.asarray(users, dtype=object), now=now)
+    @property
+    def now(self) -> pd.Timestamp | None:
+        """The end of the data the model knows: "now" for the stored histories' ages."""
+        return None if self.now_ms is None else pd.Timestamp(self.now_ms, unit="ms", tz="UTC")
 
     def save(self, folder: str | Path, index_config: IndexConfig = DEFAULT_CONFIG) -> Path:
         folder = Path(folder)
@@ -92,7 +80,7 @@ class Bundle:
 
     def _write(self, tmp: Path, index_config: IndexConfig) -> None:
         tmp.mkdir()
-        info = {**self.info, "bundle_version": BUNDLE_VERSION,
+        info = {**self.info, "bundle_version": BUNDLE_VERSION, "now_ms": self.now_ms,
                 "model": self.model.cfg.to_dict(),
                 "blend": self.blend.to_dict() if self.blend is not None else None}
         (tmp / "bundle.json").write_text(json.dumps(info, indent=2, default=str))
@@ -101,7 +89,7 @@ class Bundle:
         self.items.to_parquet(tmp / "items.parquet", index=False)
         np.save(tmp / "item_vectors.npy", self.item_vectors)
         self.bought_together.to_parquet(tmp / "bought_together.parquet", index=False)
-        self.histories.to_parquet(tmp / "histories.parquet", index=False)
+        write_histories(self.histories, tmp / "histories.parquet")
         if self.sources:
             save_sources(self.sources, tmp / "sources")
         # The index travels inside the bundle (and so inside the logged MLflow model).
@@ -126,13 +114,15 @@ class Bundle:
         vocab = Vocabulary.from_frame(pd.read_parquet(folder / "item_vocab.parquet"))
         blend = BlendWeights(**info["blend"]) if info.get("blend") else None
         sources = load_sources(folder / "sources", vocab) if (folder / "sources").exists() else {}
+        histories, now_ms = read_histories(folder / "histories.parquet", vocab,
+                                           model.cfg.history_len, info.get("now_ms"))
         return cls(model=model,
                    item_vocab=vocab,
                    items=pd.read_parquet(folder / "items.parquet"),
                    item_vectors=np.load(folder / "item_vectors.npy"),
                    bought_together=pd.read_parquet(folder / "bought_together.parquet"),
-                   histories=pd.read_parquet(folder / "histories.parquet"),
-                   sources=sources, blend=blend, info=info, path=folder)
+                   histories=histories, now_ms=now_ms, sources=sources, blend=blend,
+                   info=info, path=folder)
 
 
 def build_bundle(prepared: Prepared, model: TwoTower, info: dict | None = None,
@@ -147,22 +137,50 @@ def build_bundle(prepared: Prepared, model: TwoTower, info: dict | None = None,
     extra = [c for c in prepared.items.columns if c not in feats.columns]
     meta = prepared.items[["item_id", *extra]].drop_duplicates("item_id", keep="last")
     items = feats.merge(meta, on="item_id", how="left", validate="one_to_one")  # keeps order
+    ts = prepared.events["timestamp"]
+    now_ms = None if ts.isna().all() else \
+        (ts.max() + pd.Timedelta(milliseconds=1)).value // 1_000_000
     return Bundle(model=model.eval(), item_vocab=prepared.item_vocab, items=items,
                   item_vectors=compute_item_vectors(model, feats),
                   bought_together=prepared.bought_together,
-                  histories=recent_histories(prepared.events, prepared.config.history_len),
+                  histories=build_histories(sort_events(prepared.events), prepared.item_vocab,
+                                            max_len=prepared.config.history_len),
+                  now_ms=now_ms,
                   sources={n: sources[n] for n in blend.active} if blend and sources else {},
                   blend=blend,
                   info={"features": prepared.config.to_dict(), "data": prepared.meta,
                         **(info or {})})
 
 
-def recent_histories(events: pd.DataFrame, max_len: int) -> pd.DataFrame:
-    """Each shopper's last ``max_len`` events (canonical columns), oldest first."""
-    events = sort_events(events)
-    keep = events.groupby("user_id", sort=False, observed=True).cumcount(ascending=False) < max_len
-    cols = ["user_id", "item_id", "event", "timestamp"]
-    return events.loc[keep, cols].reset_index(drop=True)
+def write_histories(hist: Histories, path: Path) -> None:
+    pd.DataFrame({
+        "user_id": pd.array(np.repeat(hist.user_ids, hist.lengths), dtype="string"),
+        "item_row": hist.item_idx, "event_code": hist.event_code, "ts_ms": hist.ts_ms,
+    }).to_parquet(path, index=False)
+
+
+def read_histories(path: Path, vocab: Vocabulary, max_len: int,
+                   now_ms: int | None) -> tuple[Histories, int | None]:
+    """The stored histories, ages as of ``now_ms``. A version-1 bundle stored raw events: they
+    are built into histories here, so models registered before still serve."""
+    table = pd.read_parquet(path)
+    if "item_id" in table:   # version 1
+        events = sort_events(table.assign(seq=np.arange(len(table), dtype=np.int64)))
+        ts = events["timestamp"]
+        now = ts.max() + pd.Timedelta(milliseconds=1) if ts.notna().any() else None
+        hist = build_histories(events, vocab, max_len=max_len, now=now)
+        return hist, None if now is None else now.value // 1_000_000
+    users = table["user_id"].to_numpy(dtype=object)
+    change = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else \
+        np.array([], dtype=np.int64)
+    offsets = np.r_[change, len(users)].astype(np.int64)
+    lengths = np.diff(offsets)
+    steps_back = (np.repeat(offsets[1:], lengths) - 1 - np.arange(len(users))).astype(np.int32)
+    ts_ms = table["ts_ms"].to_numpy(dtype=np.int64)
+    hist = Histories(users[change], offsets, table["item_row"].to_numpy(dtype=np.int64),
+                     table["event_code"].to_numpy(dtype=np.int8),
+                     np.zeros(len(users), dtype=np.float32), steps_back, ts_ms)
+    return hist.as_of(now_ms), now_ms
 
 
 # --- the index inside a bundle folder ------------------------------------------------------------

@@ -4,7 +4,7 @@ Input: a DataFrame with ``user_id`` (str) and an optional ``k`` (int, default 10
 Output: one row per recommendation, ``user_id, item_id, rank, score``, best first per user.
 
 Recommendations come from ``models.ranking.rank``, the path ``/recommend`` and
-``make recommend-batch`` take: each shopper's stored history (``Bundle.user_histories``), what
+``make recommend-batch`` take: each shopper's stored history (``Bundle.histories``), what
 they bought left out (as ``/recommend`` does by default), unavailable items never, ``k`` in
 1..``models.ranking.MAX_K``. A shopper with no stored history (new, or unknown) gets the most
 popular available items, whose scores are the popularity counts: scores are comparable within a

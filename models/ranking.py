@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from features.history import Histories
 from features.schema import EVENT_TYPES
@@ -65,13 +64,12 @@ class Ranker:
         # The index ranks exactly like score() only for the towers alone, interest term off.
         self.method = "index" if isinstance(self.recommender, TwoTowerRecommender) and \
             not self.recommender.model.cfg.interest else "full_scoring"
-        ts = bundle.histories["timestamp"]
         # "Now" for ages: the end of the data the model knows (a session may move it later).
-        self.now = ts.max() + pd.Timedelta(milliseconds=1) if ts.notna().any() else None
+        self.now_ms = bundle.now_ms
 
     def histories(self, users: np.ndarray | list[str]) -> Histories:
         """The stored histories of ``users`` as of the end of the data, as every path sees them."""
-        return self.bundle.user_histories(users, now=self.now)
+        return self.bundle.histories.of(users)
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,8 @@ or full scoring). Request and response models are in ``serving/api.py``.
 
 from __future__ import annotations
 
-from datetime import UTC
-
 import numpy as np
-import pandas as pd
 
-from features.schema import EVENT_DTYPE, TIMESTAMP_DTYPE
 from models.ranking import exclusions, rank
 from serving.api import (
     ItemNeighbours,
@@ -21,49 +17,19 @@ from serving.api import (
     ModelCard,
     Recommendations,
     RecommendRequest,
-    SessionEvent,
 )
-from serving.engine import Engine, session_histories
+from serving.engine import Engine, session_history
 
 # --- the endpoints ----------------------------------------------------------------------------
 
 
-def session_frame(user_id: str, events: list[SessionEvent],
-                  start: pd.Timestamp | None) -> pd.DataFrame:
-    """Session events as canonical rows. Events without a timestamp follow ``start`` (the end
-    of the stored data) 1 ms apart, in list order; without any time they stay NaT."""
-    stamps = []
-    for i, event in enumerate(events):
-        if event.timestamp is not None:
-            ts = pd.Timestamp(event.timestamp)
-            stamps.append(ts.tz_localize(UTC) if ts.tzinfo is None else ts.tz_convert(UTC))
-        else:
-            stamps.append(start + pd.Timedelta(milliseconds=i) if start is not None else pd.NaT)
-    return pd.DataFrame({
-        "user_id": pd.array([user_id] * len(events), dtype="string"),
-        "item_id": pd.array([e.item_id for e in events], dtype="string"),
-        "event": pd.Categorical([e.event for e in events], dtype=EVENT_DTYPE),
-        "timestamp": pd.Series(pd.to_datetime(stamps, utc=True), dtype=TIMESTAMP_DTYPE),
-    })
-
-
 def recommend(engine: Engine, request: RecommendRequest) -> Recommendations:
     """ "Recommended for you": see the module docstring for the strategy."""
-    bundle, user = engine.bundle, request.user_id
+    user = request.user_id
     allowed = engine.available
     if request.category is not None:
         allowed = allowed & engine.category_mask(request.category)
-    fast = session_histories(engine, user, request.recent_events)
-    if fast is not None:
-        histories, session_items = fast
-    else:
-        session = session_frame(user, request.recent_events, engine.now)
-        now = engine.now
-        if session["timestamp"].notna().any():
-            latest = session["timestamp"].max() + pd.Timedelta(milliseconds=1)
-            now = latest if now is None else max(now, latest)
-        histories = bundle.user_histories([user], extra_events=session, now=now)
-        session_items = bundle.item_vocab.lookup(session["item_id"])
+    histories, session_items = session_history(engine, user, request.recent_events)
     exclude = exclusions(histories, purchased=request.exclude_purchased,
                          explicit=[engine.rows_of(request.exclude_items)])
     ranked = rank(engine, histories, request.k, exclude, allowed)

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from features.history import Histories
 from features.schema import EVENT_DTYPE, TIMESTAMP_DTYPE
 
 
@@ -49,3 +51,24 @@ def isolated_store(root: Path) -> Iterator[Path]:
 def aliases(client) -> dict[str, int]:
     """The registered model ``tailor``'s aliases -> version numbers."""
     return {k: int(v) for k, v in client.get_registered_model("tailor").aliases.items()}
+
+
+def one_event_histories(n: int) -> Histories:
+    """``n`` shoppers ``u0..``, each with one view of the item at their own row, just now."""
+    return Histories(np.array([f"u{i}" for i in range(n)], dtype=object),
+                     np.arange(n + 1, dtype=np.int64), np.arange(n, dtype=np.int64),
+                     np.zeros(n, np.int8), np.zeros(n, np.float32), np.zeros(n, np.int32),
+                     np.zeros(n, np.int64))
+
+
+def history_events(hist: Histories, item_ids: np.ndarray) -> pd.DataFrame:
+    """Histories back as canonical event rows (``item_ids``: the raw id of each item row), so a
+    test can rebuild them with ``build_histories`` or feed them to batch scoring."""
+    return pd.DataFrame({
+        "user_id": pd.array(np.repeat(hist.user_ids, hist.lengths), dtype="string"),
+        "item_id": pd.array(item_ids[hist.item_idx], dtype="string"),
+        "event": pd.Categorical.from_codes(hist.event_code, dtype=EVENT_DTYPE),
+        "timestamp": pd.Series(hist.ts_ms.view("datetime64[ms]")).dt.tz_localize("UTC")
+                       .astype(TIMESTAMP_DTYPE),
+        "seq": np.arange(len(hist.item_idx), dtype=np.int64),
+    })

@@ -177,7 +177,7 @@ def bundle_info(configs: dict, result: FitResult, table: pd.DataFrame) -> dict:
 
 def input_example(bundle: Bundle) -> pd.DataFrame:
     """A known shopper and an unseen one: the signature's example and a smoke test."""
-    users = set(bundle.histories["user_id"].astype(str))
+    users = set(bundle.histories.user_ids.astype(str))
     unknown = UNKNOWN_USER
     while unknown in users:  # a shop may really have a shopper called that
         unknown += "-"

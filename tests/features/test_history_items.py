@@ -23,7 +23,7 @@ def test_history_keeps_the_last_L_known_events_before_the_cut():
     vocab = Vocabulary.fit(["a", "b", "c"])
     cut = pd.Timestamp("2024-01-05 00:00", tz="UTC")
     hist = build_histories(_events(), vocab, max_len=2, cut=cut)
-    pos = hist.position()
+    pos = hist.positions
     u1 = pos["u1"]
     assert list(vocab.id_of(hist.items_of(u1))) == ["b", "c"]  # oldest first, L = 2
     start, end = hist.offsets[u1], hist.offsets[u1 + 1]

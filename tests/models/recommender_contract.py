@@ -91,7 +91,7 @@ def empty_histories(n: int) -> Histories:
     return Histories(np.array([f"new{i}" for i in range(n)], dtype=object),
                      np.zeros(n + 1, dtype=np.int64), np.zeros(0, dtype=np.int64),
                      np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.float32),
-                     np.zeros(0, dtype=np.int32))
+                     np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64))
 
 
 def fold_histories(prepared: Prepared, n: int = 12) -> Histories:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.history import Histories
 from features.pipeline import Prepared
 from features.vocab import Vocabulary
 from models.base import Recommender
@@ -19,17 +18,11 @@ from models.blend import (
     save_sources,
     signal,
 )
+from tests.helpers import one_event_histories
 from tests.models.recommender_contract import Planted, RecommenderContract, pairs_prepared
 
 N_USERS, N_ITEMS = 200, 50
 
-
-
-
-def one_event_histories(n: int) -> Histories:
-    return Histories(np.array([f"u{i}" for i in range(n)], dtype=object),
-                     np.arange(n + 1, dtype=np.int64), np.arange(n, dtype=np.int64),
-                     np.zeros(n, np.int8), np.zeros(n, np.float32), np.zeros(n, np.int32))
 
 def test_signal_is_unit_free_and_saturating() -> None:
     raw = np.array([[0.0, 1.0, 10.0, 100.0, -1.0]])
@@ -37,6 +30,7 @@ def test_signal_is_unit_free_and_saturating() -> None:
     out = signal(raw, 1.0)[0]
     assert out[0] == 0.0 and out[4] == 0.0 and np.all(np.diff(out[:4]) > 0)
     assert out[3] < 5.0  # log, not linear
+
 
 
 def test_sources_round_trip(tmp_path: Path) -> None:

@@ -8,18 +8,19 @@ import pandas as pd
 import pytest
 
 from models.pyfunc import recommend_frame
-from models.ranking import MAX_K
+from models.ranking import MAX_K, PURCHASE
 from serving.api import RecommendRequest
 from serving.batch import BatchConfig, batch_recommend
 from serving.engine import Engine
 from serving.recommend import recommend
+from tests.helpers import history_events
 
 
 def shoppers(engine: Engine, n: int = 12) -> list[str]:
     """Stored shoppers, buyers first (their purchases must stay out everywhere)."""
     h = engine.bundle.histories
-    buyers = h.loc[(h["event"] == "purchase").to_numpy(), "user_id"].astype(str).unique()
-    others = h["user_id"].astype(str).unique()
+    bought = np.add.reduceat(h.event_code == PURCHASE, h.offsets[:-1]) > 0
+    buyers, others = h.user_ids[bought], h.user_ids
     return list(dict.fromkeys([*buyers[: n // 2], *others[: n]]))[:n]
 
 
@@ -31,7 +32,7 @@ def test_http_batch_and_pyfunc_return_the_same_items(engine: Engine, k: int) -> 
     frame = recommend_frame(engine, pd.DataFrame({"user_id": users, "k": [k] * len(users)}))
     pyfunc = frame.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
     # batch ranks each shopper from their events in DATA: here the bundle's stored events
-    events = engine.bundle.histories.assign(seq=np.arange(len(engine.bundle.histories)))
+    events = history_events(engine.bundle.histories, engine.ids)
     recs, _ = batch_recommend(engine, events, np.asarray(users, dtype=object),
                               BatchConfig(k=k))
     batch = recs.groupby("user_id", sort=False)["item_id"].agg(list).to_dict()
@@ -41,10 +42,10 @@ def test_http_batch_and_pyfunc_return_the_same_items(engine: Engine, k: int) -> 
 
 
 def test_pyfunc_leaves_purchases_out_and_caps_k(engine: Engine) -> None:
-    h = engine.bundle.histories
-    bought = h[(h["event"] == "purchase").to_numpy()]
-    user = str(bought["user_id"].iloc[0])
-    mine = set(bought.loc[bought["user_id"] == user, "item_id"].astype(str))
+    user = shoppers(engine)[0]
+    hist = engine.bundle.histories.of([user])
+    mine = set(engine.ids[hist.item_idx[hist.event_code == PURCHASE]])
+    assert mine
     frame = recommend_frame(engine, pd.DataFrame({"user_id": [user], "k": [50]}))
     assert len(frame) == 50 and not (set(frame["item_id"]) & mine)
     with pytest.raises(ValueError, match=f"1..{MAX_K}"):

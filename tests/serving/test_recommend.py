@@ -10,12 +10,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
+from features.history import build_histories
+from features.split import sort_events
 from models.bundle import load_index
 from models.index import INDEX_FILE
 from models.ranking import PURCHASE, popular_items, rank
 from serving.api import ItemRequest, RecommendRequest, RequestError
 from serving.engine import Engine, model_version
 from serving.recommend import also_bought, model_card, recommend, similar_items
+from tests.helpers import history_events, make_events
 from tests.serving.conftest import variant
 
 
@@ -26,15 +29,23 @@ def ids(response) -> list[str]:
 def shopper_with_purchase(engine: Engine) -> str:
     """A stored shopper whose recent history holds a purchase of a known item."""
     h = engine.bundle.histories
-    known = engine.bundle.item_vocab.lookup(h["item_id"]) >= 0
-    buyers = h.loc[known & (h["event"] == "purchase").to_numpy(), "user_id"]
-    return str(buyers.value_counts().index[0])
+    purchases = np.add.reduceat(h.event_code == PURCHASE, h.offsets[:-1])
+    return str(h.user_ids[np.argmax(purchases)])
 
 
 def expected(engine: Engine, user: str, k: int, *, exclude_purchased: bool = True,
              extra: pd.DataFrame | None = None) -> list[str]:
-    """The bundle's recommender on the same history, independently of serving.recommend."""
-    hist = engine.bundle.user_histories([user], extra_events=extra, now=engine.now)
+    """The bundle's recommender on the same history (built by ``build_histories`` from the
+    stored events plus ``extra``), independently of serving.recommend."""
+    bundle = engine.bundle
+    events = history_events(bundle.histories.of([user]), bundle.item_vocab.ids)
+    now = bundle.now
+    if extra is not None:
+        events = pd.concat([events, extra.assign(seq=len(events) + np.arange(len(extra)))],
+                           ignore_index=True)
+        now = extra["timestamp"].max() + pd.Timedelta(milliseconds=1)
+    hist = build_histories(sort_events(events), bundle.item_vocab,
+                           max_len=bundle.model.cfg.history_len, now=now)
     exclude = [hist.item_idx[hist.event_code == PURCHASE]] if exclude_purchased else None
     rows, _ = engine.bundle.recommender.recommend(hist, k, exclude=exclude,
                                                   allowed=engine.available)
@@ -63,7 +74,7 @@ def test_returning_shopper_is_ranked_from_their_history(engine: Engine) -> None:
     assert scores == sorted(scores, reverse=True)
     assert all(i.title and i.category_id for i in out.items)
     # purchased items come back only when asked for
-    hist = engine.bundle.user_histories([user], now=engine.now)
+    hist = engine.bundle.histories.of([user])
     bought = set(engine.ids[hist.item_idx[hist.event_code == PURCHASE]])
     assert bought and not bought & set(ids(out))
     keep = recommend(engine, RecommendRequest(user_id=user, k=10, exclude_purchased=False))
@@ -80,11 +91,9 @@ def test_session_events_change_the_answer_without_retraining(engine: Engine) -> 
     after = recommend(engine, RecommendRequest(user_id=user, k=10, recent_events=session))
     assert after.strategy == "history+session:full_scoring"
     assert ids(after) != ids(before)
-    extra = pd.DataFrame({"user_id": [user] * 3, "item_id": [engine.ids[other]] * 3,
-                          "event": ["view", "view", "addtocart"],
-                          "timestamp": [engine.now + pd.Timedelta(milliseconds=i)
-                                        for i in range(3)]})
-    extra["event"] = extra["event"].astype(engine.bundle.histories["event"].dtype)
+    extra = make_events([(user, engine.ids[other], event, engine.bundle.now +
+                          pd.Timedelta(milliseconds=i))
+                         for i, event in enumerate(("view", "view", "addtocart"))])
     assert ids(after) == expected(engine, user, 10, extra=extra)
     # nothing the engine holds changed: the same request answers as before
     assert ids(recommend(engine, RecommendRequest(user_id=user, k=10))) == ids(before)
@@ -149,7 +158,7 @@ def test_index_path_ranks_exactly_like_the_towers(towers_engine: Engine) -> None
     engine = towers_engine
     assert engine.method == "index"
     users = sorted(engine.known_users)[:300]
-    hist = engine.bundle.user_histories(users, now=engine.now)
+    hist = engine.bundle.histories.of(users)
     allowed = engine.available.copy()
     allowed[engine.popular_rows[:50]] = False
     exclude = [hist.items_of(i) for i in range(len(users))]
@@ -251,7 +260,7 @@ def test_model_card_reports_version_training_and_test_metrics(engine: Engine) ->
     assert 0 < card.test_metrics["tailor"]["ndcg@10"] <= 1
     assert card.index["factory"] == "Flat" and card.index["source"] == "bundle"
     assert card.data["spec"] == "synthetic" and card.items == len(engine.ids)
-    assert card.known_shoppers == engine.bundle.histories["user_id"].nunique()
+    assert card.known_shoppers == len(set(engine.bundle.histories.user_ids)) > 0
     assert card.fit["epochs"] == 1 and "history" not in card.fit
 
 

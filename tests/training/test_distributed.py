@@ -166,8 +166,8 @@ def test_make_train_on_two_ranks_ranks_like_one(shop: dict[str, Any]) -> None:
     assert all(min(r["rank_examples"]) > 0 for r in refits[1]["history"])
     assert set(double.item_vocab.ids) == set(prepared.events["item_id"])
     # the saved bundle is the refitted model: it recommends
-    users = sorted(double.histories.user_id.unique())[:50]
-    rows, scores = double.recommender.recommend(double.user_histories(users), 10)
+    users = sorted(double.histories.user_ids)[:50]
+    rows, scores = double.recommender.recommend(double.histories.of(users), 10)
     assert rows.shape == (50, 10) and np.isfinite(scores).all()
     test = [b.info["metrics"]["test"] for b in (single, double)]
     # same range as one process, and far above popularity

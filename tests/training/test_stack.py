@@ -10,6 +10,7 @@ from features.history import Histories
 from features.vocab import Vocabulary
 from models.baselines import Baseline
 from models.blend import BlendConfig, BlendedRecommender
+from tests.helpers import one_event_histories
 from training.stack import choose_weights
 
 N_USERS, N_ITEMS = 200, 50
@@ -28,12 +29,6 @@ class FixedScores(Baseline):
     def score(self, histories: Histories) -> np.ndarray:
         # Each history holds one event whose item row is the user's position.
         return self.scores[histories.item_idx]
-
-
-def one_event_histories(n: int) -> Histories:
-    return Histories(np.array([f"u{i}" for i in range(n)], dtype=object),
-                     np.arange(n + 1, dtype=np.int64), np.arange(n, dtype=np.int64),
-                     np.zeros(n, np.int8), np.zeros(n, np.float32), np.zeros(n, np.int32))
 
 
 @pytest.fixture()

@@ -28,9 +28,8 @@ from features.infra import TailorError
 from features.pipeline import Prepared, build
 from features.spec import parse_spec
 from features.synthetic import generate
-from models.bundle import Bundle, recent_histories
+from models.bundle import Bundle, build_bundle
 from models.registry import ChampionSawTestData, promote, resolve_model, tracking_uri
-from models.scoring import compute_item_vectors
 from models.two_tower import TwoTower, TwoTowerConfig
 from tests.helpers import aliases, isolated_store
 from training.fit import TrainConfig
@@ -98,18 +97,13 @@ def bundle_dir(prepared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> 
                          n_categories=int(p.item_features.category_idx.max() + 1),
                          dim=16, n_layers=1)
     model = TwoTower(cfg)
-    histories = recent_histories(p.events, 50)
+    bundle = build_bundle(p, model, info={"data": {"data_hash": "x"}})
     # Make the most popular items and the first user's items unavailable, so "never returns an
     # unavailable item" is actually exercised by both the model path and the popular fallback.
-    items = p.item_features.copy()
-    first_user_items = histories.loc[histories.user_id == histories.user_id.iloc[0], "item_id"]
-    hidden = items.item_id.isin(first_user_items) | \
+    items = bundle.items   # one row per item row, in vocabulary order
+    hidden = items.index.isin(bundle.histories.items_of(0)) | \
         items.index.isin(items.popularity.nlargest(3).index)
     items.loc[hidden, "available"] = False
-    bundle = Bundle(model=model, item_vocab=p.item_vocab, items=items,
-                    item_vectors=compute_item_vectors(model, p.item_features),
-                    bought_together=p.bought_together, histories=histories,
-                    info={"features": p.config.to_dict(), "data": {"data_hash": "x"}})
     return bundle.save(tmp_path_factory.mktemp("bundle") / "bundle")
 
 
@@ -193,7 +187,7 @@ def test_run_records_settings_fingerprint_metrics_and_artifacts(logged: dict[str
 @pytest.mark.slow
 def test_pyfunc_round_trip(logged: dict[str, Any], prepared: Prepared, bundle_dir: Path) -> None:
     bundle = Bundle.load(bundle_dir)
-    user = str(bundle.histories.user_id.iloc[0])
+    user = str(bundle.histories.user_ids[0])
     model = mlflow.pyfunc.load_model("models:/tailor@candidate")
     out = model.predict(pd.DataFrame({"user_id": [user, "nobody"], "k": [5, 5]}))
     assert list(out.columns) == ["user_id", "item_id", "rank", "score"]

@@ -211,15 +211,14 @@ def test_first_version_is_candidate_and_champion(first: dict[str, Any]) -> None:
 
 def test_champion_pyfunc_recommends(first: dict[str, Any]) -> None:
     bundle: Bundle = first["bundle"]
-    user = str(bundle.histories.user_id.iloc[-1])
+    user = str(bundle.histories.user_ids[-1])
     model = mlflow.pyfunc.load_model("models:/tailor@champion")
     out = model.predict(pd.DataFrame({"user_id": [user, "nobody"], "k": [5, 5]}))
     mine, theirs = out[out.user_id == user], out[out.user_id == "nobody"]
     assert list(mine["rank"]) == [1, 2, 3, 4, 5] and list(theirs["rank"]) == [1, 2, 3, 4, 5]
     # the known shopper: the in-memory model's ranking of their stored history as of the end of
     # the data, their purchases left out (as /recommend and batch rank)
-    ts = bundle.histories["timestamp"]
-    history = bundle.user_histories([user], now=ts.max() + pd.Timedelta(milliseconds=1))
+    history = bundle.histories.of([user])
     bought = history.item_idx[history.event_code == EVENT_TYPES.index("purchase")]
     rows, _ = bundle.recommender.recommend(history, 5, exclude=[bought],
                                            allowed=bundle.items.available.to_numpy(bool))
@@ -241,12 +240,16 @@ def test_saved_bundle_round_trips(first: dict[str, Any], prepared: Prepared) -> 
     # refitted for serving: every item of the data, not only the evaluation's training fold
     assert set(loaded.items.item_id) == set(prepared.events.item_id)
     assert list(loaded.items.item_id) == list(loaded.item_vocab.ids)
-    # every shopper, test window included, with their last L events
-    assert loaded.histories.user_id.nunique() == prepared.events.user_id.nunique()
-    assert loaded.histories.groupby("user_id").size().max() <= 50
-    users = sorted(loaded.histories.user_id.unique())[:200]
-    a = memory.recommender.recommend(memory.user_histories(users), 10)
-    b = loaded.recommender.recommend(loaded.user_histories(users), 10)
+    # every shopper, test window included, with their last L events, as of the end of the data
+    assert set(loaded.histories.user_ids) == set(prepared.events.user_id)
+    assert loaded.histories.lengths.max() == 50
+    assert loaded.now == prepared.events.timestamp.max() + pd.Timedelta(milliseconds=1)
+    users = sorted(loaded.histories.user_ids)[:200]
+    for name in ("offsets", "item_idx", "event_code", "age_days", "steps_back", "ts_ms"):
+        np.testing.assert_array_equal(getattr(loaded.histories.of(users), name),
+                                      getattr(memory.histories.of(users), name))
+    a = memory.recommender.recommend(memory.histories.of(users), 10)
+    b = loaded.recommender.recommend(loaded.histories.of(users), 10)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[1], b[1], rtol=1e-5)
     # (that the evaluation's model reproduces the logged metric: tests/training/test_challenge.py)
