@@ -48,6 +48,11 @@ class Histories:
         """Raw user id -> position, for look-ups at the boundary (built once)."""
         return {u: i for i, u in enumerate(self.user_ids)}
 
+    def count(self, mask: np.ndarray) -> np.ndarray:
+        """Per history, how many of its events ``mask`` (one bool per event) marks."""
+        owner = np.repeat(np.arange(len(self)), self.lengths)
+        return np.bincount(owner, weights=mask, minlength=len(self)).astype(np.int64)
+
     def items_of(self, position: int) -> np.ndarray:
         return self.item_idx[self.offsets[position]:self.offsets[position + 1]]
 
@@ -87,27 +92,37 @@ def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: in
     keep = steps_back < max_len
     events, item_idx, steps_back = events[keep], item_idx[keep], steps_back[keep]
 
-    ts_ms = timestamps_ms(events["timestamp"])
+    ref = None
     if has_time:
-        ref = now if now is not None else cut if cut is not None else \
-            events["timestamp"].max() + pd.Timedelta(milliseconds=1)
-        age = _ages(ts_ms, _ms(ref))
-    else:
-        age = np.full(len(events), np.nan, dtype=np.float32)
+        ref = _ms(now if now is not None else cut if cut is not None else
+                  events["timestamp"].max() + pd.Timedelta(milliseconds=1))
     codes = events["event"].cat.codes.to_numpy(dtype=np.int8) if hasattr(events["event"], "cat") \
         else pd.Categorical(events["event"], categories=EVENT_TYPES).codes.astype(np.int8)
-
-    user_col = events["user_id"].to_numpy(dtype=object)
-    # Rows are grouped by user already (sorted input): boundaries where the user changes.
-    change = np.flatnonzero(np.r_[True, user_col[1:] != user_col[:-1]]) if len(user_col) else \
-        np.array([], dtype=np.int64)
-    present = user_col[change]
-    bounds = np.r_[change, len(user_col)].astype(np.int64)
-    hist = Histories(present, bounds, item_idx.astype(np.int64), codes, age,
-                     steps_back.astype(np.int32), ts_ms)
+    hist = histories_from_rows(events["user_id"].to_numpy(dtype=object), item_idx, codes,
+                               timestamps_ms(events["timestamp"]), now_ms=ref)
     if users is None:
         return hist
     return _reorder(hist, np.asarray(users, dtype=object))
+
+
+def histories_from_rows(user_ids: np.ndarray, item_idx: np.ndarray, event_code: np.ndarray,
+                        ts_ms: np.ndarray, *, now_ms: int | None) -> Histories:
+    """Histories of event rows already grouped by user, oldest first (one row per event, as
+    kept: no cut, no length limit), ages measured from ``now_ms``."""
+    starts = run_starts(user_ids)
+    offsets = np.r_[starts, len(user_ids)].astype(np.int64)
+    steps_back = np.repeat(offsets[1:], np.diff(offsets)) - 1 - np.arange(len(user_ids))
+    return Histories(user_ids[starts], offsets, np.asarray(item_idx, dtype=np.int64),
+                     np.asarray(event_code, dtype=np.int8), _ages(ts_ms, now_ms),
+                     steps_back.astype(np.int32), np.asarray(ts_ms, dtype=np.int64))
+
+
+def run_starts(values: np.ndarray) -> np.ndarray:
+    """Positions where a run of equal values begins (the first row of each user in rows grouped
+    by user)."""
+    if len(values) == 0:
+        return np.array([], dtype=np.int64)
+    return np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
 
 
 def _reorder(hist: Histories, users: np.ndarray) -> Histories:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from features.history import Histories, build_histories
+from features.history import Histories, build_histories, histories_from_rows
 from features.infra import DataError, atomic_path
 from features.pipeline import Prepared
 from features.split import sort_events
@@ -170,17 +170,11 @@ def read_histories(path: Path, vocab: Vocabulary, max_len: int,
         now = ts.max() + pd.Timedelta(milliseconds=1) if ts.notna().any() else None
         hist = build_histories(events, vocab, max_len=max_len, now=now)
         return hist, None if now is None else now.value // 1_000_000
-    users = table["user_id"].to_numpy(dtype=object)
-    change = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else \
-        np.array([], dtype=np.int64)
-    offsets = np.r_[change, len(users)].astype(np.int64)
-    lengths = np.diff(offsets)
-    steps_back = (np.repeat(offsets[1:], lengths) - 1 - np.arange(len(users))).astype(np.int32)
-    ts_ms = table["ts_ms"].to_numpy(dtype=np.int64)
-    hist = Histories(users[change], offsets, table["item_row"].to_numpy(dtype=np.int64),
-                     table["event_code"].to_numpy(dtype=np.int8),
-                     np.zeros(len(users), dtype=np.float32), steps_back, ts_ms)
-    return hist.as_of(now_ms), now_ms
+    hist = histories_from_rows(table["user_id"].to_numpy(dtype=object),
+                               table["item_row"].to_numpy(dtype=np.int64),
+                               table["event_code"].to_numpy(dtype=np.int8),
+                               table["ts_ms"].to_numpy(dtype=np.int64), now_ms=now_ms)
+    return hist, now_ms
 
 
 # --- the index inside a bundle folder ------------------------------------------------------------

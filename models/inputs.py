@@ -1,24 +1,62 @@
-"""Histories -> the user tower's tensors. One function, used by training, batch scoring and the
-service alike, so what is served is exactly what was trained."""
+"""The one encoder of the user tower's inputs, for training windows (``training/data.py``) and
+served histories (``history_batch``) alike, so what is served is exactly what was trained.
+
+A position holds an item row, its event code and its "gap": hours from the event to the event it
+predicts (the next one; for the newest event of a served history, "now"). ``encode_positions``
+turns right-aligned (B, L) arrays into the tensors ``TwoTower.user_embed`` takes, and ``age_days``
+measures the interest term's distance from a history event to the moment it is scored for.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from features.history import Histories
+from features.history import DAY_MS, NAT_MS, Histories
+
+HOUR_MS = 3_600_000.0
+
+
+@dataclass(frozen=True)
+class TowerInputs:
+    """Right-aligned (B, L) inputs of ``TwoTower.user_embed``, in its argument order."""
+
+    items: torch.Tensor       # int64 item rows, 0 where padded
+    events: torch.Tensor      # int64 event codes, 0 where padded
+    gaps: torch.Tensor        # float32 hours to the predicted event; NaN without time or padded
+    mask: torch.Tensor        # bool, True for real events
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.items, self.events, self.gaps, self.mask))
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+
+def encode_positions(items: np.ndarray, events: np.ndarray, times_ms: np.ndarray,
+                     next_ms: np.ndarray) -> TowerInputs:
+    """(B, L) item rows (-1 padded), event codes, each event's time and the time of the event it
+    predicts (epoch ms as float, NaN without time) -> the user tower's tensors."""
+    mask = items >= 0
+    gaps = np.where(mask, (next_ms - times_ms) / HOUR_MS, np.nan).astype(np.float32)
+    return TowerInputs(items=torch.from_numpy(np.where(mask, items, 0).astype(np.int64)),
+                       events=torch.from_numpy(np.where(mask, events, 0).astype(np.int64)),
+                       gaps=torch.from_numpy(gaps), mask=torch.from_numpy(mask))
+
+
+def age_days(query_ms: np.ndarray, event_ms: np.ndarray) -> np.ndarray:
+    """Days from each history event to the moment its history is scored for (float32)."""
+    return ((query_ms - event_ms) / DAY_MS).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class HistoryBatch:
-    """Right-aligned (B, L) inputs of the user tower and the interest term's event list."""
+    """A batch of served histories: the tower's inputs and the interest term's event list."""
 
-    items: torch.Tensor       # int64 item rows, 0 where padded
-    events: torch.Tensor      # int64 event codes, 0 where padded
-    gaps: torch.Tensor        # float32 hours to the next event (to "now" for the last); NaN
-    mask: torch.Tensor        # bool, True for real events
+    inputs: TowerInputs
     # Interest term: one entry per history event.
     query: torch.Tensor       # int64 history index in the batch
     hist_items: torch.Tensor
@@ -27,7 +65,7 @@ class HistoryBatch:
     age_days: torch.Tensor
 
     def __len__(self) -> int:
-        return self.items.shape[0]
+        return len(self.inputs)
 
 
 def history_batch(hist: Histories, history_len: int) -> HistoryBatch:
@@ -42,20 +80,24 @@ def history_batch(hist: Histories, history_len: int) -> HistoryBatch:
     cols = history_len - np.repeat(lengths, lengths) + (np.arange(lengths.sum()) -
                                                          np.repeat(np.cumsum(lengths) - lengths,
                                                                    lengths))
-    items = np.zeros((n, history_len), dtype=np.int64)
-    events = np.zeros((n, history_len), dtype=np.int64)
-    gaps = np.full((n, history_len), np.nan, dtype=np.float32)
-    mask = np.zeros((n, history_len), dtype=bool)
+    shape = (n, history_len)
+    items = np.full(shape, -1, dtype=np.int64)
+    events = np.zeros(shape, dtype=np.int64)
+    times = np.full(shape, np.nan)
+    next_times = np.full(shape, np.nan)
+    ts = hist.ts_ms[take]
     age = hist.age_days[take]
+    event_ms = np.where(ts == NAT_MS, np.nan, ts.astype(np.float64))
+    # Each event predicts the next one of its history; the newest predicts "now" (its age on).
+    newest = hist.steps_back[take] == 0
+    predicted = np.where(newest, event_ms + age.astype(np.float64) * DAY_MS,
+                         np.r_[event_ms[1:], np.nan])
     items[rows, cols] = hist.item_idx[take]
     events[rows, cols] = hist.event_code[take]
-    mask[rows, cols] = True
-    # Hours to the next event of the same history; the newest event's gap is its age ("now").
-    next_age = np.where(hist.steps_back[take] == 0, 0.0, np.r_[age[1:], 0.0])
-    gaps[rows, cols] = (age - next_age) * 24.0
+    times[rows, cols] = event_ms
+    next_times[rows, cols] = predicted
     return HistoryBatch(
-        items=torch.from_numpy(items), events=torch.from_numpy(events),
-        gaps=torch.from_numpy(gaps), mask=torch.from_numpy(mask),
+        inputs=encode_positions(items, events, times, next_times),
         query=torch.from_numpy(rows.astype(np.int64)),
         hist_items=torch.from_numpy(hist.item_idx[take].astype(np.int64)),
         hist_events=torch.from_numpy(hist.event_code[take].astype(np.int64)),

@@ -49,8 +49,8 @@ class TwoTowerRecommender(Recommender):
         if len(histories) == 0:  # TorchRec cannot split a KeyedJaggedTensor of batch size 0
             return np.zeros((0, self.model.cfg.dim), dtype=np.float32)
         batch = history_batch(histories, self.model.cfg.history_len)
-        vecs = self.model.user_embed(batch.items, batch.events, batch.gaps, batch.mask)
-        vecs = vecs * batch.mask.any(dim=1, keepdim=True)
+        vecs = self.model.user_embed(*batch.inputs)
+        vecs = vecs * batch.inputs.mask.any(dim=1, keepdim=True)
         return vecs.numpy().astype(np.float32)
 
     @torch.no_grad()
@@ -58,8 +58,8 @@ class TwoTowerRecommender(Recommender):
         if len(histories) == 0:
             return np.zeros((0, self.n_items), dtype=np.float32)
         batch = history_batch(histories, self.model.cfg.history_len)
-        users = self.model.user_embed(batch.items, batch.events, batch.gaps, batch.mask)
-        users = users * batch.mask.any(dim=1, keepdim=True)
+        users = self.model.user_embed(*batch.inputs)
+        users = users * batch.inputs.mask.any(dim=1, keepdim=True)
         logits = users @ self._items_t.T / self.model.cfg.temperature
         if batch.query.numel():
             q, i, boost = self.model.interest(batch.hist_items, batch.hist_events,

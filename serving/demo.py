@@ -15,13 +15,16 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from features.infra import ROOT, TailorError, run_cli
+from features.schema import EVENT_TYPES
 from features.synthetic import generate_with_truth
+from models.bundle import Bundle
+from models.ranking import PURCHASE
 from serving.process import served
 
 TRAIN = ["--data", "synthetic", "--epochs", "4", "--dim", "32", "--encoder", "pooling",
@@ -82,14 +85,17 @@ def show(client: httpx.Client, title: str, route: str, body: dict,
     return answer
 
 
-def returning_shopper(client: httpx.Client) -> tuple[str, pd.DataFrame]:
-    """A shopper with a long stored history that includes purchases, and that history."""
-    card = client.post("/model").json()
-    histories = pd.read_parquet(Path(card["bundle_path"]) / "histories.parquet")
-    buys = histories[histories["event"] == "purchase"].groupby("user_id").size()
-    sizes = histories.groupby("user_id").size()
-    user = (sizes[buys.index] + 5 * buys).sort_values(ascending=False).index[0]
-    return str(user), histories[histories["user_id"] == user]
+def returning_shopper(client: httpx.Client) -> tuple[str, list[tuple[str, str]]]:
+    """A shopper with a long stored history that includes purchases, and that history as
+    (item_id, event) pairs, oldest first."""
+    bundle = Bundle.load(client.post("/model").json()["bundle_path"])
+    h = bundle.histories
+    buys = h.count(h.event_code == PURCHASE)
+    position = int(np.argmax(np.where(buys > 0, h.lengths + 5 * buys, -1)))
+    start, end = h.offsets[position], h.offsets[position + 1]
+    return str(h.user_ids[position]), [
+        (str(bundle.item_vocab.ids[row]), EVENT_TYPES[code])
+        for row, code in zip(h.item_idx[start:end], h.event_code[start:end], strict=True)]
 
 
 def examples(client: httpx.Client) -> None:
@@ -102,8 +108,7 @@ def examples(client: httpx.Client) -> None:
           f"{metrics.get('ndcg@10', float('nan')):.3f}; {card['ranking']})")
 
     user, history = returning_shopper(client)
-    recent = "; ".join(f"{e} {titles.get(i, i)}" for i, e in
-                       zip(history["item_id"].tail(4), history["event"].tail(4), strict=True))
+    recent = "; ".join(f"{e} {titles.get(i, i)}" for i, e in history[-4:])
     show(client, f"1. A returning shopper, {user} ({len(history)} stored events; lately: "
                  f"{recent})", "/recommend", {"user_id": user, "k": K})
     show(client, "2. A first-time visitor: nothing known, so the most popular items of the "

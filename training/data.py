@@ -13,14 +13,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from features.history import run_starts
 from features.vocab import Vocabulary
+from models.inputs import TowerInputs, age_days, encode_positions
 
 
 @dataclass(frozen=True)
 class Windows:
     inputs: np.ndarray         # (W, L) int64 item rows, -1 padded
     events: np.ndarray         # (W, L) int64 event codes of the inputs
-    gaps: np.ndarray           # (W, L) float32 hours from each input to the next event (NaN)
     input_time: np.ndarray     # (W, L) float64 ms of each input (NaN without time)
     targets: np.ndarray        # (W, L) int64 item row predicted after each input, -1 if none
     target_events: np.ndarray  # (W, L) int64 event code of the target
@@ -54,8 +55,7 @@ def make_windows(train: pd.DataFrame, item_vocab: Vocabulary, history_len: int) 
     has_time = bool(train["timestamp"].notna().any())
     times = (train["timestamp"].astype("int64").to_numpy().astype(np.float64) if has_time
              else np.full(len(train), np.nan))
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else \
-        np.array([], dtype=np.int64)
+    starts = run_starts(users)
     n_per_user = np.diff(np.r_[starts, len(users)])
     position = np.arange(len(users)) - np.repeat(starts, n_per_user)
     count = np.repeat(n_per_user, n_per_user)
@@ -71,13 +71,12 @@ def make_windows(train: pd.DataFrame, item_vocab: Vocabulary, history_len: int) 
     shape = (n_windows, history_len)
     out = Windows(
         inputs=np.full(shape, -1, dtype=np.int64), events=np.zeros(shape, dtype=np.int64),
-        gaps=np.full(shape, np.nan, dtype=np.float32), input_time=np.full(shape, np.nan),
+        input_time=np.full(shape, np.nan),
         targets=np.full(shape, -1, dtype=np.int64), target_events=np.zeros(shape, np.int64),
         target_time=np.full(shape, np.nan))
     out.inputs[w, col] = items[p - 1]
     out.events[w, col] = events[p - 1]
     out.input_time[w, col] = times[p - 1]
-    out.gaps[w, col] = (times[p] - times[p - 1]) / 3_600_000.0
     out.targets[w, col] = items[p]
     out.target_events[w, col] = events[p]
     out.target_time[w, col] = times[p]
@@ -86,10 +85,7 @@ def make_windows(train: pd.DataFrame, item_vocab: Vocabulary, history_len: int) 
 
 @dataclass(frozen=True)
 class WindowBatch:
-    items: torch.Tensor
-    events: torch.Tensor
-    gaps: torch.Tensor
-    mask: torch.Tensor
+    inputs: TowerInputs            # every position predicts its target (models/inputs.py)
     targets: torch.Tensor          # (P,) item rows of the positions with a target
     target_events: torch.Tensor    # (P,)
     position: torch.Tensor         # (P,) flat index b * L + col of each target position
@@ -109,6 +105,8 @@ def collate(win: Windows, idx: np.ndarray) -> WindowBatch:
     win = Windows(*(getattr(win, f)[:, cols] for f in Windows.__dataclass_fields__))
     inputs = win.inputs[idx]
     mask = inputs >= 0
+    target_time = win.target_time[idx]
+    input_time = win.input_time[idx]
     targets = win.targets[idx]
     has_target = targets >= 0
     flat_pos = np.flatnonzero(has_target.ravel())
@@ -121,12 +119,8 @@ def collate(win: Windows, idx: np.ndarray) -> WindowBatch:
     b, q, j = b[keep], q[keep], j[keep]
     query_rank = np.full(len(idx) * length, -1, dtype=np.int64)
     query_rank[flat_pos] = np.arange(len(flat_pos))
-    age = (win.target_time[idx][b, q] - win.input_time[idx][b, j]) / 86_400_000.0
     return WindowBatch(
-        items=torch.from_numpy(np.where(mask, inputs, 0)),
-        events=torch.from_numpy(win.events[idx]),
-        gaps=torch.from_numpy(win.gaps[idx]),
-        mask=torch.from_numpy(mask),
+        inputs=encode_positions(inputs, win.events[idx], input_time, target_time),
         targets=torch.from_numpy(targets.ravel()[flat_pos]),
         target_events=torch.from_numpy(win.target_events[idx].ravel()[flat_pos]),
         position=torch.from_numpy(flat_pos),
@@ -134,7 +128,7 @@ def collate(win: Windows, idx: np.ndarray) -> WindowBatch:
         pair_items=torch.from_numpy(inputs[b, j]),
         pair_events=torch.from_numpy(win.events[idx][b, j]),
         pair_steps=torch.from_numpy((q - j).astype(np.int64)),
-        pair_age_days=torch.from_numpy(age.astype(np.float32)),
+        pair_age_days=torch.from_numpy(age_days(target_time[b, q], input_time[b, j])),
     )
 
 

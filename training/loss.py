@@ -40,7 +40,7 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
         pair_items = inverse[n_t:n_t + n_p]  # interest is indexed by candidate position
         logq = torch.log(1.0 - (1.0 - sampler_probs[candidates]) ** n_negatives + 1e-12)
     users, items, (q, i, boost) = model(
-        batch.items, batch.events, batch.gaps, batch.mask, candidates, item_cats[candidates],
+        *batch.inputs, candidates, item_cats[candidates],
         batch.pair_query, pair_items, batch.pair_events, batch.pair_steps, batch.pair_age_days)
     users = users.reshape(-1, users.shape[-1])[batch.position]
     logits = users @ items.T / cfg.temperature

@@ -31,7 +31,8 @@ def test_next_item_targets_right_aligned() -> None:
     # u1: inputs a, b -> targets b, c, right-aligned in a window of 3.
     assert win.inputs[0].tolist() == [-1, a, b] and win.targets[0].tolist() == [-1, b, c]
     assert win.target_events[0, 1:].tolist() == [1, 2]
-    assert np.allclose(win.gaps[0, 1:], [2.0, 24.0])  # hours from each input to its target
+    gaps = collate(win, np.array([0])).inputs.gaps[0]   # trimmed to the 2 real positions
+    assert np.allclose(gaps, [2.0, 24.0])  # hours from each input to its target
     assert win.inputs[1].tolist() == [-1, -1, c] and win.targets[1].tolist() == [-1, -1, a]
     assert win.n_examples == 3
 
@@ -53,7 +54,7 @@ def test_collate_trims_padding_and_pairs_see_only_the_past() -> None:
     events, vocab = timeline()
     win = make_windows(events, vocab, history_len=10)
     batch = collate(win, np.array([0, 1]))
-    assert batch.items.shape == (2, 2)  # trimmed to the longest real window
+    assert batch.inputs.items.shape == (2, 2)  # trimmed to the longest real window
     assert batch.targets.numel() == 3
     # Interest pairs: each target position with the inputs at or before it, same window only.
     assert batch.pair_steps.min() >= 0

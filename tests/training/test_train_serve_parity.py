@@ -1,6 +1,7 @@
 """Train/serve parity: a shopper's history encoded for training (``training.data`` windows) and
-for serving (``features.history`` + ``models.inputs``) gives the user tower the same inputs and
-so the same user vector, on the embedded shop's real timelines."""
+for serving (``features.history`` + ``models.inputs.history_batch``), both through
+``models.inputs.encode_positions``, gives the user tower the same tensors and so the same user
+vector, on the embedded shop's real timelines."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from features.spec import parse_spec
 from features.split import sort_events
 from features.vocab import Vocabulary
 from models.inputs import history_batch
-from models.two_tower import GAP_BUCKETS, TwoTower, TwoTowerConfig, log_bucket
+from models.two_tower import TwoTower, TwoTowerConfig
 from training.data import collate, make_windows
 
 L = 8
@@ -45,27 +46,21 @@ def test_training_and_serving_encode_a_history_alike(shop) -> None:
         # Training: the window whose last position predicts the shopper's last event.
         win = make_windows(mine, vocab, L)
         batch = collate(win, np.array([0]))
-        trained_items = batch.items[0][batch.mask[0]]
+        trained = batch.inputs
         # Serving: the history before that event, as of the moment it happened.
         target_time = mine["timestamp"].iloc[-1]
         history = build_histories(mine.iloc[:-1], vocab, max_len=L, now=target_time)
-        served = history_batch(history, L)
-        served_items = served.items[0][served.mask[0]]
-        assert served_items.tolist() == trained_items.tolist(), user
-        assert served.events[0][served.mask[0]].tolist() == \
-            batch.events[0][batch.mask[0]].tolist(), user
-        # gaps: hours to the next event (to the predicted one for the newest), same buckets
-        trained_gaps = batch.gaps[0][batch.mask[0]]
-        served_gaps = served.gaps[0][served.mask[0]]
-        np.testing.assert_allclose(served_gaps.numpy(), trained_gaps.numpy(), rtol=1e-4,
-                                   atol=1e-3)
-        assert log_bucket(served_gaps, GAP_BUCKETS).tolist() == \
-            log_bucket(trained_gaps, GAP_BUCKETS).tolist(), user
+        served = history_batch(history, L).inputs
+        # The same tensors, position by position (training trims the window's left padding).
+        width = trained.items.shape[1]
+        for name in ("items", "events", "gaps", "mask"):
+            torch.testing.assert_close(getattr(served, name)[:, -width:],
+                                       getattr(trained, name), equal_nan=True, msg=name)
+        assert not served.mask[:, :-width].any()
+        assert torch.isfinite(served.gaps[served.mask]).all()
         with torch.no_grad():
-            at_training = model.user_embed(batch.items, batch.events, batch.gaps, batch.mask,
-                                           all_positions=True)[0, -1]
-            at_serving = model.user_embed(served.items, served.events, served.gaps,
-                                          served.mask)[0]
+            at_training = model.user_embed(*trained, all_positions=True)[0, -1]
+            at_serving = model.user_embed(*served)[0]
         torch.testing.assert_close(at_serving, at_training, rtol=1e-5, atol=1e-5)
         checked += 1
     assert checked >= 25
