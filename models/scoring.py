@@ -13,7 +13,7 @@ import torch
 from features.history import Histories
 from models.base import Recommender
 from models.inputs import history_batch
-from models.two_tower import TwoTower
+from models.two_tower import TwoTower, score_matrix
 
 
 def item_tensors(item_features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,12 +60,10 @@ class TwoTowerRecommender(Recommender):
         batch = history_batch(histories, self.model.cfg.history_len)
         users = self.model.user_embed(*batch.inputs)
         users = users * batch.inputs.mask.any(dim=1, keepdim=True)
-        logits = users @ self._items_t.T / self.model.cfg.temperature
-        if batch.query.numel():
-            q, i, boost = self.model.interest(batch.hist_items, batch.hist_events,
-                                              batch.steps_back, batch.age_days, batch.query)
-            logits.index_put_((q, i), boost, accumulate=True)
-        return logits.numpy()
+        interest = self.model.interest(batch.hist_items, batch.hist_events, batch.steps_back,
+                                       batch.age_days, batch.query) \
+            if self.model.cfg.interest and batch.query.numel() else None
+        return score_matrix(users, self._items_t, self.model.cfg, interest).numpy()
 
 
 def recommender_for(model: TwoTower, item_features: pd.DataFrame,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.two_tower import TwoTowerConfig
+from models.two_tower import TwoTowerConfig, score_matrix
 from training.data import WindowBatch
 
 
@@ -39,15 +39,13 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
         targets = inverse[:n_t]
         pair_items = inverse[n_t:n_t + n_p]  # interest is indexed by candidate position
         logq = torch.log(1.0 - (1.0 - sampler_probs[candidates]) ** n_negatives + 1e-12)
-    users, items, (q, i, boost) = model(
+    users, items, interest = model(
         *batch.inputs, candidates, item_cats[candidates],
         batch.pair_query, pair_items, batch.pair_events, batch.pair_steps, batch.pair_age_days)
     users = users.reshape(-1, users.shape[-1])[batch.position]
-    logits = users @ items.T / cfg.temperature
+    logits = score_matrix(users, items, cfg, interest)
     if logq is not None:
         logits = logits - logq
-    if cfg.interest and q.numel():
-        logits = logits.index_put((q, i), boost, accumulate=True)
     weights = target_weights[batch.target_events]
     losses = F.cross_entropy(logits, targets, reduction="none")
     return (losses * weights).sum() / weights.sum().clamp(min=1e-9)
