@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from features.history import build_histories
+from features.history import NAT_MS, append_events, build_histories
 from features.item_features import item_features
 from features.split import sort_events
 from features.vocab import Vocabulary
@@ -48,6 +48,31 @@ def test_history_without_time_has_nan_ages_and_positions():
     hist = build_histories(events, Vocabulary.fit(["a", "b"]), max_len=5)
     assert np.isnan(hist.age_days).all()
     assert list(hist.steps_back) == [1, 0]
+
+
+def _ms(text: str) -> int:
+    return pd.Timestamp(text, tz="UTC").value // 1_000_000
+
+
+def test_append_events_merges_by_time_and_keeps_the_last_L_known():
+    vocab = Vocabulary.fit(["a", "b", "c"])
+    a, b, c = vocab.lookup(["a", "b", "c"])
+    stored = build_histories(_events(), vocab, max_len=3, cut=pd.Timestamp("2024-01-05", tz="UTC"))
+    now = _ms("2024-01-05 00:00")
+    # a cart of c later than everything, an unknown item, and a view of b older than all stored
+    hist = append_events(stored, "u1", np.array([c, -1, b]), np.array([1, 0, 0]),
+                         np.array([now, now + 1, _ms("2023-12-31 00:00")]), max_len=3,
+                         now_ms=now)
+    assert hist.user_ids.tolist() == ["u1"] and hist.lengths.tolist() == [3]
+    # stored a(01-01) b(01-02) c(01-04) + b(12-31) c(01-05): the last three known, oldest first
+    assert hist.item_idx.tolist() == [b, c, c] and hist.event_code.tolist() == [1, 2, 1]
+    assert hist.steps_back.tolist() == [2, 1, 0]
+    # ages from 1 ms after the newest appended event (later than now)
+    np.testing.assert_allclose(hist.age_days, [3.0, 1.0, 0.0], atol=1e-6)
+    # a shopper nobody stored: only the appended events; without any time, ages are NaN
+    new = append_events(stored, "nobody", np.array([a]), np.array([0]),
+                        np.array([NAT_MS]), max_len=3, now_ms=None)
+    assert new.item_idx.tolist() == [a] and np.isnan(new.age_days).all()
 
 
 def test_item_features_popularity_categories_and_availability():
