@@ -11,7 +11,8 @@ stored history (the service), which gives what ``build_histories`` would give on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 
 import numpy as np
@@ -66,10 +67,6 @@ class Histories:
         """The histories of ``users`` (raw ids), in that order; unknown users get empty ones."""
         return _reorder(self, np.asarray(users, dtype=object))
 
-    def as_of(self, now_ms: int | None) -> Histories:
-        """The same events with ages measured from ``now_ms`` (epoch ms; None: no time)."""
-        return replace(self, age_days=_ages(self.ts_ms, now_ms))
-
 
 def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: int,
                     cut: pd.Timestamp | None = None, users: np.ndarray | None = None,
@@ -94,8 +91,8 @@ def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: in
 
     ref = None
     if has_time:
-        ref = _ms(now if now is not None else cut if cut is not None else
-                  events["timestamp"].max() + pd.Timedelta(milliseconds=1))
+        ref = epoch_ms(now) if now is not None else epoch_ms(cut) if cut is not None else \
+            data_end_ms(events["timestamp"])
     codes = events["event"].cat.codes.to_numpy(dtype=np.int8) if hasattr(events["event"], "cat") \
         else pd.Categorical(events["event"], categories=EVENT_TYPES).codes.astype(np.int8)
     hist = histories_from_rows(events["user_id"].to_numpy(dtype=object), item_idx, codes,
@@ -158,15 +155,15 @@ def append_events(stored: Histories, user_id: str, item_idx: np.ndarray, event_c
     position = stored.positions.get(user_id)
     start, end = (stored.offsets[position], stored.offsets[position + 1]) \
         if position is not None else (0, 0)
+    new_ts = np.asarray(ts_ms, dtype=np.int64)
     items = np.concatenate([stored.item_idx[start:end], np.asarray(item_idx, dtype=np.int64)])
     codes = np.concatenate([stored.event_code[start:end], np.asarray(event_code, dtype=np.int8)])
-    ts = np.concatenate([stored.ts_ms[start:end], np.asarray(ts_ms, dtype=np.int64)])
+    ts = np.concatenate([stored.ts_ms[start:end], new_ts])
     order = np.argsort(ts, kind="stable")
     known = items[order] >= 0
     order = order[known][-max_len:]
     items, codes, ts = items[order], codes[order], ts[order]
-    new_timed = np.asarray(ts_ms, dtype=np.int64)
-    new_timed = new_timed[new_timed != NAT_MS]
+    new_timed = new_ts[new_ts != NAT_MS]
     if len(new_timed):
         latest = int(new_timed.max()) + 1
         now_ms = latest if now_ms is None else max(now_ms, latest)
@@ -183,8 +180,16 @@ def timestamps_ms(timestamps: pd.Series) -> np.ndarray:
     return np.where(values.isna().to_numpy(), NAT_MS, ms)
 
 
-def _ms(ts: pd.Timestamp) -> int:
-    return pd.Timestamp(ts).value // 1_000_000
+def epoch_ms(ts: pd.Timestamp | datetime) -> int:
+    """Epoch milliseconds of one timestamp; one without a zone is UTC."""
+    stamp = pd.Timestamp(ts)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).value // 1_000_000
+
+
+def data_end_ms(timestamps: pd.Series) -> int | None:
+    """1 ms after the newest timestamp: "now" for data that ends there; None without time."""
+    newest = timestamps.max()
+    return None if pd.isna(newest) else epoch_ms(newest) + 1
 
 
 def _ages(ts_ms: np.ndarray, now_ms: int | None) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from features.history import Histories, build_histories, histories_from_rows
+from features.history import Histories, build_histories, data_end_ms, histories_from_rows
 from features.infra import DataError, atomic_path
 from features.pipeline import Prepared
 from features.split import sort_events
@@ -137,19 +137,25 @@ def build_bundle(prepared: Prepared, model: TwoTower, info: dict | None = None,
     extra = [c for c in prepared.items.columns if c not in feats.columns]
     meta = prepared.items[["item_id", *extra]].drop_duplicates("item_id", keep="last")
     items = feats.merge(meta, on="item_id", how="left", validate="one_to_one")  # keeps order
-    ts = prepared.events["timestamp"]
-    now_ms = None if ts.isna().all() else \
-        (ts.max() + pd.Timedelta(milliseconds=1)).value // 1_000_000
+    histories, now_ms = stored_histories(sort_events(prepared.events), prepared.item_vocab,
+                                         prepared.config.history_len)
     return Bundle(model=model.eval(), item_vocab=prepared.item_vocab, items=items,
                   item_vectors=compute_item_vectors(model, feats),
                   bought_together=prepared.bought_together,
-                  histories=build_histories(sort_events(prepared.events), prepared.item_vocab,
-                                            max_len=prepared.config.history_len),
-                  now_ms=now_ms,
+                  histories=histories, now_ms=now_ms,
                   sources={n: sources[n] for n in blend.active} if blend and sources else {},
                   blend=blend,
                   info={"features": prepared.config.to_dict(), "data": prepared.meta,
                         **(info or {})})
+
+
+def stored_histories(events: pd.DataFrame, vocab: Vocabulary,
+                     max_len: int) -> tuple[Histories, int | None]:
+    """Each shopper's last ``max_len`` known-item events of ``events`` (sorted), and the end of
+    the data (1 ms after its newest event, unknown items included) that their ages count from."""
+    now_ms = data_end_ms(events["timestamp"])
+    now = None if now_ms is None else pd.Timestamp(now_ms, unit="ms", tz="UTC")
+    return build_histories(events, vocab, max_len=max_len, now=now), now_ms
 
 
 def write_histories(hist: Histories, path: Path) -> None:
@@ -166,10 +172,7 @@ def read_histories(path: Path, vocab: Vocabulary, max_len: int,
     table = pd.read_parquet(path)
     if "item_id" in table:   # version 1
         events = sort_events(table.assign(seq=np.arange(len(table), dtype=np.int64)))
-        ts = events["timestamp"]
-        now = ts.max() + pd.Timedelta(milliseconds=1) if ts.notna().any() else None
-        hist = build_histories(events, vocab, max_len=max_len, now=now)
-        return hist, None if now is None else now.value // 1_000_000
+        return stored_histories(events, vocab, max_len)
     hist = histories_from_rows(table["user_id"].to_numpy(dtype=object),
                                table["item_row"].to_numpy(dtype=np.int64),
                                table["event_code"].to_numpy(dtype=np.int8),

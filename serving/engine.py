@@ -7,7 +7,6 @@ Nothing a request changes lives here: session events go into a copy for that req
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from features.history import NAT_MS, Histories, append_events
+from features.history import NAT_MS, Histories, append_events, epoch_ms
 from features.schema import EVENT_TYPES
 from models.bundle import Bundle
 from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
@@ -86,19 +85,12 @@ def session_history(engine: Engine, user: str, events: list[SessionEvent]
     apart, in list order; without any time in the data they stay NaT."""
     items = engine.rows_of([e.item_id for e in events])
     codes = np.fromiter((EVENT_CODES[e.event] for e in events), dtype=np.int8, count=len(events))
-    ts = np.fromiter((_epoch_ms(e.timestamp) if e.timestamp is not None else
+    ts = np.fromiter((epoch_ms(e.timestamp) if e.timestamp is not None else
                       engine.now_ms + i if engine.now_ms is not None else NAT_MS
                       for i, e in enumerate(events)), dtype=np.int64, count=len(events))
     hist = append_events(engine.bundle.histories, user, items, codes, ts,
                          max_len=engine.bundle.model.cfg.history_len, now_ms=engine.now_ms)
     return hist, items
-
-
-def _epoch_ms(ts: datetime) -> int:
-    """Epoch milliseconds of a request timestamp; one without a zone is UTC."""
-    stamp = pd.Timestamp(ts)
-    stamp = stamp.tz_localize(UTC) if stamp.tzinfo is None else stamp.tz_convert(UTC)
-    return stamp.value // 1_000_000
 
 
 def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG) -> Engine:

@@ -81,7 +81,8 @@ def test_request_history_is_what_build_histories_builds(tiny_bundle: Path, timed
     engine = load_engine(str(tiny_bundle))
     if not timed:   # data without time (e.g. the Amazon files): every timestamp NaT
         h = engine.bundle.histories
-        stored = replace(h, ts_ms=np.full_like(h.ts_ms, NAT_MS)).as_of(None)
+        stored = replace(h, ts_ms=np.full_like(h.ts_ms, NAT_MS),
+                         age_days=np.full_like(h.age_days, np.nan))
         engine = Engine(replace(engine.bundle, histories=stored, now_ms=None), engine.index,
                         version=engine.version)
         assert engine.now_ms is None
