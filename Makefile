@@ -93,15 +93,19 @@ demo: $(STAMP) ## train a small model on the embedded shop, serve it, send examp
 
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
 # Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
-.PHONY: bench bench-quality bench-train bench-index bench-serve
-bench: ## every benchmark part: quality, training, index, serving (about an hour on 2 cores)
+.PHONY: bench bench-quality bench-cold bench-train bench-index bench-serve
+bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)
 	$(MAKE) --no-print-directory bench-quality
+	$(MAKE) --no-print-directory bench-cold
 	$(MAKE) --no-print-directory bench-train
 	$(MAKE) --no-print-directory bench-index
 	$(MAKE) --no-print-directory bench-serve
 
 bench-quality: $(BENCH_STAMP) ## two-tower stack vs every baseline + ALS on every data set
 	@$(PY) -m benchmarks.quality $(ARGS)
+
+bench-cold: $(BENCH_STAMP) ## new items placed by their attributes alone: 10% of Toys/Sports items held out
+	@$(PY) -m benchmarks.cold_items $(ARGS)
 
 bench-train: $(BENCH_STAMP) ## training wall time, examples/s, peak memory: 1 process vs NPROC=2
 	@$(PY) -m benchmarks.train $(ARGS)

@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.item_attributes import TOKENS_COLUMN, attribute_tokens
 from features.vocab import Vocabulary
+
+# Columns item_features computes; the bundle's items hold these and the metadata's own columns.
+DERIVED_COLUMNS = ("item_idx", "item_id", "category_idx", "parent_category_idx", "available",
+                   TOKENS_COLUMN, "recent_views", "recent_carts", "recent_purchases", "popularity",
+                   "total_events")
+
+
+def metadata_columns(items: pd.DataFrame) -> list[str]:
+    """The item metadata columns of a table of item features (category, brand, price, ...)."""
+    return [c for c in items.columns if c not in DERIVED_COLUMNS]
 
 
 def item_features(events: pd.DataFrame, items: pd.DataFrame, item_vocab: Vocabulary, *,
@@ -14,9 +25,9 @@ def item_features(events: pd.DataFrame, items: pd.DataFrame, item_vocab: Vocabul
 
     Columns: item_idx, item_id, category_id / parent_category_id (raw, <NA> when unknown),
     category_idx / parent_category_idx (dense codes, -1 when unknown), available (items without
-    metadata count as available), recent_views / recent_carts / recent_purchases / popularity
-    (events in the ``popularity_days`` before ``cut``; all events when the data has no time) and
-    total_events.
+    metadata count as available), attribute_tokens (``features.item_attributes``),
+    recent_views / recent_carts / recent_purchases / popularity (events in the
+    ``popularity_days`` before ``cut``; all events when the data has no time) and total_events.
     """
     out = pd.DataFrame({"item_idx": np.arange(len(item_vocab), dtype=np.int64),
                         "item_id": pd.Series(item_vocab.index, dtype="string")})
@@ -33,6 +44,8 @@ def item_features(events: pd.DataFrame, items: pd.DataFrame, item_vocab: Vocabul
         out["available"] = avail.to_numpy(dtype=bool)
     else:
         out["available"] = True
+
+    out[TOKENS_COLUMN] = attribute_tokens(items, out["item_id"]).to_numpy()
 
     has_time = events["timestamp"].notna().any()
     recent = events

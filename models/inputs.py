@@ -1,5 +1,6 @@
-"""The one encoder of the user tower's inputs, for training windows (``training/data.py``) and
-served histories (``history_batch``) alike, so what is served is exactly what was trained.
+"""The one encoder of the towers' inputs, for training windows (``training/data.py``) and
+served histories (``history_batch``) alike, so what is served is exactly what was trained; and
+``ItemTable``, every item's inputs of the item tower (category, attribute bag).
 
 A position holds an item row, its event code and its "gap": hours from the event to the event it
 predicts (the next one; for the newest event of a served history, "now"). ``encode_positions``
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+import pandas as pd
 import torch
 
 from features.history import DAY_MS, NAT_MS, Histories
+from features.item_attributes import AttributeTable
 
 HOUR_MS = 3_600_000.0
 
@@ -34,6 +38,50 @@ class TowerInputs:
 
     def __len__(self) -> int:
         return self.items.shape[0]
+
+
+@dataclass(frozen=True)
+class ItemInputs:
+    """Inputs of ``TwoTower.item_embed`` for some items, in its argument order: item rows,
+    category rows (-1 unknown) and their attribute bags (values, and a length per item)."""
+
+    items: torch.Tensor
+    categories: torch.Tensor
+    attribute_values: torch.Tensor
+    attribute_lengths: torch.Tensor
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.items, self.categories, self.attribute_values, self.attribute_lengths))
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """Every item's tower inputs (vocabulary order), from ``item_features``."""
+
+    categories: np.ndarray     # int64 category row of each item, -1 unknown
+    attributes: AttributeTable
+
+    @classmethod
+    def from_features(cls, item_features: pd.DataFrame) -> ItemTable:
+        cats = item_features["category_idx"].to_numpy(dtype=np.int64, copy=True) \
+            if "category_idx" in item_features else np.full(len(item_features), -1, np.int64)
+        return cls(cats, AttributeTable.from_features(item_features))
+
+    def __len__(self) -> int:
+        return len(self.categories)
+
+    @cached_property
+    def all(self) -> ItemInputs:
+        """Every item's inputs (a full-catalog softmax takes them at each step)."""
+        return self.take()
+
+    def take(self, rows: np.ndarray | torch.Tensor | None = None) -> ItemInputs:
+        """The inputs of items ``rows`` (every item when None)."""
+        rows = np.arange(len(self), dtype=np.int64) if rows is None else \
+            np.asarray(rows, dtype=np.int64)
+        values, lengths = self.attributes.take(rows)
+        return ItemInputs(torch.from_numpy(rows.copy()), torch.from_numpy(self.categories[rows]),
+                          torch.from_numpy(values), torch.from_numpy(lengths))
 
 
 def encode_positions(items: np.ndarray, events: np.ndarray, times_ms: np.ndarray,

@@ -11,24 +11,38 @@ import pandas as pd
 import torch
 
 from features.history import Histories
+from features.item_attributes import AttributeTable, attribute_tokens
 from models.base import Recommender
-from models.inputs import history_batch
+from models.inputs import ItemTable, history_batch
 from models.two_tower import TwoTower, score_matrix
-
-
-def item_tensors(item_features: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-    """(item rows, category rows) of every item, in vocabulary order."""
-    item_idx = torch.arange(len(item_features), dtype=torch.long)
-    cats = torch.from_numpy(item_features["category_idx"].to_numpy(dtype=np.int64, copy=True)) \
-        if "category_idx" in item_features else torch.full_like(item_idx, -1)
-    return item_idx, cats
 
 
 @torch.no_grad()
 def compute_item_vectors(model: TwoTower, item_features: pd.DataFrame) -> np.ndarray:
+    """Every item's vector (vocabulary order): what the index holds and the service ranks."""
     model.eval()
-    item_idx, cats = item_tensors(item_features)
-    return model.item_embed(item_idx, cats).numpy().astype(np.float32)
+    return model.item_embed(*ItemTable.from_features(item_features).all).numpy() \
+        .astype(np.float32)
+
+
+@torch.no_grad()
+def new_item_vectors(model: TwoTower, known: pd.DataFrame, new: pd.DataFrame) -> np.ndarray:
+    """Vectors of items the model was not trained on (``new``: item metadata rows, as the items
+    file has them), from their category and attributes alone: no id row. ``known`` is the
+    model's item table (``item_features`` or a bundle's items), whose category and attribute
+    vocabularies the new items are read with; a category or attribute it lacks is left out."""
+    model.eval()
+    categories = dict(zip(known["category_id"].astype("string"), known["category_idx"],
+                          strict=True)) if "category_idx" in known else {}
+    cats = np.array([categories.get(c, -1) if c is not pd.NA else -1 for c in
+                     new["category_id"].astype("string")] if "category_id" in new else
+                    [-1] * len(new), dtype=np.int64)
+    tokens = attribute_tokens(new, new["item_id"], min_items=1)
+    table = ItemTable(cats, AttributeTable.from_features(known).encode(tokens))
+    inputs = table.take()
+    unknown_rows = torch.full((len(new),), -1, dtype=torch.long)
+    return model.item_embed(unknown_rows, inputs.categories, inputs.attribute_values,
+                            inputs.attribute_lengths).numpy().astype(np.float32)
 
 
 class TwoTowerRecommender(Recommender):

@@ -1,10 +1,14 @@
-"""The two-tower model: a user tower over recent history, an item tower over id + category.
+"""The two-tower model: a user tower over recent history, an item tower over id, category and
+attributes.
 
 Both towers read one TorchRec ``EmbeddingCollection`` through ``KeyedJaggedTensor`` inputs, so
 the item-id table is shared (a history item and a candidate item are the same row) and the
-tables can be sharded by ``DistributedModelParallel``. The user tower encodes the last L events
-(item, event type, time gap), never a per-user id row: a shopper unseen in training gets an
-embedding from a few events, and deleting their events deletes their influence.
+tables can be sharded by ``DistributedModelParallel``. Item attributes (brand, categories, price
+bucket: ``features.item_attributes``) are a multi-valued feature, mean-pooled by a TorchRec
+``EmbeddingBagCollection``, so items that share them share part of their vector. The user tower
+encodes the last L events (item, event type, time gap), never a per-user id row: a shopper unseen
+in training gets an embedding from a few events, and deleting their events deletes their
+influence.
 
 The model returns embeddings; the loss lives in ``training/``. Next to the tower score the model
 carries a small "interest" term: how strongly each item of the history (by event type, how many
@@ -15,15 +19,27 @@ ranking uses that signal, and where they do not (review data) it learns to ignor
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+from torchrec import (
+    EmbeddingBagCollection,
+    EmbeddingBagConfig,
+    EmbeddingCollection,
+    EmbeddingConfig,
+    KeyedJaggedTensor,
+    PoolingType,
+)
 
 from features.config import setting
+
+# TorchRec's EmbeddingBagCollection calls torch.fx's is_fx_tracing, which logs a notice meant for
+# TorchRec's authors into every training run; it says nothing about this model.
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 N_EVENT_TYPES = 3
 GAP_BUCKETS = 12      # log2 buckets of hours to the next event; the last one means "no time"
@@ -35,6 +51,7 @@ AGE_BUCKETS = 10      # log2 buckets of days; the last one means "no time"
 class TwoTowerConfig:
     n_items: int
     n_categories: int = 0
+    n_attributes: int = 0
     dim: int = setting(64, "embedding size of both towers")
     history_len: int = 50
     encoder: str = setting(
@@ -48,6 +65,15 @@ class TwoTowerConfig:
     interest: bool = setting(
         True,
         "learn the 'comes back to what they looked at' term next to the tower score")
+
+    item_id_dropout: float = setting(
+        0.0,
+        "share of candidate items whose id vector training drops, so category and attributes "
+        "alone learn to place an item (new items have no id vector)")
+    attributes: bool = setting(
+        True,
+        "feed the items' attributes (metadata columns, the Amazon item2attributes) to the item "
+        "tower")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +105,16 @@ class TwoTower(nn.Module):
         self.embeddings = EmbeddingCollection(tables=tables, device=torch.device("cpu"))
         for table in self.embeddings.embeddings.values():
             nn.init.normal_(table.weight, std=1.0 / math.sqrt(d))
+        self.attribute_bags = None
+        if cfg.n_attributes:
+            self.attribute_bags = EmbeddingBagCollection(
+                tables=[EmbeddingBagConfig(name="attribute", embedding_dim=d,
+                                           num_embeddings=cfg.n_attributes,
+                                           feature_names=["cand_attribute"],
+                                           pooling=PoolingType.MEAN)],
+                device=torch.device("cpu"))
+            for table in self.attribute_bags.embedding_bags.values():
+                nn.init.normal_(table.weight, std=1.0 / math.sqrt(d))
         self.event_emb = nn.Embedding(N_EVENT_TYPES, d)
         self.gap_emb = nn.Embedding(GAP_BUCKETS, d)
         self.pos_emb = nn.Embedding(cfg.history_len, d)
@@ -98,6 +134,8 @@ class TwoTower(nn.Module):
             self.pool_score = nn.Linear(d, 1)  # attention-weighted pooling over the history
         else:
             raise ValueError(f"encoder must be 'transformer' or 'pooling', got {cfg.encoder!r}")
+        if not 0.0 <= cfg.item_id_dropout < 1.0:
+            raise ValueError(f"item_id_dropout must be in [0, 1), got {cfg.item_id_dropout}")
         self.user_out = nn.Linear(d, d)
         self.item_out = nn.Linear(d, d)
         # Interest term: log-weights per event type, steps back and age, and an overall scale.
@@ -125,30 +163,52 @@ class TwoTower(nn.Module):
                                                   lengths=torch.cat(lengths).long())
         return self.embeddings(kjt)
 
+    def _attribute_vectors(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Mean attribute vector per item, (n, dim); zeros for an item without attributes."""
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=["cand_attribute"], values=values.long(),
+                                                  lengths=lengths.long())
+        return self.attribute_bags(kjt)["cand_attribute"]
+
     def forward(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,
                 mask: torch.Tensor, cand_items: torch.Tensor, cand_categories: torch.Tensor,
+                cand_attribute_values: torch.Tensor, cand_attribute_lengths: torch.Tensor,
                 pair_query: torch.Tensor, pair_items: torch.Tensor, pair_events: torch.Tensor,
                 pair_steps: torch.Tensor, pair_age_days: torch.Tensor):
         """Training pass (what ``DistributedModelParallel`` wraps): user vectors at every
         position (B, L, dim), candidate item vectors (C, dim) and the interest triples."""
         users = self.user_embed(items, events, gaps, mask, all_positions=True)
-        cands = self.item_embed(cand_items, cand_categories)
+        cands = self.item_embed(cand_items, cand_categories, cand_attribute_values,
+                                cand_attribute_lengths)
         interest = self.interest(pair_items, pair_events, pair_steps, pair_age_days, pair_query)
         return users, cands, interest
 
-    def item_embed(self, item_idx: torch.Tensor, category_idx: torch.Tensor | None = None
-                   ) -> torch.Tensor:
-        """Normalized item vectors, shape (n, dim). category_idx -1 means unknown."""
+    def item_embed(self, item_idx: torch.Tensor, category_idx: torch.Tensor | None = None,
+                   attribute_values: torch.Tensor | None = None,
+                   attribute_lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalized item vectors, shape (n, dim). category_idx -1 means unknown; the
+        attributes are each item's attribute rows, concatenated, with one length per item
+        (``models.inputs.ItemTable.take`` builds all three).
+
+        An item row outside the id table (-1, or one added after training) has no id vector:
+        it is its category and attributes. Training drops the id vector of a share
+        ``item_id_dropout`` of the candidates, so those alone learn to stand for an item.
+        """
         empty = torch.zeros(0, dtype=torch.long)
+        known_id = (item_idx >= 0) & (item_idx < self.cfg.n_items)
+        if self.training and self.cfg.item_id_dropout > 0:
+            known_id &= torch.rand(item_idx.shape) >= self.cfg.item_id_dropout
+        item_idx = torch.where(known_id, item_idx, 0)
         cats = None
         if self.cfg.n_categories:
             cats = (category_idx if category_idx is not None else torch.full_like(item_idx, -1))
             known_cat = cats >= 0
             cats = cats.clamp(min=0)
         out = self._lookup(empty, torch.zeros(1, dtype=torch.long), item_idx, cats)
-        vec = out["cand_item"].values()
+        vec = out["cand_item"].values() * known_id.unsqueeze(1)
         if self.cfg.n_categories:
             vec = vec + out["cand_category"].values() * known_cat.unsqueeze(1)
+        if self.attribute_bags is not None and attribute_lengths is not None:
+            vec = vec + self._attribute_vectors(attribute_values, attribute_lengths)
         return F.normalize(self.item_out(vec) + vec, dim=-1)
 
     def user_embed(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,

@@ -13,6 +13,7 @@ from models.ranking import MAX_K
 DEFAULT_K = 10
 MAX_SESSION_EVENTS = 1000   # only the last history_len count; the bound keeps requests cheap
 MAX_EXCLUDE = 10_000
+MAX_SAME = 16
 
 # --- request and response models (the OpenAPI page shows their examples) ---------------------
 
@@ -54,6 +55,11 @@ class RecommendRequest(ApiModel):
                                                             "bought (stored history + session)")
     category: Id | None = Field(None, description="only items of this category (leaf or "
                                                   "parent category id)")
+    same: list[Id] = Field(
+        default_factory=list, max_length=MAX_SAME,
+        description="item attributes (metadata columns, e.g. brand) whose value must be one "
+                    "that an item of the shopper's history (stored + session) has: 'more from "
+                    "the brands this shopper buys'; without such a history nothing matches")
 
 
 class ItemRequest(ApiModel):
@@ -61,6 +67,16 @@ class ItemRequest(ApiModel):
 
     item_id: Id
     k: K = DEFAULT_K
+
+
+class SimilarRequest(ItemRequest):
+    model_config = ConfigDict(json_schema_extra={"example": {"item_id": "i000123", "k": 5,
+                                                             "same": ["brand"]}})
+
+    same: list[Id] = Field(
+        default_factory=list, max_length=MAX_SAME,
+        description="item attributes (metadata columns, e.g. brand, scent) whose value the "
+                    "answers must share with this item")
 
 
 class ScoredItem(BaseModel):

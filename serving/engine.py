@@ -15,12 +15,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from features.history import NAT_MS, Histories, append_events, epoch_ms
+from features.item_attributes import SharedValues
+from features.item_features import metadata_columns
 from features.schema import EVENT_TYPES
 from models.bundle import Bundle
 from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
 from models.ranking import Ranker
 from models.registry import MODEL_NAME, configure, resolve_model
-from serving.api import ScoredItem, SessionEvent, not_found
+from serving.api import RequestError, ScoredItem, SessionEvent, not_found
 
 EVENT_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
 
@@ -46,6 +48,7 @@ class Engine(Ranker):
         self.shoppers = len(self.known_users)
         # Per-request look-up without pandas: raw item id -> row.
         self.item_rows = {item_id: row for row, item_id in enumerate(self.ids)}
+        self.shared = SharedValues(items, metadata_columns(items))
 
     def rows_of(self, item_ids: list[str]) -> np.ndarray:
         """Rows of ``item_ids`` (-1 unknown): ``item_vocab.lookup`` without pandas."""
@@ -65,6 +68,20 @@ class Engine(Ranker):
                 mask |= column == category
         if not mask.any():
             raise not_found("category", category, "category")
+        return mask
+
+    def same_mask(self, names: list[str], rows: np.ndarray, *, whose: str) -> np.ndarray:
+        """Items whose value of each attribute in ``names`` is one of ``rows``' values (request
+        field ``same``; ``whose`` says whose items ``rows`` are, for the error)."""
+        unknown = self.shared.unknown(names)
+        if unknown:
+            raise RequestError(400, "same", f"unknown item attribute {unknown[0]!r}; this model's "
+                               f"items have: {', '.join(self.shared.names) or '(none)'}",
+                               "value_error")
+        mask, empty = self.shared.mask(names, rows)
+        if empty and whose == "item":
+            raise RequestError(422, "same", f"the item has no value for {empty[0]!r}",
+                               "value_error")
         return mask
 
     def scored(self, rows: np.ndarray, scores: np.ndarray,

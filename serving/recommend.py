@@ -17,6 +17,7 @@ from serving.api import (
     ModelCard,
     Recommendations,
     RecommendRequest,
+    SimilarRequest,
 )
 from serving.engine import Engine, session_history
 
@@ -30,6 +31,8 @@ def recommend(engine: Engine, request: RecommendRequest) -> Recommendations:
     if request.category is not None:
         allowed = allowed & engine.category_mask(request.category)
     histories, session_items = session_history(engine, user, request.recent_events)
+    if request.same:
+        allowed = allowed & engine.same_mask(request.same, histories.item_idx, whose="shopper")
     exclude = exclusions(histories, purchased=request.exclude_purchased,
                          explicit=[engine.rows_of(request.exclude_items)])
     ranked = rank(engine, histories, request.k, exclude, allowed)
@@ -69,12 +72,17 @@ def also_bought(engine: Engine, request: ItemRequest) -> ItemNeighbours:
                           items=engine.scored(rows, scores, sources))
 
 
-def similar_items(engine: Engine, request: ItemRequest) -> ItemNeighbours:
-    """Nearest available items by item-vector cosine (the FAISS index); never the item."""
+def similar_items(engine: Engine, request: SimilarRequest) -> ItemNeighbours:
+    """Nearest available items by item-vector cosine (the FAISS index); never the item. With
+    ``same``, only items that share those attributes' values with it."""
     row = engine.item_row(request.item_id)
+    allowed = engine.available
+    if request.same:
+        allowed = allowed & engine.same_mask(request.same, np.array([row]), whose="item")
     rows, scores = engine.index.search(engine.bundle.item_vectors[row:row + 1], request.k,
-                                       exclude=[np.array([row])], allowed=engine.available)
-    return ItemNeighbours(item_id=request.item_id, strategy="embedding:index",
+                                       exclude=[np.array([row])], allowed=allowed)
+    strategy = "embedding:index" + (f":same={'+'.join(request.same)}" if request.same else "")
+    return ItemNeighbours(item_id=request.item_id, strategy=strategy,
                           model_version=engine.version, items=engine.scored(rows[0], scores[0]))
 
 

@@ -31,6 +31,7 @@ from serving.api import (
     Recommendations,
     RecommendRequest,
     RequestError,
+    SimilarRequest,
 )
 from serving.engine import Engine, load_engine
 from serving.recommend import also_bought, model_card, recommend, similar_items
@@ -77,10 +78,11 @@ class Tailor:
         """People who bought this also bought: bought-together first, then embedding neighbours."""
         return _answer(also_bought, self.engine, ItemRequest(**fields))
 
-    @bentoml.api(route="/similar_items", input_spec=ItemRequest)
+    @bentoml.api(route="/similar_items", input_spec=SimilarRequest)
     async def similar_items(self, **fields: Any) -> ItemNeighbours:
-        """Items closest to this one in the item-embedding space."""
-        return _answer(similar_items, self.engine, ItemRequest(**fields))
+        """Items closest to this one in the item-embedding space; ``same`` keeps those that
+        share the named attributes' values (same brand, same scent)."""
+        return _answer(similar_items, self.engine, SimilarRequest(**fields))
 
     @bentoml.api(route="/model")
     def model(self) -> ModelCard:

@@ -3,6 +3,7 @@ MLflow store, the registry's aliases."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,8 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.config import FeatureConfig
 from features.history import Histories
+from features.pipeline import Prepared, build
 from features.schema import EVENT_DTYPE, TIMESTAMP_DTYPE
+from features.spec import DataSpec
+from features.synthetic import ShopTruth, generate_with_truth
 
 
 def make_events(rows: list[tuple], *, with_time: bool = True, **extra: list) -> pd.DataFrame:
@@ -72,3 +77,11 @@ def history_events(hist: Histories, item_ids: np.ndarray) -> pd.DataFrame:
                        .astype(TIMESTAMP_DTYPE),
         "seq": np.arange(len(hist.item_idx), dtype=np.int64),
     })
+
+
+@functools.cache
+def small_shop() -> tuple[Prepared, ShopTruth]:
+    """The embedded shop (small, seed 0), prepared with default settings, and its planted truth."""
+    data, truth = generate_with_truth("small", seed=0)
+    spec = DataSpec(kind="synthetic", size="small", text="synthetic:small")
+    return build(spec, FeatureConfig(), data, "synthetic-small-0"), truth

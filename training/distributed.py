@@ -41,6 +41,7 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
 from torchrec.distributed.types import ShardingPlan
@@ -79,12 +80,36 @@ def batch_share(idx: np.ndarray, rank: int, world: int, step: int) -> tuple[np.n
 
 
 def sharding_plan(model: TwoTower, world: int) -> ShardingPlan:
-    """Each table whole on one rank, round robin, with the fused CPU kernel."""
-    tables = list(model.embeddings.embeddings.keys())
-    per_table = {name: table_wise(rank=i % world, compute_kernel="fused")
-                 for i, name in enumerate(tables)}
-    return ShardingPlan({"embeddings": construct_module_sharding_plan(
-        model.embeddings, per_table, local_size=world, world_size=world, device_type="cpu")})
+    """Each table whole on one rank, round robin, with the fused CPU kernel: the embedding
+    collection's tables (item, category) and the attribute bags'."""
+    modules = {"embeddings": (model.embeddings, model.embeddings.embeddings)}
+    if model.attribute_bags is not None:
+        modules["attribute_bags"] = (model.attribute_bags, model.attribute_bags.embedding_bags)
+    plan, i = {}, 0
+    for path, (module, tables) in modules.items():
+        per_table = {}
+        for name in tables:
+            per_table[name] = table_wise(rank=i % world, compute_kernel="fused")
+            i += 1
+        plan[path] = construct_module_sharding_plan(module, per_table, local_size=world,
+                                                    world_size=world, device_type="cpu")
+    return ShardingPlan(plan)
+
+
+@torch.no_grad()
+def _start_from(dmp: DistributedModelParallel, model: nn.Module) -> None:
+    """Give each sharded table ``model``'s rows. DMP keeps the unsharded weights of an embedding
+    collection but re-initializes an embedding bag collection's tables: without this the ranks
+    would start the attribute bags from other weights than a single-process fit."""
+    full = model.state_dict()
+    with warnings.catch_warnings():  # TorchRec's tables still come as ShardedTensor
+        warnings.filterwarnings("ignore", "Please use DTensor", FutureWarning)
+        for key, value in dmp.module.state_dict().items():
+            if isinstance(value, ShardedTensor):
+                for shard in value.local_shards():
+                    (row, col), (rows, cols) = (shard.metadata.shard_offsets,
+                                                shard.metadata.shard_sizes)
+                    shard.tensor.copy_(full[key][row:row + rows, col:col + cols])
 
 
 @dataclass
@@ -133,9 +158,11 @@ class Group:
             warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
             dmp = DistributedModelParallel(
                 inner, device=torch.device("cpu"), plan=sharding_plan(inner, self.world),
-                sharders=[EmbeddingCollectionSharder(fused_params=fused)],
+                sharders=[EmbeddingCollectionSharder(fused_params=fused),
+                          EmbeddingBagCollectionSharder(fused_params=fused)],
                 data_parallel_wrapper=DefaultDataParallelWrapper(
                     static_graph=uses_all, find_unused_parameters=not uses_all))
+        _start_from(dmp, model)
         dense = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
         return dmp, torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)
 

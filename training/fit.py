@@ -13,8 +13,9 @@ import torch
 from tqdm import tqdm
 
 from features.config import setting
+from features.item_attributes import AttributeTable
 from features.pipeline import Prepared
-from models.scoring import item_tensors
+from models.inputs import ItemTable
 from models.two_tower import TwoTower, TwoTowerConfig
 from training.data import (
     collate,
@@ -73,11 +74,14 @@ class FitResult:
 
 
 def sized_for(model_cfg: TwoTowerConfig, prepared: Prepared) -> TwoTowerConfig:
-    """``model_cfg`` with the sizes of ``prepared``'s data: items, categories, history length."""
+    """``model_cfg`` with the sizes of ``prepared``'s data: items, categories, attributes, history
+    length."""
     cats = prepared.item_features.get("category_idx")
     n_categories = int(cats.max()) + 1 if cats is not None and len(cats) else 0
-    return replace(model_cfg, n_items=len(prepared.item_vocab),
-                   n_categories=max(n_categories, 0), history_len=prepared.config.history_len)
+    n_attributes = AttributeTable.from_features(prepared.item_features).n_attributes \
+        if model_cfg.attributes else 0
+    return replace(model_cfg, n_items=len(prepared.item_vocab), n_categories=max(n_categories, 0),
+                   n_attributes=n_attributes, history_len=prepared.config.history_len)
 
 
 def seed_everything(seed: int) -> None:
@@ -106,7 +110,7 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
     rng = np.random.default_rng(cfg.seed)
     ordered = prepared.ordered
     train = prepared.split.fold("train")
-    item_idx, item_cats = item_tensors(prepared.item_features)
+    item_table = ItemTable.from_features(prepared.item_features)
     weights = torch.tensor([cfg.view_weight, cfg.cart_weight, cfg.purchase_weight])
     sampler = None
     if model_cfg.n_items > cfg.full_softmax_max_items:
@@ -143,7 +147,7 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
                 batch = collate(windows, idx)
                 if batch.targets.numel() == 0 and group is None:  # ranks all take each step
                     continue
-                loss = batch_loss(trained, model_cfg, batch, item_idx, item_cats, weights,
+                loss = batch_loss(trained, model_cfg, batch, item_table, weights,
                                   sampler, cfg.n_negatives, generator)
                 if not counts:  # a stand-in window: in the collectives, not in the gradient
                     loss = loss * 0.0

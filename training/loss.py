@@ -6,12 +6,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.inputs import ItemTable
 from models.two_tower import TwoTowerConfig, score_matrix
 from training.data import WindowBatch
 
 
 def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: WindowBatch,
-               item_idx: torch.Tensor, item_cats: torch.Tensor, target_weights: torch.Tensor,
+               item_table: ItemTable, target_weights: torch.Tensor,
                sampler_probs: torch.Tensor | None, n_negatives: int,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """Weighted mean cross-entropy over the batch's target positions.
@@ -26,21 +27,22 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
     """
     cfg = model_config
     if sampler_probs is None:
-        candidates = item_idx
+        candidates = item_table.all
         targets = batch.targets
         pair_items = batch.pair_items
         logq = None
     else:
         negatives = torch.multinomial(sampler_probs, n_negatives, replacement=True,
                                       generator=generator)
-        candidates, inverse = torch.unique(
+        rows, inverse = torch.unique(
             torch.cat([batch.targets, batch.pair_items, negatives]), return_inverse=True)
         n_t, n_p = batch.targets.numel(), batch.pair_items.numel()
         targets = inverse[:n_t]
         pair_items = inverse[n_t:n_t + n_p]  # interest is indexed by candidate position
-        logq = torch.log(1.0 - (1.0 - sampler_probs[candidates]) ** n_negatives + 1e-12)
+        logq = torch.log(1.0 - (1.0 - sampler_probs[rows]) ** n_negatives + 1e-12)
+        candidates = item_table.take(rows.numpy())
     users, items, interest = model(
-        *batch.inputs, candidates, item_cats[candidates],
+        *batch.inputs, *candidates,
         batch.pair_query, pair_items, batch.pair_events, batch.pair_steps, batch.pair_age_days)
     users = users.reshape(-1, users.shape[-1])[batch.position]
     logits = score_matrix(users, items, cfg, interest)

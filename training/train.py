@@ -60,7 +60,7 @@ PRINT_KS = (10, 20)                # the printed table; MLflow gets every cut-of
 UNKNOWN_USER = "new-shopper"       # the input example's unseen shopper (popular fallback)
 
 # Sizes come from the data; the history length is the feature stage's (one L for both).
-MODEL_FROM_DATA = ("n_items", "n_categories", "history_len")
+MODEL_FROM_DATA = ("n_items", "n_categories", "n_attributes", "history_len")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,11 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from features.config import FeatureConfig
 from features.history import Histories, build_histories
-from features.pipeline import Prepared, build
-from features.spec import DataSpec
-from features.synthetic import ShopTruth, generate_with_truth
+from features.pipeline import Prepared
+from features.synthetic import ShopTruth
 from models.base import Recommender
 from models.baselines import (
     BASELINES,
@@ -24,6 +22,7 @@ from models.baselines import (
     RepeatConfig,
     SequentialItemKNN,
 )
+from tests.helpers import small_shop
 from tests.models.recommender_contract import (
     DAY,
     START,
@@ -200,13 +199,6 @@ def test_item_knn_neighbours_are_capped() -> None:
 
 # --- the synthetic shop's planted complements -------------------------------------------------
 
-@functools.cache
-def synthetic() -> tuple[Prepared, ShopTruth]:
-    data, truth = generate_with_truth("small", seed=0)
-    spec = DataSpec(kind="synthetic", size="small", text="synthetic:small")
-    return build(spec, FeatureConfig(), data, "synthetic-small-0"), truth
-
-
 def complement_hit_rate(rec: Recommender, prepared: Prepared, truth: ShopTruth, k: int) -> float:
     """Share of anchors (printer, laptop, ...) whose complement is in the top ``k`` for a shopper
     who just bought the anchor."""
@@ -223,7 +215,7 @@ def complement_hit_rate(rec: Recommender, prepared: Prepared, truth: ShopTruth, 
 
 
 def test_item_knn_finds_the_printers_ink() -> None:
-    p, truth = synthetic()
+    p, truth = small_shop()
     items, _ = ItemKNN.from_prepared(p).recommend(query(p, ((truth.printer_item, "purchase"),)), 3)
     assert truth.printer_ink in ids(p, items[0])
 
@@ -235,12 +227,12 @@ def test_item_knn_finds_the_printers_ink() -> None:
 ])
 def test_complements_come_from_co_occurrence_not_popularity(cls: type, low: float,
                                                            high: float) -> None:
-    p, truth = synthetic()
+    p, truth = small_shop()
     assert low <= complement_hit_rate(cls.from_prepared(p), p, truth, 10) <= high
 
 
 def test_history_baselines_beat_most_popular_on_the_synthetic_shop() -> None:
-    p, _ = synthetic()
+    p, _ = small_shop()
     table = evaluate_all({name: cls.from_prepared(p) for name, cls in BASELINES.items()}, p,
                          ks=(10,))
     assert table.loc["most-popular", "users"] > 100

@@ -3,14 +3,25 @@ plus what is particular to it: user vectors, the interest term and ``recommender
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from features.item_attributes import TOKENS_COLUMN, AttributeTable
 from features.pipeline import Prepared
 from models.base import Recommender
-from models.scoring import TwoTowerRecommender, compute_item_vectors, recommender_for
+from models.inputs import ItemTable
+from models.scoring import (
+    TwoTowerRecommender,
+    compute_item_vectors,
+    new_item_vectors,
+    recommender_for,
+)
 from models.two_tower import TwoTower, TwoTowerConfig
+from tests.helpers import small_shop
 from tests.models.recommender_contract import (
     Planted,
     RecommenderContract,
@@ -18,7 +29,9 @@ from tests.models.recommender_contract import (
     pairs_prepared,
     query,
 )
-from training.fit import TrainConfig, fit
+from training.data import collate, make_windows
+from training.fit import TrainConfig, fit, sized_for
+from training.loss import batch_loss
 
 # Tiny on purpose: 12 items, dim 16, one layer, six epochs take well under a second.
 TRAIN = TrainConfig(epochs=6, batch_tokens=320, lr=1e-2, seed=0, threads=1, progress=False)
@@ -123,3 +136,83 @@ def test_history_beyond_history_len_is_cut_to_the_most_recent(trained) -> None:
     a, b = query(p, last), query(p, longer)
     assert a.lengths[0] == 10 and b.lengths[0] == 21
     np.testing.assert_allclose(rec.score(a), rec.score(b), rtol=1e-5, atol=1e-5)
+
+
+# --- item attributes -----------------------------------------------------------------------------
+
+def attribute_table(n_items: int, per_item: list[list[int]], n_attributes: int) -> ItemTable:
+    lengths = [len(a) for a in per_item]
+    table = AttributeTable(np.array([f"t={k}" for k in range(n_attributes)], dtype=object),
+                           np.r_[0, np.cumsum(lengths)].astype(np.int64),
+                           np.array([a for attrs in per_item for a in attrs], dtype=np.int64))
+    return ItemTable(np.full(n_items, -1, dtype=np.int64), table)
+
+
+def test_with_blank_id_rows_an_item_is_the_mean_of_its_attributes() -> None:
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=5, n_attributes=3, dim=16)).eval()
+    items = attribute_table(5, [[0], [0], [1], [0, 1], []], 3)
+    with torch.no_grad():
+        with_ids = model.item_embed(*items.all)
+        model.embeddings.embeddings["item"].weight.zero_()
+        blank = model.item_embed(*items.all)
+        rows = model.attribute_bags.embedding_bags["attribute"].weight
+        nothing = model.item_embed(torch.tensor([4]), None, None, None)  # bias only: no inputs
+    torch.testing.assert_close(blank[0], blank[1])          # same attributes, same vector
+    assert not torch.allclose(blank[0], blank[2])
+    assert not torch.allclose(with_ids[0], with_ids[1])     # the id rows tell them apart
+    torch.testing.assert_close(blank[4], nothing[0])        # no attributes: nothing added
+    expected = F.normalize(model.item_out((rows[0] + rows[1]) / 2) + (rows[0] + rows[1]) / 2,
+                           dim=-1)
+    torch.testing.assert_close(blank[3], expected)
+
+
+def test_training_moves_the_attribute_rows_of_the_candidates() -> None:
+    p = pairs_prepared()
+    n = len(p.item_vocab)
+    # Attribute 0 on every item, attribute 1 on none: only row 0 can learn.
+    items = attribute_table(n, [[0]] * n, 2)
+    model = TwoTower(tiny_config(p, n_attributes=2))
+    bags = model.attribute_bags.embedding_bags["attribute"].weight
+    before = bags.detach().clone()
+    batch = collate(make_windows(p.split.fold("train"), p.item_vocab, 10), np.arange(8))
+    loss = batch_loss(model, model.cfg, batch, items, torch.ones(3), None, 0)
+    loss.backward()
+    assert bags.grad is not None and bags.grad[0].abs().sum() > 0
+    assert bags.grad[1].abs().sum() == 0
+    torch.testing.assert_close(bags.detach(), before)
+
+
+def test_sized_for_counts_the_attributes_of_the_data() -> None:
+    shop_prepared, _ = small_shop()
+    n = AttributeTable.from_features(shop_prepared.item_features).n_attributes
+    assert n > 0   # the embedded shop's items carry a parent category and a price
+    base = TwoTowerConfig(n_items=0)
+    assert sized_for(base, shop_prepared).n_attributes == n
+    assert sized_for(replace(base, attributes=False), shop_prepared).n_attributes == 0
+    model = TwoTower(sized_for(base, shop_prepared))
+    vecs = compute_item_vectors(model, shop_prepared.item_features)
+    no_attributes = compute_item_vectors(model, shop_prepared.item_features.drop(
+        columns=TOKENS_COLUMN))
+    assert vecs.shape == no_attributes.shape and not np.allclose(vecs, no_attributes)
+
+
+def test_a_new_item_is_placed_by_its_category_and_attributes_alone() -> None:
+    p, _ = small_shop()
+    torch.manual_seed(0)
+    model = TwoTower(sized_for(TwoTowerConfig(n_items=0), p))
+    with torch.no_grad():
+        model.embeddings.embeddings["item"].weight.zero_()   # as if no item had an id row
+    known = compute_item_vectors(model, p.item_features)
+    rows = np.array([0, 5, 17])
+    twins = p.items.set_index("item_id").loc[p.item_vocab.ids[rows]].reset_index()
+    twins["item_id"] = ["new-a", "new-b", "new-c"]          # same metadata, never trained
+    np.testing.assert_allclose(new_item_vectors(model, p.item_features, twins), known[rows],
+                               rtol=1e-5, atol=1e-6)
+    # a category and attributes the model never saw: nothing to go on but the bias
+    stranger = twins.iloc[[0]].assign(category_id="no-such-category",
+                                      parent_category_id="nowhere", price=np.nan)
+    none = torch.zeros(1, dtype=torch.long)
+    bare = model.item_embed(-none - 1, -none - 1, none[:0], none).detach().numpy()
+    np.testing.assert_allclose(new_item_vectors(model, p.item_features, stranger), bare,
+                               rtol=1e-5, atol=1e-6)

@@ -15,7 +15,7 @@ from features.split import sort_events
 from models.bundle import load_index
 from models.index import INDEX_FILE
 from models.ranking import PURCHASE, popular_items, rank
-from serving.api import ItemRequest, RecommendRequest, RequestError
+from serving.api import ItemRequest, RecommendRequest, RequestError, SimilarRequest
 from serving.engine import Engine, model_version
 from serving.recommend import also_bought, model_card, recommend, similar_items
 from tests.helpers import history_events, make_events
@@ -194,13 +194,13 @@ def test_also_bought_without_pairs_is_embedding_neighbours(engine: Engine) -> No
     counts = np.diff(engine.bt_offsets)
     lonely = engine.ids[int(np.flatnonzero(counts == 0)[0])]
     out = also_bought(engine, ItemRequest(item_id=lonely, k=5))
-    near = similar_items(engine, ItemRequest(item_id=lonely, k=5))
+    near = similar_items(engine, SimilarRequest(item_id=lonely, k=5))
     assert out.strategy == "embedding" and ids(out) == ids(near)
 
 
 def test_similar_items_are_the_nearest_available_vectors(engine: Engine) -> None:
     row = int(engine.popular_rows[3])
-    out = similar_items(engine, ItemRequest(item_id=engine.ids[row], k=8))
+    out = similar_items(engine, SimilarRequest(item_id=engine.ids[row], k=8))
     vectors = engine.bundle.item_vectors
     cosine = vectors @ vectors[row]
     cosine[row] = -np.inf
@@ -214,10 +214,62 @@ def test_similar_items_are_the_nearest_available_vectors(engine: Engine) -> None
 def test_unknown_item_is_404_naming_the_field(engine: Engine) -> None:
     for handler in (also_bought, similar_items):
         with pytest.raises(RequestError) as err:
-            handler(engine, ItemRequest(item_id="no-such-item"))
+            handler(engine, SimilarRequest(item_id="no-such-item"))
         assert err.value.status == 404 and err.value.field == "item_id"
         body = err.value.body()
         assert body["detail"][0]["loc"] == ["item_id"] and "no-such-item" in body["error"]
+
+
+# --- "the same brand": answers that share attribute values ------------------------------------
+
+def test_similar_items_with_same_share_the_items_values(engine: Engine) -> None:
+    parents = engine.bundle.items["parent_category_id"].astype("string").to_numpy(dtype=object)
+    row = int(engine.popular_rows[3])
+    plain = similar_items(engine, SimilarRequest(item_id=engine.ids[row], k=20))
+    out = similar_items(engine, SimilarRequest(item_id=engine.ids[row], k=20,
+                                               same=["parent_category_id"]))
+    got = engine.rows_of(ids(out))
+    assert len(got) == 20 and (parents[got] == parents[row]).all()
+    assert out.strategy == "embedding:index:same=parent_category_id"
+    # the same ranking, narrowed: the plain answers of that parent come first, in order
+    plain_same = [i for i in ids(plain) if parents[engine.item_rows[i]] == parents[row]]
+    assert ids(out)[:len(plain_same)] == plain_same
+    assert (parents[engine.rows_of(ids(plain))] != parents[row]).any()   # it did narrow
+
+
+def test_recommend_with_same_keeps_the_shoppers_own_values(engine: Engine) -> None:
+    user = shopper_with_purchase(engine)
+    hist = engine.bundle.histories.of([user])
+    parents = engine.bundle.items["parent_category_id"].astype("string").to_numpy(dtype=object)
+    own = set(parents[hist.item_idx])
+    out = recommend(engine, RecommendRequest(user_id=user, k=30, same=["parent_category_id"]))
+    assert len(out.items) == 30
+    assert set(parents[engine.rows_of(ids(out))]) <= own
+    # a session item from another parent widens what counts as the shopper's own
+    other = next(r for r in engine.popular_rows if parents[r] not in own)
+    widened = recommend(engine, RecommendRequest(
+        user_id=user, k=200, same=["parent_category_id"],
+        recent_events=[{"item_id": engine.ids[other], "event": "view"}]))
+    assert parents[other] in set(parents[engine.rows_of(ids(widened))])
+    # a shopper without history has no values: nothing matches
+    assert recommend(engine, RecommendRequest(user_id="nobody", same=["category_id"])).items == []
+
+
+def test_same_with_an_unknown_attribute_or_no_value_is_an_error(engine: Engine) -> None:
+    item = engine.ids[int(engine.popular_rows[0])]
+    with pytest.raises(RequestError) as err:
+        similar_items(engine, SimilarRequest(item_id=item, same=["scent"]))
+    assert err.value.status == 400 and err.value.field == "same"
+    assert "'scent'" in err.value.message and "parent_category_id" in err.value.message
+    with pytest.raises(RequestError) as err:
+        recommend(engine, RecommendRequest(user_id="nobody", same=["popularity"]))
+    assert err.value.status == 400 and "'popularity'" in err.value.message   # derived, not metadata
+    items = engine.bundle.items.copy()
+    items.loc[int(engine.popular_rows[0]), "category_id"] = pd.NA
+    with pytest.raises(RequestError) as err:
+        similar_items(variant(engine, items=items), SimilarRequest(item_id=item,
+                                                                   same=["category_id"]))
+    assert err.value.status == 422 and "'category_id'" in err.value.message
 
 
 # --- request validation -------------------------------------------------------------------------

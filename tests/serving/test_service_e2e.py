@@ -73,6 +73,10 @@ def test_also_bought_similar_items_and_model(server: httpx.Client, shop) -> None
     assert truth.printer_item not in {i["item_id"] for i in items} and len(items) == 5
     near = post(server, "/similar_items", {"item_id": truth.printer_item, "k": 3})
     assert near.status_code == 200 and near.json()["strategy"] == "embedding:index"
+    same = post(server, "/similar_items", {"item_id": truth.printer_item, "k": 5,
+                                           "same": ["category_id"]})
+    assert same.status_code == 200, same.text
+    assert {i["category_id"] for i in same.json()["items"]} == {"printers"}
     card = server.post("/model")
     assert card.status_code == 200
     assert card.json()["test_metrics"]["tailor"]["ndcg@10"] > 0
@@ -91,6 +95,8 @@ def test_also_bought_similar_items_and_model(server: httpx.Client, shop) -> None
     ("/also_bought", {"item_id": "no-such-item"}, 404, "item_id"),
     ("/similar_items", {"item_id": "no-such-item", "k": 3}, 404, "item_id"),
     ("/also_bought", {"item_id": "i000001", "k": -1}, 400, "k"),
+    ("/similar_items", {"item_id": "i000001", "same": ["scent"]}, 400, "same"),
+    ("/recommend", {"user_id": "u1", "same": "brand"}, 400, "same"),
 ])
 def test_bad_input_is_a_4xx_naming_the_field(server: httpx.Client, route: str, body: object,
                                              status: int, field: str | None) -> None:
