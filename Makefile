@@ -75,7 +75,7 @@ MODEL ?= champion
 K ?= 50
 OUT ?= recs.csv
 SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),3000)
-.PHONY: serve recommend-batch
+.PHONY: serve recommend-batch segments
 serve: $(STAMP) ## serve MODEL (default champion) with BentoML at 127.0.0.1:PORT (default 3000)
 	@$(PY) -m serving.model_check "$(MODEL)"
 	TAILOR_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Tailor \
@@ -85,6 +85,10 @@ recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by
 	@$(PY) -m serving.batch --data "$(DATA)" --model "$(MODEL)" --k "$(K)" --out "$(OUT)" \
 		$(if $(USERS),--users "$(USERS)") \
 		$(if $(filter 1 yes true,$(EXCLUDE_SEEN)),--exclude-seen) $(ARGS)
+
+segments: $(STAMP) ## every shopper's segments (segments.toml + learned) by MODEL -> OUT folder, logged to MLflow
+	@$(PY) -m serving.segments --model "$(MODEL)" \
+		--out "$(if $(filter command line environment,$(origin OUT)),$(OUT),segments)" $(ARGS)
 
 # Trains unless MODEL is given on the command line (then serves that model).
 demo: $(STAMP) ## train a small model on the embedded shop, serve it, send example requests (PORT)

@@ -238,7 +238,8 @@ def log_to_mlflow(part: str, command: str, settings: dict[str, Any], metrics: di
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import configure, ensure_experiment, flatten, git_state, metric_key
+    from models.registry import configure, ensure_experiment
+    from training.tracking import flatten, git_state, metric_key
 
     client = MlflowClient(configure())
     experiment_id = ensure_experiment(EXPERIMENT, client)

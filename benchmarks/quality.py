@@ -26,9 +26,11 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks import common
 from benchmarks.als import ALS, ALSConfig
 from benchmarks.common import (
     EMBEDDED,
+    REAL_DATA,
     DataSet,
     bundle_dir,
     command_line,
@@ -71,6 +73,10 @@ class QualityBenchConfig:
         "",
         "extra flags for the training runs, e.g. '--epochs 2 --dim 32' (default: none, the "
         "settings `make train` uses)")
+    keep_others: bool = setting(
+        True,
+        "with --data, keep the other data sets' results from the last run "
+        "(benchmarks/results/quality.json), each with the date it was measured")
     served: bool = setting(
         True,
         "also measure the served model as a shop gets it: hold the newest days (or each shopper's"
@@ -188,6 +194,17 @@ def measure(ds: DataSet, cfg: QualityBenchConfig) -> dict[str, Any]:
             "als": als_info, "methods": results.drop(columns=["users"]).to_dict(orient="index")}
 
 
+def earlier_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last published runs of the data sets not in ``runs`` (measured on their own date)."""
+    path = common.RESULTS_DIR / "quality.json"
+    if not path.is_file():
+        return []
+    last = json.loads(path.read_text())
+    names = {run["name"] for run in runs}
+    return [run | {"measured": run.get("measured", last.get("date"))}
+            for run in last.get("results", {}).get("runs", []) if run["name"] not in names]
+
+
 # --- reporting ----------------------------------------------------------------------------------
 
 def main_metric(protocol: str) -> str:
@@ -219,7 +236,8 @@ def section(run: dict[str, Any]) -> str:
             f"`{run['spec']}` · training run {run['train_wall_seconds']:.0f} s in all (model fit "
             f"{run['fit']['seconds']:.0f} s, best epoch {run['fit']['best_epoch']} of "
             f"{run['fit']['epochs']}) · stack weights {run['stack_weights']} · ALS alpha "
-            f"{run['als']['alpha']} · on NDCG@10 the model ({model:.4f}) {verdict}.\n\n")
+            f"{run['als']['alpha']} · on NDCG@10 the model ({model:.4f}) {verdict}"
+            + (f" · measured {run['measured']}" if run.get("measured") else "") + ".\n\n")
     text += table(rows, ["method", *cols], headers={"fit_seconds": "fit s"}, digits=4)
     served = run.get("served")
     if served:
@@ -304,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(QualityBenchConfig, args)
     started = time.perf_counter()
-    runs = [measure(ds, cfg) for ds in data_sets(cfg)]
+    runs = [measure(ds, cfg) | {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            for ds in data_sets(cfg)]
+    if cfg.data and cfg.keep_others:
+        order = [ds.name for ds in (*REAL_DATA, EMBEDDED)]
+        runs = sorted(earlier_runs(runs) + runs,
+                      key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     markdown = summary(runs) + "\n" + "".join(section(run) for run in runs)
     say("\n" + markdown)
     metrics = {metric_key("quality", run["name"], method, name): value

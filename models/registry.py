@@ -74,6 +74,30 @@ def configure() -> str:
     return uri
 
 
+def experiment_name(spec_name: str) -> str:
+    return f"tailor-{spec_name}"
+
+
+def ensure_experiment(spec_name: str, client: MlflowClient | None = None) -> str:
+    """Id of the data set's experiment, created (or restored) as needed."""
+    client = client or MlflowClient(configure())
+    name = experiment_name(spec_name)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    root = artifact_root()
+    location = (root / re.sub(r"[^\w.-]", "_", name)).as_uri() if root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 # --- registry: promotion -----------------------------------------------------------------------
 
 def _alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

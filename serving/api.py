@@ -79,6 +79,28 @@ class SimilarRequest(ItemRequest):
                     "answers must share with this item")
 
 
+class SegmentRequest(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"user_id": "u000042"}})
+
+    user_id: Id
+    recent_events: list[SessionEvent] = Field(
+        default_factory=list, max_length=MAX_SESSION_EVENTS,
+        description="the current session's events, as for /recommend (this request only)")
+
+
+class Segment(BaseModel):
+    name: str
+    kind: str = Field(description="rule (the segments file) or learned (k-means over shoppers)")
+    rule: str = Field(description="the rule and its settings, or a learned segment's top "
+                                  "categories")
+
+
+class ShopperSegments(BaseModel):
+    user_id: str
+    model_version: str
+    segments: list[Segment]
+
+
 class ScoredItem(BaseModel):
     rank: int
     item_id: str

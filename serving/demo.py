@@ -76,6 +76,11 @@ def show(client: httpx.Client, title: str, route: str, body: dict,
     if response.status_code != 200:
         print(f"  HTTP {response.status_code}: {json.dumps(answer)}")
         return answer
+    if "segments" in answer:
+        print(f"  model {answer['model_version']} · {ms:.0f} ms")
+        for segment in answer["segments"]:
+            print(f"  - {segment['name']:<22} {segment['kind']:<8} {segment['rule']}")
+        return answer
     print(f"  strategy {answer['strategy']} · model {answer['model_version']} · {ms:.0f} ms")
     for item in answer["items"]:
         note = (mark or {}).get(item["item_id"], "")
@@ -123,7 +128,12 @@ def examples(client: httpx.Client) -> None:
     show(client, f"4. People who bought {titles.get(printer, printer)} ({printer}) also bought",
          "/also_bought", {"item_id": printer, "k": K},
          mark={truth.printer_ink: "   <- its ink (planted complement)"})
-    show(client, "5. Bad input gets a 4xx naming the field", "/recommend",
+    show(client, f"5. Items like {titles.get(printer, printer)}, only of its category "
+                 "(same: any item attribute: brand, scent, ...)", "/similar_items",
+         {"item_id": printer, "k": K, "same": ["category_id"]})
+    show(client, f"6. The segments {user} is in: the rules of segments.toml and a learned "
+                 "segment", "/segments", {"user_id": user})
+    show(client, "7. Bad input gets a 4xx naming the field", "/recommend",
          {"user_id": user, "k": 0})
 
 

@@ -31,10 +31,13 @@ from serving.api import (
     Recommendations,
     RecommendRequest,
     RequestError,
+    SegmentRequest,
+    ShopperSegments,
     SimilarRequest,
 )
 from serving.engine import Engine, load_engine
 from serving.recommend import also_bought, model_card, recommend, similar_items
+from serving.segments import segmenter_for_service, shopper_segments
 
 MODEL_ENV = "TAILOR_MODEL"
 DEFAULT_MODEL = "champion"
@@ -67,6 +70,8 @@ class Tailor:
         torch.set_num_threads(THREADS)
         faiss.omp_set_num_threads(THREADS)
         self.engine = load_engine(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
+        # The segments file is checked at start; learned segments are learned on first use.
+        self.segmenter = segmenter_for_service(self.engine)
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, **fields: Any) -> Recommendations:
@@ -83,6 +88,13 @@ class Tailor:
         """Items closest to this one in the item-embedding space; ``same`` keeps those that
         share the named attributes' values (same brand, same scent)."""
         return _answer(similar_items, self.engine, SimilarRequest(**fields))
+
+    @bentoml.api(route="/segments", input_spec=SegmentRequest)
+    async def segments(self, **fields: Any) -> ShopperSegments:
+        """The shopper's segments: the rules of $TAILOR_SEGMENTS (default segments.toml) they
+        meet and their learned segment (k-means over the shoppers' vectors, learned on the
+        first call)."""
+        return _answer(shopper_segments, self.segmenter, SegmentRequest(**fields))
 
     @bentoml.api(route="/model")
     def model(self) -> ModelCard:

@@ -40,12 +40,17 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
-from models.registry import CANDIDATE, MODEL_NAME, ROOT, artifact_root, configure
+from models.registry import (
+    CANDIDATE,
+    MODEL_NAME,
+    ROOT,
+    configure,
+    ensure_experiment,
+)
 from training.plots import comparison_chart, learning_curves
 
 CODE_PACKAGES = ("features", "models")  # shipped with the pyfunc so it loads anywhere
@@ -55,30 +60,6 @@ RUNTIME_PACKAGES = ("mlflow", "torch", "torchrec", "fbgemm-gpu-cpu", "tensordict
 # Meta keys that describe a cache or a timing, not the data: kept in data_meta.json only.
 NOT_FINGERPRINT = {"config", "report", "cache", "cache_dir", "seconds", "read_seconds"}
 DATA_TAGS = ("spec", "name", "hash", "protocol")
-
-
-def experiment_name(spec_name: str) -> str:
-    return f"tailor-{spec_name}"
-
-
-def ensure_experiment(spec_name: str, client: MlflowClient | None = None) -> str:
-    """Id of the data set's experiment, created (or restored) as needed."""
-    client = client or MlflowClient(configure())
-    name = experiment_name(spec_name)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    root = artifact_root()
-    location = (root / re.sub(r"[^\w.-]", "_", name)).as_uri() if root else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # another process created it first
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
 
 
 # --- naming ------------------------------------------------------------------------------------

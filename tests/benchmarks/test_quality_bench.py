@@ -63,3 +63,15 @@ def test_quality_bench_compares_every_method_on_one_split(
 def test_unknown_data_set_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown data set"):
         quality.data_sets(quality.QualityBenchConfig(data="Nowhere"))
+
+
+def test_a_partial_run_keeps_the_other_data_sets(isolated_outputs: Path) -> None:
+    results = isolated_outputs / "results"
+    results.mkdir()
+    (results / "quality.json").write_text(json.dumps({"date": "2026-11-30 10:00 UTC", "results": {
+        "runs": [{"name": "Toys", "methods": {}},
+                 {"name": "Tmall", "measured": "2026-11-29 09:00 UTC", "methods": {}},
+                 {"name": "synthetic", "methods": {}}]}}))
+    kept = quality.earlier_runs([{"name": "synthetic", "methods": {"tailor": {}}}])
+    assert [(r["name"], r["measured"]) for r in kept] == [
+        ("Toys", "2026-11-30 10:00 UTC"), ("Tmall", "2026-11-29 09:00 UTC")]

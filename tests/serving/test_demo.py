@@ -21,10 +21,12 @@ def test_demo_serves_and_prints_the_examples(bundle_dir: Path, shop) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for title in ("1. A returning shopper", "2. A first-time visitor", "3. The same visitor's",
-                  "4. People who bought", "5. Bad input"):
+                  "4. People who bought", "5. Items like", "6. The segments", "7. Bad input"):
         assert title in out, title
     assert "strategy history:full_scoring" in out and "strategy popular" in out
     assert "strategy session:full_scoring" in out and "HTTP 400" in out
+    assert "strategy embedding:index:same=category_id" in out
+    assert "- returning" in out and " learned " in out
     ink = next(line for line in out.splitlines() if "planted complement" in line)
     assert ink.split()[0] == "1." and truth.printer_ink in ink
     assert "curl -s -X POST http://127.0.0.1:" in out and "demo ready" in out

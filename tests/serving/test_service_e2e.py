@@ -40,7 +40,7 @@ def test_health_ready_metrics_and_openapi(server: httpx.Client) -> None:
     spec = server.get("/docs.json")
     assert spec.status_code == 200
     paths = spec.json()["paths"]
-    assert {"/recommend", "/also_bought", "/similar_items", "/model"} <= set(paths)
+    assert {"/recommend", "/also_bought", "/similar_items", "/segments", "/model"} <= set(paths)
     schema = paths["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert schema["example"]["user_id"] and "k" in schema["properties"]
 
@@ -83,6 +83,17 @@ def test_also_bought_similar_items_and_model(server: httpx.Client, shop) -> None
     assert card.json()["trained_at"]
 
 
+def test_segments_of_a_returning_shopper_and_a_first_visit(server: httpx.Client,
+                                                           engine: Engine) -> None:
+    user = sorted(engine.known_users)[0]
+    out = post(server, "/segments", {"user_id": user})
+    assert out.status_code == 200, out.text
+    kinds = {s["name"]: s["kind"] for s in out.json()["segments"]}
+    assert kinds.get("returning") == "rule" and list(kinds.values()).count("learned") == 1
+    new = post(server, "/segments", {"user_id": "never-seen"}).json()["segments"]
+    assert [s["name"] for s in new] == ["first-time visitor"]
+
+
 @pytest.mark.parametrize(("route", "body", "status", "field"), [
     ("/recommend", b'{"user_id": "u1", "k": ', 400, None),
     ("/recommend", {"k": 5}, 400, "user_id"),
@@ -97,6 +108,7 @@ def test_also_bought_similar_items_and_model(server: httpx.Client, shop) -> None
     ("/also_bought", {"item_id": "i000001", "k": -1}, 400, "k"),
     ("/similar_items", {"item_id": "i000001", "same": ["scent"]}, 400, "same"),
     ("/recommend", {"user_id": "u1", "same": "brand"}, 400, "same"),
+    ("/segments", {"user_id": ""}, 400, "user_id"),
 ])
 def test_bad_input_is_a_4xx_naming_the_field(server: httpx.Client, route: str, body: object,
                                              status: int, field: str | None) -> None:

@@ -29,14 +29,19 @@ from features.pipeline import Prepared, build
 from features.spec import parse_spec
 from features.synthetic import generate
 from models.bundle import Bundle, build_bundle
-from models.registry import ChampionSawTestData, promote, resolve_model, tracking_uri
+from models.registry import (
+    ChampionSawTestData,
+    experiment_name,
+    promote,
+    resolve_model,
+    tracking_uri,
+)
 from models.two_tower import TwoTower, TwoTowerConfig
 from tests.helpers import aliases, isolated_store
 from training.fit import TrainConfig
 from training.tracking import (
     RunLogger,
     data_fingerprint,
-    experiment_name,
     flatten,
     markdown_table,
     metric_key,
