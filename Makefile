@@ -75,7 +75,7 @@ MODEL ?= champion
 K ?= 50
 OUT ?= recs.csv
 SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),3000)
-.PHONY: serve recommend-batch segments
+.PHONY: serve recommend-batch segments campaign
 serve: $(STAMP) ## serve MODEL (default champion) with BentoML at 127.0.0.1:PORT (default 3000)
 	@$(PY) -m serving.model_check "$(MODEL)"
 	TAILOR_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Tailor \
@@ -89,6 +89,11 @@ recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by
 segments: $(STAMP) ## every shopper's segments (segments.toml + learned) by MODEL -> OUT folder, logged to MLflow
 	@$(PY) -m serving.segments --model "$(MODEL)" \
 		--out "$(if $(filter command line environment,$(origin OUT)),$(OUT),segments)" $(ARGS)
+
+campaign: $(STAMP) ## top-K items for every shopper of SEGMENT by MODEL -> OUT folder (Parquet + CSV)
+	@$(PY) -m serving.campaign --model "$(MODEL)" --segment "$(SEGMENT)" \
+		--k "$(if $(filter command line environment,$(origin K)),$(K),10)" \
+		--out "$(if $(filter command line environment,$(origin OUT)),$(OUT),campaign)" $(ARGS)
 
 # Trains unless MODEL is given on the command line (then serves that model).
 demo: $(STAMP) ## train a small model on the embedded shop, serve it, send example requests (PORT)

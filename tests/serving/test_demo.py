@@ -27,6 +27,7 @@ def test_demo_serves_and_prints_the_examples(bundle_dir: Path, shop) -> None:
     assert "strategy session:full_scoring" in out and "HTTP 400" in out
     assert "strategy embedding:index:same=category_id" in out
     assert "- returning" in out and " learned " in out
+    assert "8. A campaign file" in out and '"cart abandoner",1,' in out
     ink = next(line for line in out.splitlines() if "planted complement" in line)
     assert ink.split()[0] == "1." and truth.printer_ink in ink
     assert "curl -s -X POST http://127.0.0.1:" in out and "demo ready" in out
