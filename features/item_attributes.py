@@ -39,9 +39,9 @@ def _column_tokens(name: str, values: pd.Series) -> list[list[str]]:
         number = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
         buckets = np.sign(number) * np.floor(np.log2(1.0 + np.abs(number)))
         return [[f"{name}=log2:{int(b)}"] if np.isfinite(b) else [] for b in buckets]
-    text = values.astype("string")
-    return [[f"{name}={v}"] if v is not pd.NA and str(v).strip() else []
-            for v in text.tolist()]
+    # Tokens are joined by spaces: a value's own spaces become "_" ("acme corp": acme_corp).
+    text = values.astype("string").str.strip().str.replace(r"\s+", "_", regex=True)
+    return [[f"{name}={v}"] if v is not pd.NA and v else [] for v in text.tolist()]
 
 
 def attribute_tokens(items: pd.DataFrame, item_ids: pd.Series, *,

@@ -17,7 +17,7 @@ def catalog() -> pd.DataFrame:
         "item_id": pd.array(["a", "b", "c", "d"], dtype="string"),
         "category_id": pd.array(["x", "x", "y", "y"], dtype="string"),
         "available": [True, True, False, True],
-        "brand": pd.array(["acme", "acme", "zeta", pd.NA], dtype="string"),
+        "brand": pd.array(["acme corp", " acme  corp", "zeta", pd.NA], dtype="string"),
         "title": pd.array(["A", "B", "C", "D"], dtype="string"),   # unique: not an attribute
         "attributes": pd.array(["1 2", "2", "", "1 9"], dtype="string"),
         "price": [1.0, 2.0, 3.0, 4.0],
@@ -28,8 +28,8 @@ def test_tokens_per_column_kind() -> None:
     tokens = attribute_tokens(catalog(), pd.Series(["a", "b", "c", "d", "new"])).tolist()
     # brand=zeta and attributes=9 sit on one item only and are dropped, like every title;
     # prices 1 and 2 share the bucket log2:1 (log2(1 + price) in [1, 2)), 3 and 4 the next one
-    assert tokens == ["brand=acme attributes=1 attributes=2 price=log2:1",
-                      "brand=acme attributes=2 price=log2:1", "price=log2:2",
+    assert tokens == ["brand=acme_corp attributes=1 attributes=2 price=log2:1",
+                      "brand=acme_corp attributes=2 price=log2:1", "price=log2:2",
                       "attributes=1 price=log2:2", ""]
 
 
