@@ -37,9 +37,15 @@ class DataError(TailorError):
     """Bad input data: a file, row, column or value that readers and validation refuse."""
 
 
+DEBUG_ENV = "TAILOR_DEBUG"
+
+
 def run_cli(main: Callable[[], int]) -> None:
     """Run ``main``; a user's mistake becomes one line on stderr and exit code 2, never a
-    traceback; Ctrl-C exits 130."""
+    traceback; Ctrl-C exits 130. With ``TAILOR_DEBUG=1`` errors keep their full traceback (a
+    ValueError from inside numpy or torch looks like a user's mistake otherwise)."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes"):
+        sys.exit(main())
     try:
         code = main()
     except TailorError as exc:

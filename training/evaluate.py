@@ -112,7 +112,7 @@ def evaluate_task(recommender: Recommender, task: EvalTask, ks: Iterable[int] = 
     if progress:
         from tqdm import tqdm  # local: only when asked for
 
-        starts = tqdm(starts, desc=f"evaluate {recommender.name}", unit="batch")
+        starts = tqdm(starts, desc=f"evaluate {recommender.name}", unit="batch", disable=None)
     for start in starts:
         stop = min(start + batch_size, len(task))
         hist = task.histories.select(np.arange(start, stop))

@@ -138,8 +138,9 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
             batches = length_bucketed_batches(windows, cfg.batch_tokens, rng)
             trained.train()
             total, seen, t0 = 0.0, 0, time.perf_counter()
-            bar = tqdm(batches, disable=not cfg.progress, desc=f"epoch {epoch}", leave=False,
-                       mininterval=1.0)
+            # disable=None: a bar on a terminal only; a log file gets the epoch lines below
+            bar = tqdm(batches, disable=None if cfg.progress else True, desc=f"epoch {epoch}",
+                       leave=False, mininterval=1.0)
             for step, idx in enumerate(bar):
                 counts = True
                 if group is not None:

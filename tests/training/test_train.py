@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 import training.refit as refit_module
 import training.train as train
 from features.config import FeatureConfig, add_config_args, config_from_args, setting
-from features.infra import run_cli
+from features.infra import DataError, run_cli
 from features.pipeline import Prepared, prepare
 from features.schema import EVENT_TYPES
 from features.spec import parse_spec
@@ -109,6 +109,13 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
     with pytest.raises(SystemExit) as done:
         run_cli(lambda: train.main(["--valid-users", "0"]))
     assert done.value.code == 2 and "--valid-users" in capsys.readouterr().err
+
+
+def test_tailor_debug_keeps_the_traceback(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAILOR_DEBUG", "1")
+    with pytest.raises(DataError, match="nonexistent.csv"):
+        run_cli(lambda: train.main(["--data", f"events:{tmp_path}/nonexistent.csv"]))
 
 
 # --- fixtures: a throw-away store, one real run -------------------------------------------------
