@@ -144,9 +144,11 @@ def shopper_segments(segmenter: Segmenter, request: SegmentRequest) -> ShopperSe
 
 
 def segmenter_for_service(engine: Engine) -> Segmenter:
-    """The service's segments: ``$TAILOR_SEGMENTS`` (a rules file) or the default one."""
-    return Segmenter(engine, SegmentConfig(rules=os.environ.get(RULES_ENV) or
-                                           str(DEFAULT_RULES)))
+    """The service's segments: ``$TAILOR_SEGMENTS`` (a rules file, which must exist) or the
+    project's ``segments.toml`` when there is one (an installed package has none: learned
+    segments only)."""
+    rules = os.environ.get(RULES_ENV) or (str(DEFAULT_RULES) if DEFAULT_RULES.is_file() else "")
+    return Segmenter(engine, SegmentConfig(rules=rules))
 
 
 # --- make segments ------------------------------------------------------------------------------
