@@ -15,7 +15,13 @@ from mlflow.tracking import MlflowClient
 from features.infra import DataError
 from serving.api import SegmentRequest
 from serving.engine import Engine
-from serving.segments import SegmentConfig, Segmenter, main, shopper_segments
+from serving.segments import (
+    SegmentConfig,
+    Segmenter,
+    main,
+    segmenter_for_service,
+    shopper_segments,
+)
 from tests.helpers import isolated_store
 
 RULES = """
@@ -112,3 +118,14 @@ def test_make_segments_writes_the_table_profiles_picture_and_logs_them(
     assert (out / "segments.png").stat().st_size > 10_000
     assert run.data.metrics["segment/returning/shoppers"] == profiles["shoppers"]
     assert "segments/segments.png" in artifacts
+
+
+def test_the_service_reads_tailor_segments_or_the_projects_file(
+        engine: Engine, rules_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TAILOR_SEGMENTS", raising=False)
+    assert "frequent buyer" in [r.name for r in segmenter_for_service(engine).rules]
+    monkeypatch.setenv("TAILOR_SEGMENTS", str(rules_file))
+    assert "printer people" in [r.name for r in segmenter_for_service(engine).rules]
+    monkeypatch.setenv("TAILOR_SEGMENTS", str(tmp_path / "missing.toml"))
+    with pytest.raises(DataError, match="cannot read the segments file"):
+        segmenter_for_service(engine)
