@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-# Public interface (README): DATA, MODEL, K, OUT, USERS, EXCLUDE_SEEN, PORT, NPROC, EPOCHS.
+# Public interface (README): DATA, MODEL, K, OUT, USERS, EXCLUDE_SEEN, PORT, NPROC, EPOCHS, SEGMENT.
 DATA ?= synthetic
 ARGS ?=
 
