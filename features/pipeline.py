@@ -27,7 +27,7 @@ from features.spec import DataSpec
 from features.split import Split, make_split
 from features.vocab import Vocabulary
 
-FEATURES_VERSION = "2"  # bump when any stage's output changes, so old caches are not reused
+FEATURES_VERSION = "3"  # bump when any stage's output changes, so old caches are not reused
 TABLES = ("events", "items", "targets", "item_vocab", "item_features", "bought_together")
 
 
