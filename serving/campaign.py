@@ -27,10 +27,10 @@ from features.config import add_config_args, config_from_args, setting
 from features.infra import DataError, atomic_path, run_cli
 from features.segments import evaluate
 from models.ranking import MAX_K, exclusions, rank
+from serving.batch import CELLS_PER_CHUNK
 from serving.engine import Engine, load_engine
 from serving.segments import SegmentConfig, Segmenter, learned_name
 
-CHUNK_USERS = 20_000
 SCHEMA = pa.schema([("user_id", pa.string()), ("segment", pa.string()), ("rank", pa.int32()),
                     ("item_id", pa.string()), ("title", pa.string()),
                     ("category_id", pa.string()), ("score", pa.float32())])
@@ -40,13 +40,15 @@ SCHEMA = pa.schema([("user_id", pa.string()), ("segment", pa.string()), ("rank",
 class CampaignConfig:
     segment: str = setting("", "the segment: a name in the segments file, or learned-N")
     k: int = setting(10, "items per shopper")
-    chunk_users: int = setting(CHUNK_USERS, "shoppers ranked and written at a time")
+    chunk_users: int = setting(
+        0, "shoppers ranked and written at a time (0: as many as keep one chunk's scores near "
+           f"{CELLS_PER_CHUNK // 1_000_000}M cells, as the batch does)")
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= MAX_K:
             raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
-        if self.chunk_users < 1:
-            raise ValueError("chunk_users must be >= 1")
+        if self.chunk_users < 0:
+            raise ValueError("chunk_users must be >= 0")
 
 
 def members(segmenter: Segmenter, segment: str) -> np.ndarray:
@@ -98,17 +100,19 @@ def export(engine: Engine, segmenter: Segmenter, cfg: CampaignConfig, out: Path,
            progress: bool = True) -> dict:
     """Rank every shopper of the segment and stream the rows into ``out`` (a folder)."""
     positions = members(segmenter, cfg.segment)
+    # Full scoring holds a (shoppers x items) score matrix per chunk: size chunks by cells.
+    chunk = cfg.chunk_users or max(64, CELLS_PER_CHUNK // max(len(engine.ids), 1))
     rows = 0
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         with pq.ParquetWriter(tmp / "campaign.parquet", SCHEMA) as parquet, \
                 pa_csv.CSVWriter(tmp / "campaign.csv", SCHEMA) as csv:
-            starts = range(0, len(positions), cfg.chunk_users)
+            starts = range(0, len(positions), chunk)
             bar = tqdm(starts, desc="campaign", unit="chunk",
                        disable=None if progress else True)   # None: only on a terminal
             for start in bar:
                 table = chunk_table(engine, cfg.segment,
-                                    positions[start:start + cfg.chunk_users], cfg.k)
+                                    positions[start:start + chunk], cfg.k)
                 parquet.write_table(table)
                 csv.write_table(table)
                 rows += table.num_rows
