@@ -41,7 +41,7 @@ from benchmarks.common import (
     select,
     table,
 )
-from benchmarks.served import run
+from benchmarks.served import last_events, run
 from features.config import add_config_args, config_from_args, setting
 from features.infra import run_cli
 from features.item_attributes import AttributeTable, attribute_tokens
@@ -81,9 +81,7 @@ def hold_out_items(ds: DataSet, folder: Path, share: float, seed: int) -> ColdHo
     rng = np.random.default_rng(seed)
     new = set(rng.choice(items, size=int(round(share * len(items))), replace=False))
     is_new = events["item_id"].isin(new).to_numpy()
-    per_user = events.groupby("user_id", sort=False, observed=True)
-    last = (per_user.cumcount(ascending=False) == 0).to_numpy() & \
-        (per_user["item_id"].transform("size") >= 3).to_numpy()
+    last = last_events(events)
     seen = events[~last & ~is_new]
     targets = events[last & is_new]
     targets = targets[targets["user_id"].isin(seen["user_id"])][["user_id", "item_id"]]

@@ -81,9 +81,7 @@ def hold_out(spec: DataSpec, folder: Path, days: float | None = None) -> HoldOut
         new_items = first.index[first >= cut - days * DAY].to_numpy(dtype=object)
         protocol, cut_text = "temporal", str(cut)
     else:
-        per_user = events.groupby("user_id", sort=False, observed=True)
-        last = (per_user.cumcount(ascending=False) == 0).to_numpy() & \
-            (per_user["item_id"].transform("size") >= 3).to_numpy()
+        last = last_events(events)
         seen, targets = events[~last], events[last]
         protocol, cut_text = "leave-one-out", None
     targets = targets[targets["item_id"].isin(seen["item_id"])]
@@ -102,6 +100,14 @@ def hold_out(spec: DataSpec, folder: Path, days: float | None = None) -> HoldOut
     users = folder / "users.txt"
     users.write_text("\n".join(targets["user_id"].astype(str).unique()) + "\n")
     return HoldOut(text, users, targets, protocol, cut_text, seen, data.items, new_items)
+
+
+def last_events(events: pd.DataFrame, min_events: int = 3) -> np.ndarray:
+    """Leave-one-out: True on each shopper's last event (``events`` sorted per shopper), for the
+    shoppers with at least ``min_events`` events."""
+    per_user = events.groupby("user_id", sort=False, observed=True)
+    return (per_user.cumcount(ascending=False) == 0).to_numpy() & \
+        (per_user["item_id"].transform("size") >= min_events).to_numpy()
 
 
 def _predefined(events: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -87,7 +87,7 @@ def parse_rules(doc: dict[str, Any], path: str = "segments",
         raise DataError("no [[segment]] tables", path=path)
     rules, seen = [], set()
     for i, table in enumerate(tables):
-        line = (lines or [])[i] if lines and i < len(lines) else None
+        line = lines[i] if lines and i < len(lines) else None
 
         def fail(message: str, column: str | None = None, value: object = None,
                  line: int | None = line) -> DataError:

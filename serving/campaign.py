@@ -55,15 +55,14 @@ def members(segmenter: Segmenter, segment: str) -> np.ndarray:
     """Positions (in the stored histories) of the shoppers in ``segment``."""
     hist = segmenter.engine.bundle.histories
     names = [r.name for r in segmenter.rules]
+    learned = [learned_name(s) for s in range(segmenter.cfg.learned)]
     if segment in names:
         j = names.index(segment)
         found = evaluate(segmenter.rules[j:j + 1], hist, segmenter.engine.categories,
                          segmenter.engine.parents)[:, 0]
-    elif segment.startswith("learned-") and segmenter.learned is not None and \
-            segment in {learned_name(s) for s in range(len(segmenter.learned))}:
-        found = segmenter.assignment == int(segment.removeprefix("learned-"))
+    elif segment in learned:
+        found = segmenter.assignment == learned.index(segment)
     else:
-        learned = [learned_name(s) for s in range(segmenter.cfg.learned)]
         raise DataError(f"unknown segment (segments: {', '.join(names + learned)})",
                         column="segment", value=segment)
     positions = np.flatnonzero(found)
