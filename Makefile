@@ -81,9 +81,10 @@ serve: $(STAMP) ## serve MODEL (default champion) with BentoML at 127.0.0.1:PORT
 	TAILOR_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Tailor \
 		--host 127.0.0.1 --port $(SERVE_PORT) $(ARGS)
 
-recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by MODEL -> OUT (EXCLUDE_SEEN=1)
+recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by MODEL -> OUT (EXCLUDE_SEEN=1, DIVERSITY, RULES)
 	@$(PY) -m serving.batch --data "$(DATA)" --model "$(MODEL)" --k "$(K)" --out "$(OUT)" \
 		$(if $(USERS),--users "$(USERS)") \
+		$(if $(DIVERSITY),--diversity "$(DIVERSITY)") $(if $(RULES),--rules "$(RULES)") \
 		$(if $(filter 1 yes true,$(EXCLUDE_SEEN)),--exclude-seen) $(ARGS)
 
 segments: $(STAMP) ## every shopper's segments (segments.toml + learned) by MODEL -> OUT folder, logged to MLflow

@@ -13,7 +13,8 @@ availability mask, the popularity order); ``rank`` turns histories into top-k it
 
 Unavailable items never come back; ``allowed`` narrows further (a category); ``exclude`` holds
 per-history item rows that must not come back (purchases, seen items, explicit ids), chosen by
-``exclusions``. ``k`` is capped at ``MAX_K`` everywhere.
+``exclusions``; a merchandising ``Plan`` filters and then arranges the top candidates (diversity,
+boosts, pins: ``models/merchandising.py``). ``k`` is capped at ``MAX_K`` everywhere.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from features.history import Histories
 from features.schema import EVENT_TYPES
 from models.bundle import Bundle
 from models.index import ItemIndex
+from models.merchandising import Catalog, Plan, arrange, pool_size
 from models.scoring import TwoTowerRecommender
 
 MAX_K = 1000
@@ -66,6 +68,7 @@ class Ranker:
             not self.recommender.model.cfg.interest else "full_scoring"
         # "Now" for ages: the end of the data the model knows (a session may move it later).
         self.now_ms = bundle.now_ms
+        self.catalog = Catalog(bundle.item_vocab.ids, bundle.items, bundle.item_vectors)
 
     def histories(self, users: np.ndarray | list[str]) -> Histories:
         """The stored histories of ``users`` as of the end of the data, as every path sees them."""
@@ -77,6 +80,7 @@ class Ranked:
     rows: np.ndarray       # (n, k) item rows, -1 pads
     scores: np.ndarray     # (n, k) float32, -inf pads
     personal: np.ndarray   # (n,) bool: ranked from the history (else popularity)
+    flags: np.ndarray | None = None   # (n, k) int8: why each item holds its slot (merchandising)
 
 
 def exclusions(histories: Histories, *, purchased: bool = True, seen: bool = False,
@@ -103,12 +107,25 @@ def exclusions(histories: Histories, *, purchased: bool = True, seen: bool = Fal
 
 
 def rank(ranker: Ranker, histories: Histories, k: int, exclude: list[np.ndarray] | None = None,
-         allowed: np.ndarray | None = None) -> Ranked:
+         allowed: np.ndarray | None = None, plan: Plan | None = None) -> Ranked:
     """Top-``k`` item rows per history: the model for histories with a known item, the popular
-    fallback for the others. ``allowed`` narrows the available items; ``exclude`` per history."""
+    fallback for the others. ``allowed`` narrows the available items; ``exclude`` per history;
+    ``plan`` (``models.merchandising``) filters, then arranges the model's top candidates."""
     k = check_k(k)
-    n = len(histories)
     allowed = ranker.available if allowed is None else allowed & ranker.available
+    if plan is not None and plan.allowed is not None:
+        allowed = allowed & plan.allowed
+    if plan is None or plan.plain:
+        return _rank(ranker, histories, k, exclude, allowed)
+    pool = _rank(ranker, histories, pool_size(k), exclude, allowed)
+    rows, scores, flags = arrange(plan, ranker.catalog, pool.rows, pool.scores, k,
+                                  blocked=exclude, allowed=allowed)
+    return Ranked(rows, scores, pool.personal, flags)
+
+
+def _rank(ranker: Ranker, histories: Histories, k: int, exclude: list[np.ndarray] | None,
+          allowed: np.ndarray) -> Ranked:
+    n = len(histories)
     rows = np.full((n, k), -1, dtype=np.int64)
     scores = np.full((n, k), -np.inf, dtype=np.float32)
     personal = histories.lengths > 0

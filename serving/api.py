@@ -6,7 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
 from models.ranking import MAX_K
 
@@ -14,6 +22,8 @@ DEFAULT_K = 10
 MAX_SESSION_EVENTS = 1000   # only the last history_len count; the bound keeps requests cheap
 MAX_EXCLUDE = 10_000
 MAX_SAME = 16
+MAX_CART = 100
+MAX_RULES = 100   # boosts or excluded categories in one request
 
 # --- request and response models (the OpenAPI page shows their examples) ---------------------
 
@@ -34,13 +44,60 @@ class SessionEvent(ApiModel):
                           "list order")
 
 
-class RecommendRequest(ApiModel):
+class BoostRule(ApiModel):
+    item_id: Id | None = None
+    category: Id | None = Field(None, description="a leaf or parent category id")
+    multiply: float = Field(1.0, ge=0, le=1000, description="multiplies the item's relevance "
+                                                             "(0..1 within the candidates)")
+    add: float = Field(0.0, ge=-1000, le=1000, description="added to the relevance")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> BoostRule:
+        if (self.item_id is None) == (self.category is None):
+            raise ValueError("a boost names either item_id or category")
+        if self.multiply == 1 and self.add == 0:
+            raise ValueError("a boost needs multiply (not 1) or add (not 0)")
+        return self
+
+
+class PinRule(ApiModel):
+    item_id: Id
+    slot: StrictInt = Field(ge=1, le=MAX_K, description="1 is the top of the list")
+
+
+class Merchandising(ApiModel):
+    """Per-request merchandising, on top of the rules file (rules.toml or $TAILOR_RULES)."""
+
+    diversity: float | None = Field(
+        None, ge=0, le=1, description="0..1: re-rank the top candidates by maximal marginal "
+                                      "relevance on the item vectors (0: the model's order); "
+                                      "default: the rules file's, else the measured default")
+    max_per_category: StrictInt | None = Field(
+        None, ge=0, le=MAX_K, description="at most this many items of one leaf category "
+                                          "(0: no cap)")
+    exclude_categories: list[Id] = Field(default_factory=list, max_length=MAX_RULES,
+                                         description="leaf or parent categories left out")
+    price_min: float | None = Field(None, ge=0, description="only items priced at least this")
+    price_max: float | None = Field(None, ge=0, description="only items priced at most this")
+    boosts: list[BoostRule] = Field(default_factory=list, max_length=MAX_RULES)
+    max_boosted: StrictInt | None = Field(None, ge=0, le=MAX_K,
+                                          description="at most this many boosted items "
+                                                      "(0: no cap)")
+    pins: list[PinRule] = Field(default_factory=list, max_length=20,
+                                description="items at fixed slots (a promotion)")
+    explain: StrictBool = Field(True, description="give each item its `because`")
+
+
+class RecommendRequest(Merchandising):
     # One "example" (BentoML's OpenAPI schema has no "examples"): a returning shopper's session.
     model_config = ConfigDict(json_schema_extra={"example": {
         "user_id": "u000042", "k": 5,
         "recent_events": [{"item_id": "i000123", "event": "view"},
                           {"item_id": "i000123", "event": "addtocart"}],
-        "exclude_items": [], "exclude_purchased": True, "category": None}})
+        "exclude_items": [], "exclude_purchased": True, "category": None,
+        "diversity": 0.3, "max_per_category": 3,
+        "boosts": [{"category": "c01", "multiply": 1.5}],
+        "pins": [{"item_id": "i000042", "slot": 1}]}})
 
     user_id: Id = Field(description="the shopper; unknown ids are served from the session or "
                                     "by popularity")
@@ -79,6 +136,18 @@ class SimilarRequest(ItemRequest):
                     "answers must share with this item")
 
 
+class CartRequest(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "user_id": "u000042", "cart": ["i000123", "i000456"], "k": 5}})
+
+    user_id: Id | None = Field(None, description="the shopper, when known: their history "
+                                                 "orders what the cart statistics leave open")
+    cart: list[Id] = Field(min_length=1, max_length=MAX_CART, description="the items in the "
+                                                                           "cart")
+    k: K = DEFAULT_K
+    explain: StrictBool = Field(True, description="give each item its `because`")
+
+
 class SegmentRequest(ApiModel):
     model_config = ConfigDict(json_schema_extra={"example": {"user_id": "u000042"}})
 
@@ -101,19 +170,43 @@ class ShopperSegments(BaseModel):
     segments: list[Segment]
 
 
+class Because(BaseModel):
+    kind: str = Field(description="viewed | carted | bought (this item, in the history) | "
+                                  "similar_to (a history item) | bought_together (a cart item) "
+                                  "| popular | popular_in_category | boosted | pinned | model")
+    item_id: str | None = Field(None, description="the history or cart item behind it")
+    event: str | None = Field(None, description="similar_to: the shopper's strongest event on "
+                                                "that item")
+    score_drop: float | None = Field(None, description="how much this item's score falls "
+                                                       "without that history item")
+    rule: str | None = Field(None, description="boosted: the boost")
+
+
 class ScoredItem(BaseModel):
     rank: int
     item_id: str
-    score: float
+    score: float | None = Field(description="the model's score (null: a pinned item the model "
+                                            "did not rank)")
     title: str | None = None
     category_id: str | None = None
-    source: str | None = Field(None, description="also_bought: bought_together or embedding")
+    source: str | None = Field(None, description="also_bought: bought_together or embedding; "
+                                                 "complete_cart: bought_together, model or "
+                                                 "substitute")
+    because: Because | None = None
 
 
 class Recommendations(BaseModel):
     user_id: str
     strategy: str = Field(description="history|history+session|session, then ':index' or "
                                       "':full_scoring'; or popular / popular:category")
+    model_version: str
+    items: list[ScoredItem]
+
+
+class CartCompletion(BaseModel):
+    user_id: str | None
+    cart: list[str]
+    strategy: str
     model_version: str
     items: list[ScoredItem]
 

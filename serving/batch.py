@@ -8,7 +8,8 @@ is ``models.ranking.rank``, the code path of ``/recommend`` and the pyfunc: the 
 recommender for shoppers with a known item, the popular items of the model's recent window for
 the others.
 As ``/recommend`` does by default, items a shopper bought (anywhere in DATA) do not come back;
-``--exclude-seen`` leaves out everything they interacted with.
+``--exclude-seen`` leaves out everything they interacted with. The merchandising rules file
+(filters, boosts, pins, diversity: ``serving/merchandise.py``) applies as in the service.
 Shoppers are scored in chunks (one user-tower forward and one scoring call per chunk). Output:
 ``user_id,item_id,rank,score``, rank from 1, best first; written to a temporary file and moved
 into place, so a failed run leaves an existing OUT as it was.
@@ -33,9 +34,12 @@ from features.config import add_config_args, config_from_args, setting
 from features.history import build_histories
 from features.infra import DataError, atomic_path, run_cli
 from features.readers import read_events
+from features.rules import NO_RULES, Rules
 from features.split import sort_events
+from models.merchandising import Plan, make_plan, pool_size
 from models.ranking import MAX_K, rank
 from serving.engine import Engine, load_engine
+from serving.merchandise import rules_path
 
 CELLS_PER_CHUNK = 10_000_000   # users x items scored at once (~40 MB of float32 scores)
 MAX_WORKERS = 4                # default bound on chunks in flight (each holds a few copies)
@@ -53,6 +57,13 @@ class BatchConfig:
         False,
         "leave out every item the shopper interacted with in DATA (views and carts too)")
     chunk_users: int = setting(0, "shoppers scored per chunk (0: chosen from the catalog size)")
+    diversity: float | None = setting(
+        None,
+        "0..1: re-rank each list's top candidates by maximal marginal relevance, as "
+        "/recommend's diversity (default: the rules file's, else the measured default)")
+    max_per_category: int | None = setting(
+        None, "at most this many items of one leaf category per list (0: no cap; default: the "
+              "rules file's)")
     workers: int = setting(
         0,
         f"chunks ranked in parallel threads (0: one per CPU core, "
@@ -63,6 +74,10 @@ class BatchConfig:
             raise ValueError(f"k must be in 1..{MAX_K}, got {self.k}")
         if self.chunk_users < 0 or self.workers < 0:
             raise ValueError("chunk_users and workers must be >= 0")
+        if self.diversity is not None and not 0 <= self.diversity <= 1:
+            raise ValueError(f"diversity must be in 0..1, got {self.diversity}")
+        if self.max_per_category is not None and self.max_per_category < 0:
+            raise ValueError(f"max_per_category must be >= 0, got {self.max_per_category}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="registered alias or version, MLflow run id, or bundle folder "
                           "(default: %(default)s)")
     run.add_argument("--out", default="recs.csv", help="CSV to write (default: %(default)s)")
+    run.add_argument("--rules", metavar="FILE",
+                     help="merchandising rules (filters, boosts, pins, diversity) as the service "
+                          "reads them (default: $TAILOR_RULES, else rules.toml when it exists)")
     run.add_argument("--users", metavar="FILE",
                      help="only these shoppers, one id a line (ids without events in DATA get "
                           "the popular items)")
@@ -108,11 +126,14 @@ def batch_recommend(engine: Engine, events: pd.DataFrame, users: np.ndarray | No
         mine = events if cfg.exclude_seen else events[events["event"] == "purchase"]
         seen = seen_items(mine, users, vocab.lookup(mine["item_id"]))
     chunk = cfg.chunk_users or max(64, CELLS_PER_CHUNK // max(len(vocab), 1))
+    plan = batch_plan(engine, cfg)
+    if not plan.plain:   # each list's candidates are scored: pool_size(k) of them, not k
+        chunk = max(16, chunk * cfg.k // pool_size(cfg.k))
 
     def ranked(start: int):
         positions = np.arange(start, min(start + chunk, len(users)))
         return rank(engine, histories.select(positions), cfg.k,
-                    exclude=None if seen is None else seen[start:start + chunk])
+                    exclude=None if seen is None else seen[start:start + chunk], plan=plan)
 
     # Threads: torch, scipy and numpy release the GIL in the heavy parts, and a single chunk
     # leaves cores idle in its single-threaded numpy passes.
@@ -132,6 +153,13 @@ def batch_recommend(engine: Engine, events: pd.DataFrame, users: np.ndarray | No
         "score": scores[valid].astype(np.float64),
     })
     return frame, {"users": len(users), "personal": personal, "rows": len(frame)}
+
+
+def batch_plan(engine: Engine, cfg: BatchConfig) -> Plan:
+    """The engine's rules file with the batch's diversity and category cap on top."""
+    rules, plan = engine.rules.current()
+    extra = Rules(diversity=cfg.diversity, max_per_category=cfg.max_per_category)
+    return plan if extra == NO_RULES else make_plan(rules.merged(extra), engine.catalog)
 
 
 def seen_items(events: pd.DataFrame, users: np.ndarray, item_rows: np.ndarray
@@ -165,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     users = read_users(args.users) if args.users else None
     spec = spec_from_args(args)
-    engine = load_engine(args.model)
+    engine = load_engine(args.model, rules=Path(args.rules) if args.rules else rules_path())
     data = read_events(spec)
     loaded = time.perf_counter()
     frame, summary = batch_recommend(engine, data.events, users, cfg)

@@ -23,6 +23,7 @@ from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
 from models.ranking import Ranker
 from models.registry import MODEL_NAME, configure, resolve_model
 from serving.api import RequestError, ScoredItem, SessionEvent, not_found
+from serving.merchandise import RulesFile
 
 EVENT_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
 
@@ -34,21 +35,23 @@ class Engine(Ranker):
     """A loaded bundle plus what serving derives from it once, at start-up."""
 
     def __init__(self, bundle: Bundle, index: ItemIndex, *, version: str = "unversioned",
-                 ref: str | None = None, index_source: str = "") -> None:
+                 ref: str | None = None, index_source: str = "",
+                 rules: Path | None = None) -> None:
         super().__init__(bundle, index)
         self.version, self.ref, self.index_source = version, ref or version, index_source
         items = bundle.items
         self.ids = bundle.item_vocab.ids
         self.titles = _strings(items, "title")
-        self.categories = _strings(items, "category_id")
-        self.parents = _strings(items, "parent_category_id")
+        self.categories, self.parents = self.catalog.leaf, self.catalog.parent
         self.bt_offsets, self.bt_rows, self.bt_scores = _bought_together_csr(bundle)
         # Shoppers with a stored history (builds the id look-up before any request).
         self.known_users = bundle.histories.positions.keys()
         self.shoppers = len(self.known_users)
         # Per-request look-up without pandas: raw item id -> row.
-        self.item_rows = {item_id: row for row, item_id in enumerate(self.ids)}
+        self.item_rows = self.catalog.rows
         self.shared = SharedValues(items, metadata_columns(items))
+        # The merchandising rules file (None: no file), checked against this catalog at start.
+        self.rules = RulesFile(self.catalog, rules)
 
     def rows_of(self, item_ids: list[str]) -> np.ndarray:
         """Rows of ``item_ids`` (-1 unknown): ``item_vocab.lookup`` without pandas."""
@@ -62,10 +65,7 @@ class Engine(Ranker):
         return row
 
     def category_mask(self, category: str) -> np.ndarray:
-        mask = np.zeros(len(self.ids), dtype=bool)
-        for column in (self.categories, self.parents):
-            if column is not None:
-                mask |= column == category
+        mask = self.catalog.category_mask(category)
         if not mask.any():
             raise not_found("category", category, "category")
         return mask
@@ -89,7 +89,8 @@ class Engine(Ranker):
         """Response items for item rows (pads -1 dropped), rank from 1."""
         keep = rows >= 0
         rows, scores = rows[keep], scores[keep]
-        return [ScoredItem(rank=i + 1, item_id=self.ids[r], score=round(float(s), 6),
+        return [ScoredItem(rank=i + 1, item_id=self.ids[r],
+                           score=round(float(s), 6) if np.isfinite(s) else None,
                            title=_at(self.titles, r), category_id=_at(self.categories, r),
                            source=sources[i] if sources else None)
                 for i, (r, s) in enumerate(zip(rows, scores, strict=True))]
@@ -110,13 +111,16 @@ def session_history(engine: Engine, user: str, events: list[SessionEvent]
     return hist, items
 
 
-def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG) -> Engine:
+def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG, rules: Path | None = None
+                ) -> Engine:
     """The engine of model ``ref`` (alias, version, run id or bundle folder; see
-    ``models.registry.resolve_model``), its index loaded from the bundle or built."""
+    ``models.registry.resolve_model``), its index loaded from the bundle or built; ``rules``: the
+    merchandising rules file (``serving.merchandise.rules_path()`` in the service)."""
     path = resolve_model(ref)
     bundle = Bundle.load(path)
     index, source = bundle.item_index(cfg)
-    return Engine(bundle, index, version=model_version(ref, path), ref=ref, index_source=source)
+    return Engine(bundle, index, version=model_version(ref, path), ref=ref, index_source=source,
+                  rules=rules)
 
 
 def model_version(ref: str, path: Path) -> str:

@@ -20,6 +20,7 @@ from serving.api import (
     SimilarRequest,
 )
 from serving.engine import Engine, session_history
+from serving.merchandise import reasons, request_plan
 
 # --- the endpoints ----------------------------------------------------------------------------
 
@@ -35,7 +36,8 @@ def recommend(engine: Engine, request: RecommendRequest) -> Recommendations:
         allowed = allowed & engine.same_mask(request.same, histories.item_idx, whose="shopper")
     exclude = exclusions(histories, purchased=request.exclude_purchased,
                          explicit=[engine.rows_of(request.exclude_items)])
-    ranked = rank(engine, histories, request.k, exclude, allowed)
+    rules, plan = request_plan(engine.rules, request)
+    ranked = rank(engine, histories, request.k, exclude, allowed, plan)
     stored = user in engine.known_users
     in_session = bool((session_items >= 0).any())
     if ranked.personal[0]:
@@ -44,8 +46,16 @@ def recommend(engine: Engine, request: RecommendRequest) -> Recommendations:
         strategy = f"{source}:{engine.method}"
     else:
         strategy = "popular:category" if request.category is not None else "popular"
+    items = engine.scored(ranked.rows[0], ranked.scores[0])
+    if request.explain:
+        listed = ranked.rows[0] >= 0
+        flags = None if ranked.flags is None else ranked.flags[0][listed]
+        for item, because in zip(items, reasons(engine, histories, ranked.rows[0][listed], flags,
+                                                rules, bool(ranked.personal[0]),
+                                                request.category), strict=True):
+            item.because = because
     return Recommendations(user_id=user, strategy=strategy, model_version=engine.version,
-                           items=engine.scored(ranked.rows[0], ranked.scores[0]))
+                           items=items)
 
 
 def also_bought(engine: Engine, request: ItemRequest) -> ItemNeighbours:

@@ -25,6 +25,8 @@ import torch
 from starlette.responses import JSONResponse
 
 from serving.api import (
+    CartCompletion,
+    CartRequest,
     ItemNeighbours,
     ItemRequest,
     ModelCard,
@@ -35,7 +37,9 @@ from serving.api import (
     ShopperSegments,
     SimilarRequest,
 )
+from serving.cart import complete_cart
 from serving.engine import Engine, load_engine
+from serving.merchandise import rules_path
 from serving.recommend import also_bought, model_card, recommend, similar_items
 from serving.segments import segmenter_for_service, shopper_segments
 
@@ -69,7 +73,8 @@ class Tailor:
     def __init__(self) -> None:
         torch.set_num_threads(THREADS)
         faiss.omp_set_num_threads(THREADS)
-        self.engine = load_engine(os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
+        self.engine = load_engine(os.environ.get(MODEL_ENV) or DEFAULT_MODEL,
+                                  rules=rules_path())
         # The segments file is checked at start; learned segments are learned on first use.
         self.segmenter = segmenter_for_service(self.engine)
 
@@ -82,6 +87,12 @@ class Tailor:
     async def also_bought(self, **fields: Any) -> ItemNeighbours:
         """People who bought this also bought: bought-together first, then embedding neighbours."""
         return _answer(also_bought, self.engine, ItemRequest(**fields))
+
+    @bentoml.api(route="/complete_cart", input_spec=CartRequest)
+    async def complete_cart(self, **fields: Any) -> CartCompletion:
+        """Items that complete the basket: bought together with the cart's items (all of them
+        together), then the shopper's ranking; never the cart's items; substitutes last."""
+        return _answer(complete_cart, self.engine, CartRequest(**fields))
 
     @bentoml.api(route="/similar_items", input_spec=SimilarRequest)
     async def similar_items(self, **fields: Any) -> ItemNeighbours:

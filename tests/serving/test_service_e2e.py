@@ -83,6 +83,30 @@ def test_also_bought_similar_items_and_model(server: httpx.Client, shop) -> None
     assert card.json()["trained_at"]
 
 
+def test_merchandising_cart_completion_and_explanations(server: httpx.Client, engine: Engine,
+                                                        shop) -> None:
+    _, truth = shop
+    cart = post(server, "/complete_cart", {"cart": [truth.printer_item], "k": 5})
+    assert cart.status_code == 200, cart.text
+    first = cart.json()["items"][0]
+    assert first["item_id"] == truth.printer_ink
+    assert first["because"] == {"kind": "bought_together", "item_id": truth.printer_item,
+                                "event": None, "score_drop": None, "rule": None}
+    user = sorted(engine.known_users)[0]
+    pin = str(engine.ids[engine.popular_rows[-1]])
+    out = post(server, "/recommend", {"user_id": user, "k": 6, "diversity": 0.3,
+                                      "max_per_category": 2,
+                                      "pins": [{"item_id": pin, "slot": 2}]})
+    assert out.status_code == 200, out.text
+    items = out.json()["items"]
+    assert items[1]["item_id"] == pin and items[1]["because"]["kind"] == "pinned"
+    leaves = [i["category_id"] for i in items if i["item_id"] != pin]
+    assert max(leaves.count(c) for c in leaves) <= 2
+    assert {i["because"]["kind"] for i in items} - {"pinned"} <= {"similar_to", "viewed",
+                                                                 "carted", "bought", "model"}
+    assert "/complete_cart" in server.get("/docs.json").json()["paths"]
+
+
 def test_segments_of_a_returning_shopper_and_a_first_visit(server: httpx.Client,
                                                            engine: Engine) -> None:
     user = sorted(engine.known_users)[0]
@@ -109,6 +133,13 @@ def test_segments_of_a_returning_shopper_and_a_first_visit(server: httpx.Client,
     ("/similar_items", {"item_id": "i000001", "same": ["scent"]}, 400, "same"),
     ("/recommend", {"user_id": "u1", "same": "brand"}, 400, "same"),
     ("/segments", {"user_id": ""}, 400, "user_id"),
+    ("/recommend", {"user_id": "u1", "diversity": 2}, 400, "diversity"),
+    ("/recommend", {"user_id": "u1", "boosts": [{"category": "no-such", "add": 1}]}, 404,
+     "boosts[0].category"),
+    ("/recommend", {"user_id": "u1", "boosts": [{"category": "printers", "factor": 2}]}, 400,
+     "factor"),
+    ("/complete_cart", {"cart": []}, 400, "cart"),
+    ("/complete_cart", {"cart": ["no-such-item"]}, 404, "cart[0]"),
 ])
 def test_bad_input_is_a_4xx_naming_the_field(server: httpx.Client, route: str, body: object,
                                              status: int, field: str | None) -> None:

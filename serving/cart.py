@@ -1,0 +1,102 @@
+"""Cart completion (``POST /complete_cart``): items that complete a basket.
+
+1. **Complements** from the bought-together statistics of every cart item together: a candidate's
+   score is the sum of its bought-together scores with the cart's items (``features/cooccur.py``:
+   buyer-set cosines), so an item that goes with two cart items beats one that goes with one.
+2. Then the shopper's own ranking (``models.ranking.rank``, the one path; the cart counts as
+   add-to-cart events on top of their stored history), for the slots the statistics leave open.
+3. **Substitutes** last: items of a cart item's leaf category (a printer in the cart: its ink
+   before another printer), in the same two orders.
+
+Never the cart's own items, never an unavailable or filtered-out item (the rules file's filters
+apply as on ``/recommend``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.ranking import MAX_K, rank
+from serving.api import Because, CartCompletion, CartRequest, SessionEvent
+from serving.engine import Engine, session_history
+from serving.merchandise import reasons
+
+CART_EVENT = "addtocart"
+
+
+def complete_cart(engine: Engine, request: CartRequest) -> CartCompletion:
+    cart = np.array([engine.item_row(item, f"cart[{i}]") for i, item in enumerate(request.cart)])
+    cart = np.unique(cart)
+    rules, plan = engine.rules.current()
+    allowed = engine.available.copy()
+    if plan.allowed is not None:
+        allowed &= plan.allowed
+    allowed[cart] = False
+    substitute = _substitutes(engine, cart)
+
+    together, partner = bought_together_scores(engine, cart)
+    bt_rows = np.flatnonzero((together > 0) & allowed)
+    bt_rows = bt_rows[np.lexsort((bt_rows, -together[bt_rows]))]   # best first, ties by row
+
+    user = request.user_id or ""
+    events = [SessionEvent(item_id=engine.ids[row], event=CART_EVENT) for row in cart]
+    histories, _ = session_history(engine, user, events)
+    bt_first = bt_rows[~substitute[bt_rows]]
+    parts = [(bt_first, together[bt_first], "bought_together")]
+    # The shopper's ranking fills what is left: complements first, then substitutes.
+    for kind, mask in (("model", ~substitute), ("substitute", substitute)):
+        if kind == "substitute":
+            bt_subs = bt_rows[substitute[bt_rows]]
+            parts.append((bt_subs, together[bt_subs], "substitute"))
+        missing = request.k - sum(len(p[0]) for p in parts)
+        if missing <= 0:
+            break
+        ranked = rank(engine, histories, min(MAX_K, missing), exclude=[bt_rows],
+                      allowed=allowed & mask)
+        got = ranked.rows[0] >= 0
+        parts.append((ranked.rows[0][got], ranked.scores[0][got], kind))
+    rows, scores, sources = [], [], []
+    for part_rows, part_scores, source in parts:
+        take = max(0, request.k - len(rows))
+        rows += part_rows[:take].tolist()
+        scores += part_scores[:take].tolist()
+        sources += [source] * min(take, len(part_rows))
+    rows_arr = np.array(rows, dtype=np.int64)
+    items = engine.scored(rows_arr, np.array(scores, dtype=np.float32), sources)
+    if request.explain and len(rows_arr):
+        for item, row in zip(items, rows_arr, strict=True):
+            if partner[row] >= 0:
+                item.because = Because(kind="bought_together", item_id=engine.ids[partner[row]])
+        todo = [i for i, item in enumerate(items) if item.because is None]
+        for i, because in zip(todo, reasons(engine, histories, rows_arr[todo], None, rules,
+                                            True, None), strict=True):
+            items[i].because = because
+    used = [name for name in ("bought_together", "model", "substitute") if name in sources]
+    return CartCompletion(user_id=request.user_id, cart=[engine.ids[r] for r in cart],
+                          strategy="+".join(used) or "none", model_version=engine.version,
+                          items=items)
+
+
+def bought_together_scores(engine: Engine, cart: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per item row: the sum of its bought-together scores with the cart's items, and the cart
+    item that contributes most (-1: none)."""
+    together = np.zeros(len(engine.ids), dtype=np.float64)
+    best = np.zeros(len(engine.ids), dtype=np.float64)
+    partner = np.full(len(engine.ids), -1, dtype=np.int64)
+    for row in cart:
+        start, end = engine.bt_offsets[row], engine.bt_offsets[row + 1]
+        others, scores = engine.bt_rows[start:end], engine.bt_scores[start:end]
+        together[others] += scores
+        stronger = scores > best[others]
+        best[others[stronger]] = scores[stronger]
+        partner[others[stronger]] = row
+    return together, partner
+
+
+def _substitutes(engine: Engine, cart: np.ndarray) -> np.ndarray:
+    """Items of a cart item's leaf category (none without categories)."""
+    codes = engine.catalog.leaf_code
+    cart_codes = codes[cart]
+    cart_codes = cart_codes[cart_codes >= 0]
+    return np.isin(codes, cart_codes) if len(cart_codes) else np.zeros(len(codes), dtype=bool)
+
