@@ -103,10 +103,11 @@ demo: $(STAMP) ## train a small model on the embedded shop, serve it, send examp
 
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
 # Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
-.PHONY: bench bench-quality bench-cold bench-train bench-index bench-serve
+.PHONY: bench bench-quality bench-cold bench-merch bench-train bench-index bench-serve
 bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)
 	$(MAKE) --no-print-directory bench-quality
 	$(MAKE) --no-print-directory bench-cold
+	$(MAKE) --no-print-directory bench-merch
 	$(MAKE) --no-print-directory bench-train
 	$(MAKE) --no-print-directory bench-index
 	$(MAKE) --no-print-directory bench-serve
@@ -116,6 +117,9 @@ bench-quality: $(BENCH_STAMP) ## two-tower stack vs every baseline + ALS on ever
 
 bench-cold: $(BENCH_STAMP) ## new items placed by their attributes alone: 10% of Toys/Sports items held out
 	@$(PY) -m benchmarks.cold_items $(ARGS)
+
+bench-merch: $(BENCH_STAMP) ## diversity vs NDCG, cart completion vs also-bought, explanation cost (Toys, Tmall, embedded shop)
+	@$(PY) -m benchmarks.merchandising $(ARGS)
 
 bench-train: $(BENCH_STAMP) ## training wall time, examples/s, peak memory: 1 process vs NPROC=2
 	@$(PY) -m benchmarks.train $(ARGS)
