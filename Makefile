@@ -75,7 +75,7 @@ MODEL ?= champion
 K ?= 50
 OUT ?= recs.csv
 SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),3000)
-.PHONY: serve recommend-batch segments campaign
+.PHONY: serve recommend-batch segments campaign forget export-events
 serve: $(STAMP) ## serve MODEL (default champion) with BentoML at 127.0.0.1:PORT (default 3000)
 	@$(PY) -m serving.model_check "$(MODEL)"
 	TAILOR_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Tailor \
@@ -86,6 +86,15 @@ recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by
 		$(if $(USERS),--users "$(USERS)") \
 		$(if $(DIVERSITY),--diversity "$(DIVERSITY)") $(if $(RULES),--rules "$(RULES)") \
 		$(if $(filter 1 yes true,$(EXCLUDE_SEEN)),--exclude-seen) $(ARGS)
+
+# USER is also the login name in the environment: only a USER given on the command line counts.
+USER_ID = $(if $(filter command line,$(origin USER)),$(USER))
+forget: $(STAMP) ## forget shopper USER: delete their events, audit it; serving and training leave them out
+	@test -n "$(USER_ID)" || { echo "error: name the shopper: make forget USER=<user id>" >&2; exit 2; }
+	@$(PY) -m features.store_cli forget --user "$(USER_ID)" $(ARGS)
+
+export-events: $(STAMP) ## every event the shop posted (the event store) -> OUT (Parquet, default events.parquet)
+	@$(PY) -m features.store_cli export --out "$(if $(filter command line environment,$(origin OUT)),$(OUT),events.parquet)" $(ARGS)
 
 segments: $(STAMP) ## every shopper's segments (segments.toml + learned) by MODEL -> OUT folder, logged to MLflow
 	@$(PY) -m serving.segments --model "$(MODEL)" \

@@ -113,13 +113,14 @@ def list_spread(engine: Engine, frame: pd.DataFrame) -> dict[str, float]:
     owners = pd.factorize(frame["user_id"])[0]
     bounds = np.searchsorted(owners, np.arange(owners.max() + 2))
     distances, categories = [], []
+    has_categories = engine.categories is not None and bool((engine.categories != "").any())
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         mine = rows[start:end]
         if len(mine) > 1:
             v = engine.catalog.unit[mine]
             sims = v @ v.T
             distances.append(float(1 - sims[np.triu_indices(len(mine), 1)].mean()))
-        if engine.categories is not None:
+        if has_categories:
             leaves = engine.categories[mine]
             categories.append(len(set(leaves[leaves != ""])))
     return {"ild": float(np.mean(distances)) if distances else float("nan"),

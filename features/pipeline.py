@@ -75,6 +75,8 @@ def source_files(spec: DataSpec) -> list[Path]:
     """The files whose bytes define the data (for the fingerprint)."""
     if spec.kind == "synthetic":
         return []
+    if spec.kind == "store":
+        return [Path(p) for p in (spec.options.base_path, spec.options.items_path) if p]
     path = Path(spec.path or "")
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     if spec.kind == "seq":
@@ -86,8 +88,16 @@ def source_files(spec: DataSpec) -> list[Path]:
 
 
 def fingerprint(spec: DataSpec) -> str:
-    """sha256 over the source bytes (or the generator's identity for synthetic data)."""
+    """sha256 over the source bytes (or the generator's identity for synthetic data, or the
+    event store's state), and the forgotten shoppers: forgetting one invalidates caches."""
+    from features.readers import forgotten_shoppers  # local: keeps the import light
+
     digest = hashlib.sha256()
+    forgotten = sorted(forgotten_shoppers())
+    if forgotten:
+        digest.update(("forgotten:" + ",".join(forgotten)).encode())
+    if spec.kind == "store":
+        digest.update(store_state(spec.path or None).encode())
     if spec.kind == "synthetic":
         from features import synthetic  # local: the generator is only needed for synthetic data
 
@@ -101,6 +111,22 @@ def fingerprint(spec: DataSpec) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def store_state(url: str | None) -> str:
+    """What identifies the stored events: their count, the newest row and receipt."""
+    import sqlalchemy as sa
+
+    from features.event_store import EventStore, events_table
+
+    store = EventStore(url, create=False)
+    try:
+        with store.engine.connect() as conn:
+            row = conn.execute(sa.select(sa.func.count(), sa.func.max(events_table.c.seq),
+                                         sa.func.max(events_table.c.received_ms))).one()
+        return f"store:{store.safe_url}:{tuple(row)}"
+    finally:
+        store.close()
 
 
 def cache_key(spec: DataSpec, cfg: FeatureConfig, data_hash: str) -> str:

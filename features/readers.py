@@ -7,6 +7,11 @@ Kinds (see features/spec.py):
                      of purchases, not a browsing session, and nothing downstream uses baskets.
   seq:PATH           ``user item item ...`` lines, oldest first; every item is one purchase
   synthetic[:size]   the generator in features/synthetic.py
+  store:[URL]        the event store (features/event_store.py), with ``base=PATH``: a
+                     canonical events file beneath the stored events
+
+Shoppers forgotten in the event store (``make forget``) are left out of every kind, even when
+the raw files still hold them.
 
 Row numbers in errors are file line numbers (header = line 1). For Parquet they are 1-based
 table rows. An ``items=PATH`` option adds an item metadata file on top of any kind.
@@ -27,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from features.event_store import EventStore, drop_forgotten, sqlite_file, store_url
 from features.infra import DataError
 from features.schema import (
     EVENT_DTYPE,
@@ -52,22 +58,81 @@ RETAILROCKET_PROPERTIES = ("categoryid", "available")
 
 
 def read_events(spec: DataSpec) -> EventData:
-    """Read and validate the data ``spec`` names. Raises DataError (one line) on bad input."""
+    """Read and validate the data ``spec`` names, without forgotten shoppers. Raises DataError
+    (one line) on bad input."""
+    data = _read(spec)
+    forgotten = forgotten_shoppers()
+    if forgotten:
+        data = replace(data, events=drop_forgotten(data.events, forgotten))
+    return data
+
+
+def forgotten_shoppers() -> set[str]:
+    """Hashed ids of the shoppers forgotten in the event store (none without a store)."""
+    url = store_url()
+    if url.startswith("sqlite") and not sqlite_file(url).exists():
+        return set()   # no store yet: nobody was forgotten
+    store = EventStore(url, create=False)
+    try:
+        return store.forgotten()
+    finally:
+        store.close()
+
+
+def _read(spec: DataSpec) -> EventData:
     if spec.kind == "synthetic":
         from features.synthetic import generate  # local: the generator is only needed here
 
         data = generate(size=spec.size)
         return replace(data, source=spec.text or data.source)
+    if spec.kind == "store":
+        data = read_store(spec.path or None, spec.options, source=spec.text)
+    else:
+        data = None
     readers = {"events": read_event_file, "retailrocket": read_retailrocket, "seq": read_seq}
-    if spec.kind not in readers or not spec.path:
-        raise DataError(f"data spec {spec.text!r}: cannot read kind {spec.kind!r} "
-                        f"without a path")
-    data = readers[spec.kind](spec.path, spec.options, source=spec.text)
+    if data is None:
+        if spec.kind not in readers or not spec.path:
+            raise DataError(f"data spec {spec.text!r}: cannot read kind {spec.kind!r} "
+                            f"without a path")
+        data = readers[spec.kind](spec.path, spec.options, source=spec.text)
     if spec.options.items_path:
         extra, report = read_items_file(spec.options.items_path, spec.options.on_bad_rows)
         data = replace(data, items=merge_items(data.items, extra),
                        report=merge_reports(data.report, report))
     return data
+
+
+# --- the event store ---------------------------------------------------------------------
+
+def read_store(url: str | None, options: ReadOptions, *, source: str = "") -> EventData:
+    """The stored events (and the ``base`` file's beneath them) as canonical events."""
+    store = EventStore(url, create=False)
+    try:
+        stored = store.since()
+        where = store.safe_url
+    finally:
+        store.close()
+    frame = pd.DataFrame({"user_id": stored["user_id"], "item_id": stored["item_id"],
+                          "event": stored["event"],
+                          "timestamp": _epoch_ms(stored["timestamp"])})
+    if options.base_path:
+        base = read_event_file(options.base_path, replace(options, base_path=None),
+                               source=options.base_path)
+        if not base.has_time:
+            raise DataError("a store's base file needs timestamps (stored events have them)",
+                            path=options.base_path)
+        below = base.events
+        frame = pd.concat([pd.DataFrame({
+            "user_id": below["user_id"].astype(str), "item_id": below["item_id"].astype(str),
+            "event": below["event"].astype(str),
+            "timestamp": _epoch_ms(below["timestamp"])}), frame], ignore_index=True)
+    if frame.empty:
+        raise DataError("no events in the event store", path=where)
+    return validate_events(frame, where, ReadOptions(), source=source or where)
+
+
+def _epoch_ms(timestamps: pd.Series) -> pd.Series:
+    return (timestamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
 
 
 # --- tabular files -------------------------------------------------------------------------

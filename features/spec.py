@@ -5,6 +5,9 @@ Forms:
   events:PATH[?key=value&key=value...]      CSV, CSV.gz or Parquet in canonical columns
   retailrocket:DIR
   seq:PATH                                  ``user item item ...`` lines, oldest first
+  store:[URL][?base=PATH]                   the event store (features/event_store.py): the
+                                            default one, or the SQLAlchemy URL given; ``base``:
+                                            a canonical events file read beneath it
 
 Reader options may be spelled in the spec (after ``?``, joined by ``&``) or given as flags; a
 flag wins over the spec. Keys: user, item, event, timestamp, session, split, price, quantity,
@@ -20,11 +23,11 @@ from pathlib import Path
 from features.infra import DataError
 from features.schema import EVENT_TYPES
 
-KINDS = ("synthetic", "events", "retailrocket", "seq")
+KINDS = ("synthetic", "events", "retailrocket", "seq", "store")
 SYNTHETIC_SIZES = ("small", "medium", "large")
 COLUMN_KEYS = ("user", "item", "event", "timestamp", "session", "split", "price", "quantity",
                "category")
-OPTION_KEYS = COLUMN_KEYS + ("map", "items", "on_bad_rows")
+OPTION_KEYS = COLUMN_KEYS + ("map", "items", "on_bad_rows", "base")
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,11 @@ class ReadOptions:
     event_map: dict[str, str] = field(default_factory=dict)
     items_path: str | None = None
     on_bad_rows: str = "error"
+    base_path: str | None = None     # store: a canonical events file beneath the stored events
 
     def __hash__(self) -> int:  # dict fields: hash the sorted items so settings can key caches
         return hash((tuple(sorted(self.columns.items())), tuple(sorted(self.event_map.items())),
-                     self.items_path, self.on_bad_rows))
+                     self.items_path, self.on_bad_rows, self.base_path))
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class DataSpec:
         """A short data-set name, used for MLflow experiments and file names."""
         if self.kind == "synthetic":
             return f"synthetic-{self.size}"
+        if self.kind == "store":
+            return "store"
         base = Path(self.path or "data").name
         for suffix in (".gz", ".csv", ".parquet", ".txt", ".tsv"):
             base = base.removesuffix(suffix)
@@ -79,7 +85,7 @@ def parse_event_map(text: str, *, where: str = "map") -> dict[str, str]:
 def _options_from_pairs(pairs: dict[str, str], spec_text: str) -> ReadOptions:
     columns: dict[str, str] = {}
     event_map: dict[str, str] = {}
-    items_path = None
+    items_path = base_path = None
     on_bad_rows = "error"
     for key, value in pairs.items():
         if key in COLUMN_KEYS:
@@ -88,6 +94,8 @@ def _options_from_pairs(pairs: dict[str, str], spec_text: str) -> ReadOptions:
             event_map = parse_event_map(value, where=f"data spec {spec_text!r}")
         elif key == "items":
             items_path = value
+        elif key == "base":
+            base_path = value
         elif key == "on_bad_rows":
             if value not in ("error", "skip"):
                 raise DataError(f"data spec {spec_text!r}: on_bad_rows must be 'error' or 'skip', "
@@ -97,7 +105,7 @@ def _options_from_pairs(pairs: dict[str, str], spec_text: str) -> ReadOptions:
             raise DataError(f"data spec {spec_text!r}: unknown option {key!r}; "
                             f"known: {', '.join(OPTION_KEYS)}")
     return ReadOptions(columns=columns, event_map=event_map, items_path=items_path,
-                       on_bad_rows=on_bad_rows)
+                       on_bad_rows=on_bad_rows, base_path=base_path)
 
 
 def parse_spec(text: str) -> DataSpec:
@@ -115,7 +123,9 @@ def parse_spec(text: str) -> DataSpec:
                             f"{', '.join(SYNTHETIC_SIZES)}, got {size!r}")
         return DataSpec(kind="synthetic", size=size, text=text)
     path, _, query = rest.partition("?")
-    if not path:
+    if not path and kind == "store":
+        path = ""   # the default store
+    elif not path:
         raise DataError(f"data spec {text!r}: missing path after '{kind}:'")
     pairs: dict[str, str] = {}
     for part in filter(None, query.split("&")):
@@ -123,7 +133,10 @@ def parse_spec(text: str) -> DataSpec:
         if not sep:
             raise DataError(f"data spec {text!r}: option {part!r} needs key=value")
         pairs[key.strip()] = value.strip()
-    return DataSpec(kind=kind, path=path, options=_options_from_pairs(pairs, text), text=text)
+    options = _options_from_pairs(pairs, text)
+    if options.base_path and kind != "store":
+        raise DataError(f"data spec {text!r}: option 'base' is for store: specs only")
+    return DataSpec(kind=kind, path=path, options=options, text=text)
 
 
 def with_overrides(spec: DataSpec, *, columns: dict[str, str] | None = None,

@@ -23,6 +23,7 @@ MAX_SESSION_EVENTS = 1000   # only the last history_len count; the bound keeps r
 MAX_EXCLUDE = 10_000
 MAX_SAME = 16
 MAX_CART = 100
+MAX_EVENTS_POSTED = 1000
 MAX_RULES = 100   # boosts or excluded categories in one request
 
 # --- request and response models (the OpenAPI page shows their examples) ---------------------
@@ -146,6 +147,68 @@ class CartRequest(ApiModel):
                                                                            "cart")
     k: K = DEFAULT_K
     explain: StrictBool = Field(True, description="give each item its `because`")
+
+
+class EventIn(ApiModel):
+    user_id: Id
+    item_id: Id
+    event: Literal["view", "addtocart", "purchase"]
+    timestamp: datetime | None = Field(None, description="ISO 8601 or epoch seconds; default: "
+                                                         "when the server receives it")
+    event_id: Id | None = Field(None, description="the client's id of the event: a retried post "
+                                                  "is stored once")
+    request_id: Id | None = Field(None, description="the response that led to it "
+                                                    "(experiments)")
+
+
+class EventsRequest(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"events": [
+        {"user_id": "u000042", "item_id": "i000123", "event": "view",
+         "event_id": "3f2b9c1e-view-1"}]}})
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_POSTED,
+                                  description=f"1..{MAX_EVENTS_POSTED} events; a batch with a bad "
+                                              "event is refused whole")
+
+
+class UnknownItem(BaseModel):
+    index: int
+    item_id: str
+
+
+class EventsStored(BaseModel):
+    stored: int = Field(description="events committed to the store (durably, before answering)")
+    duplicates: int = Field(description="events whose event_id was stored already")
+    skipped_opted_out: int = Field(description="events of opted-out shoppers, not stored")
+    unknown_items: list[UnknownItem] = Field(
+        description="events whose item the served model does not know (stored all the same: "
+                    "they may be new to the catalog)")
+
+
+class ForgetRequest(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"user_id": "u000042"}})
+
+    user_id: Id
+    by: Id = Field("admin", description="who asked (kept in the audit)")
+
+
+class Forgotten(BaseModel):
+    user_id: str
+    events_deleted: int
+
+
+class ConsentRequest(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"user_id": "u000042",
+                                                             "personalized": False}})
+
+    user_id: Id
+    personalized: StrictBool = Field(description="false: opt out of personalization and of "
+                                                 "event collection; true: opt back in")
+
+
+class Consent(BaseModel):
+    user_id: str
+    personalized: bool
 
 
 class SegmentRequest(ApiModel):

@@ -40,7 +40,7 @@ def complete_cart(engine: Engine, request: CartRequest) -> CartCompletion:
 
     user = request.user_id or ""
     events = [SessionEvent(item_id=engine.ids[row], event=CART_EVENT) for row in cart]
-    histories, _ = session_history(engine, user, events)
+    histories = session_history(engine, user, events).histories
     bt_first = bt_rows[~substitute[bt_rows]]
     parts = [(bt_first, together[bt_first], "bought_together")]
     # The shopper's ranking fills what is left: complements first, then substitutes.

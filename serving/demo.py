@@ -3,8 +3,9 @@
 Steps: train (``training.train`` on ``synthetic`` with settings that take a minute or two on two
 cores; logged to MLflow and registered like any run), start ``bentoml serve`` on the version
 just registered, send example requests — a returning shopper, a first-time visitor, a visitor's
-session, "also bought" for the shop's printer — print each request (as curl) and its answer,
-then keep serving until Ctrl-C. ``--model REF`` skips training and serves REF instead.
+session, "also bought" for the shop's printer, merchandising (diversity, a boost, a pin, cart
+completion; every item says ``because``) — print each request (as curl) and its answer, then
+keep serving until Ctrl-C. ``--model REF`` skips training and serves REF instead.
 """
 
 from __future__ import annotations
@@ -85,9 +86,25 @@ def show(client: httpx.Client, title: str, route: str, body: dict,
     for item in answer["items"]:
         note = (mark or {}).get(item["item_id"], "")
         source = f"  [{item['source']}]" if item.get("source") else ""
+        score = f"{item['score']:>9.3f}" if item["score"] is not None else f"{'-':>9}"
         print(f"  {item['rank']:>3}. {item['item_id']:<10} {item.get('title') or '':<26} "
-              f"{item.get('category_id') or '':<18} {item['score']:>9.3f}{source}{note}")
+              f"{item.get('category_id') or '':<18} {score}{source}{note}"
+              f"{because(item.get('because'))}")
     return answer
+
+
+def because(reason: dict | None) -> str:
+    """An item's ``because`` as a short note."""
+    if not reason:
+        return ""
+    text = reason["kind"].replace("_", " ")
+    if reason.get("item_id"):
+        text += f" {reason['item_id']}"
+    if reason.get("event"):
+        text += f" ({reason['event']})"
+    if reason.get("rule"):
+        text += f": {reason['rule']}"
+    return f"   · {text}"
 
 
 def returning_shopper(client: httpx.Client) -> tuple[str, list[tuple[str, str]]]:
@@ -131,17 +148,43 @@ def examples(client: httpx.Client) -> None:
     show(client, f"5. Items like {titles.get(printer, printer)}, only of its category "
                  "(same: any item attribute: brand, scent, ...)", "/similar_items",
          {"item_id": printer, "k": K, "same": ["category_id"]})
-    show(client, f"6. The segments {user} is in: the rules of segments.toml and a learned "
+    merchandising(client, user, {i for i, _ in history}, printer, truth, titles)
+    show(client, f"10. The segments {user} is in: the rules of segments.toml and a learned "
                  "segment", "/segments", {"user_id": user})
-    show(client, "7. Bad input gets a 4xx naming the field", "/recommend",
-         {"user_id": user, "k": 0})
+    show(client, "11. Bad input gets a 4xx naming the field", "/recommend",
+         {"user_id": user, "k": 0, "diversity": 2})
+
+
+def merchandising(client: httpx.Client, user: str, seen: set[str], printer: str, truth,
+                  titles) -> None:
+    """Diversity off and on, a boost and a pin, and cart completion."""
+    plain = show(client, f"6. {user} again with diversity: re-ranked by maximal marginal "
+                         "relevance, at most 2 items of one category", "/recommend",
+                 {"user_id": user, "k": K, "diversity": 0.5, "max_per_category": 2})
+    leaf = next((i["category_id"] for i in plain["items"] if i.get("category_id")), None)
+    # A promotion the shopper has not bought already (bought items never come back).
+    promoted = next(i for i in [truth.printer_ink, *truth.complements.values()] if i not in seen)
+    show(client, f"7. A merchandiser's boost (category {leaf}) and a promotion pinned at slot 2 "
+                 "(rules.toml takes the same rules for every request)", "/recommend",
+         {"user_id": user, "k": K, "boosts": [{"category": leaf, "multiply": 1.5}],
+          "pins": [{"item_id": promoted, "slot": 2}]},
+         mark={promoted: "   <- the promotion"})
+    ink = truth.printer_ink
+    show(client, f"8. Complete the cart: {titles.get(printer, printer)} in it; bought-together "
+                 "items of the whole cart first, other printers (substitutes) last",
+         "/complete_cart", {"user_id": user, "cart": [printer], "k": K},
+         mark={ink: "   <- its ink"})
+    other = next(a for a, c in truth.complements.items() if a != printer)
+    show(client, "9. A cart of two anchors: each one's complement", "/complete_cart",
+         {"cart": [printer, other], "k": K},
+         mark={ink: "   <- the printer's ink", truth.complements[other]: "   <- the other's"})
 
 
 def campaign(model: str) -> None:
     """`make campaign`: a small email export for one segment, as a marketer would run it."""
     out = ROOT / ".cache" / "demo-campaign"
     segment = "cart abandoner"
-    print(f"\n{RULE}\n8. A campaign file for the segment {segment!r}, three items each\n"
+    print(f"\n{RULE}\n12. A campaign file for the segment {segment!r}, three items each\n"
           f"$ make campaign MODEL={model} SEGMENT='{segment}' K=3 OUT={out.relative_to(ROOT)}")
     proc = subprocess.run([sys.executable, "-m", "serving.campaign", "--model", model,
                            "--segment", segment, "--k", "3", "--out", str(out),

@@ -7,6 +7,7 @@ Nothing a request changes lives here: session events go into a copy for that req
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from features.event_store import EventStore
 from features.history import NAT_MS, Histories, append_events, epoch_ms
 from features.item_attributes import SharedValues
 from features.item_features import metadata_columns
@@ -26,6 +28,10 @@ from serving.api import RequestError, ScoredItem, SessionEvent, not_found
 from serving.merchandise import RulesFile
 
 EVENT_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
+NO_HISTORIES = Histories(np.array([], dtype=object), np.zeros(1, dtype=np.int64),
+                         np.array([], dtype=np.int64), np.array([], dtype=np.int8),
+                         np.array([], dtype=np.float32), np.array([], dtype=np.int32),
+                         np.array([], dtype=np.int64))
 
 
 # --- the engine -----------------------------------------------------------------------------
@@ -36,7 +42,7 @@ class Engine(Ranker):
 
     def __init__(self, bundle: Bundle, index: ItemIndex, *, version: str = "unversioned",
                  ref: str | None = None, index_source: str = "",
-                 rules: Path | None = None) -> None:
+                 rules: Path | None = None, store: EventStore | None = None) -> None:
         super().__init__(bundle, index)
         self.version, self.ref, self.index_source = version, ref or version, index_source
         items = bundle.items
@@ -52,6 +58,8 @@ class Engine(Ranker):
         self.shared = SharedValues(items, metadata_columns(items))
         # The merchandising rules file (None: no file), checked against this catalog at start.
         self.rules = RulesFile(self.catalog, rules)
+        # The event store the shop posts to (None: requests read the bundle's history only).
+        self.store = store
 
     def rows_of(self, item_ids: list[str]) -> np.ndarray:
         """Rows of ``item_ids`` (-1 unknown): ``item_vocab.lookup`` without pandas."""
@@ -96,23 +104,54 @@ class Engine(Ranker):
                 for i, (r, s) in enumerate(zip(rows, scores, strict=True))]
 
 
-def session_history(engine: Engine, user: str, events: list[SessionEvent]
-                    ) -> tuple[Histories, np.ndarray]:
-    """``user``'s stored history with the session ``events`` on top (``append_events``), and
-    the session items' rows. Events without a timestamp follow the end of the stored data 1 ms
-    apart, in list order; without any time in the data they stay NaT."""
+@dataclass(frozen=True)
+class Shopper:
+    """What a request knows of a shopper: the history the model reads and where it came from."""
+
+    histories: Histories       # one history: stored (bundle) + live (event store) + session
+    session_items: np.ndarray  # rows of the request's own events (-1: unknown item)
+    stored: bool               # the bundle's history of the shopper was used
+    live: int                  # events read from the event store (after the bundle's data)
+    opted_out: bool            # no personalization: the history is empty
+
+
+def session_history(engine: Engine, user: str, events: list[SessionEvent]) -> Shopper:
+    """``user``'s history as a request sees it: the bundle's stored history, then the events
+    the shop posted to the event store since the bundle's data ended, then the request's
+    session ``events`` (``append_events``). A forgotten shopper has no stored history; an
+    opted-out one has none at all. Session events without a timestamp follow the end of the
+    stored data 1 ms apart, in list order; without any time in the data they stay NaT."""
+    stored_histories, forgotten, opted_out = engine.bundle.histories, False, False
+    live_items = np.array([], dtype=np.int64)
+    live_codes = np.array([], dtype=np.int8)
+    live_ts = np.array([], dtype=np.int64)
+    if engine.store is not None:
+        forgotten, opted_out = engine.store.status(user)
+        if forgotten:
+            stored_histories = NO_HISTORIES
+        if not opted_out:
+            live = engine.store.latest(user, since_ms=engine.now_ms,
+                                       limit=engine.bundle.model.cfg.history_len)
+            live_items = engine.rows_of(list(live["item_id"]))
+            live_codes = live["event"].map(EVENT_CODES).to_numpy(dtype=np.int8)
+            live_ts = live["ts_ms"].to_numpy(dtype=np.int64)
     items = engine.rows_of([e.item_id for e in events])
+    if opted_out:   # nothing of theirs is used: the non-personalized answer
+        return Shopper(append_events(NO_HISTORIES, user, items[:0], live_codes, live_ts,
+                                     max_len=1, now_ms=engine.now_ms), items, False, 0, True)
     codes = np.fromiter((EVENT_CODES[e.event] for e in events), dtype=np.int8, count=len(events))
     ts = np.fromiter((epoch_ms(e.timestamp) if e.timestamp is not None else
                       engine.now_ms + i if engine.now_ms is not None else NAT_MS
                       for i, e in enumerate(events)), dtype=np.int64, count=len(events))
-    hist = append_events(engine.bundle.histories, user, items, codes, ts,
+    hist = append_events(stored_histories, user, np.concatenate([live_items, items]),
+                         np.concatenate([live_codes, codes]), np.concatenate([live_ts, ts]),
                          max_len=engine.bundle.model.cfg.history_len, now_ms=engine.now_ms)
-    return hist, items
+    stored = not forgotten and user in engine.known_users
+    return Shopper(hist, items, stored, int((live_items >= 0).sum()), False)
 
 
-def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG, rules: Path | None = None
-                ) -> Engine:
+def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG, rules: Path | None = None,
+                store: EventStore | None = None) -> Engine:
     """The engine of model ``ref`` (alias, version, run id or bundle folder; see
     ``models.registry.resolve_model``), its index loaded from the bundle or built; ``rules``: the
     merchandising rules file (``serving.merchandise.rules_path()`` in the service)."""
@@ -120,7 +159,7 @@ def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG, rules: Path | None 
     bundle = Bundle.load(path)
     index, source = bundle.item_index(cfg)
     return Engine(bundle, index, version=model_version(ref, path), ref=ref, index_source=source,
-                  rules=rules)
+                  rules=rules, store=store)
 
 
 def model_version(ref: str, path: Path) -> str:

@@ -31,21 +31,24 @@ def recommend(engine: Engine, request: RecommendRequest) -> Recommendations:
     allowed = engine.available
     if request.category is not None:
         allowed = allowed & engine.category_mask(request.category)
-    histories, session_items = session_history(engine, user, request.recent_events)
+    shopper = session_history(engine, user, request.recent_events)
+    histories = shopper.histories
     if request.same:
         allowed = allowed & engine.same_mask(request.same, histories.item_idx, whose="shopper")
     exclude = exclusions(histories, purchased=request.exclude_purchased,
                          explicit=[engine.rows_of(request.exclude_items)])
     rules, plan = request_plan(engine.rules, request)
     ranked = rank(engine, histories, request.k, exclude, allowed, plan)
-    stored = user in engine.known_users
-    in_session = bool((session_items >= 0).any())
+    in_session = bool((shopper.session_items >= 0).any())
     if ranked.personal[0]:
-        source = "+".join(name for name, used in (("history", stored), ("session", in_session))
-                          if used)
+        source = "+".join(name for name, used in (("history", shopper.stored),
+                                                  ("events", shopper.live > 0),
+                                                  ("session", in_session)) if used)
         strategy = f"{source}:{engine.method}"
     else:
         strategy = "popular:category" if request.category is not None else "popular"
+        if shopper.opted_out:
+            strategy += ":opted_out"
     items = engine.scored(ranked.rows[0], ranked.scores[0])
     if request.explain:
         listed = ranked.rows[0] >= 0

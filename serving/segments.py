@@ -137,7 +137,7 @@ def _top_categories(profile: dict) -> str:
 def shopper_segments(segmenter: Segmenter, request: SegmentRequest) -> ShopperSegments:
     """``/segments``: the shopper's segments from the stored history and the session."""
     engine = segmenter.engine
-    hist, _ = session_history(engine, request.user_id, request.recent_events)
+    hist = session_history(engine, request.user_id, request.recent_events).histories
     (found,) = segmenter.of(hist)
     return ShopperSegments(user_id=request.user_id, model_version=engine.version,
                            segments=[Segment(**s) for s in found])

@@ -24,9 +24,16 @@ import faiss
 import torch
 from starlette.responses import JSONResponse
 
+from features.event_store import EventStore
 from serving.api import (
     CartCompletion,
     CartRequest,
+    Consent,
+    ConsentRequest,
+    EventsRequest,
+    EventsStored,
+    ForgetRequest,
+    Forgotten,
     ItemNeighbours,
     ItemRequest,
     ModelCard,
@@ -39,6 +46,7 @@ from serving.api import (
 )
 from serving.cart import complete_cart
 from serving.engine import Engine, load_engine
+from serving.events import consent, forget, post_events
 from serving.merchandise import rules_path
 from serving.recommend import also_bought, model_card, recommend, similar_items
 from serving.segments import segmenter_for_service, shopper_segments
@@ -74,7 +82,7 @@ class Tailor:
         torch.set_num_threads(THREADS)
         faiss.omp_set_num_threads(THREADS)
         self.engine = load_engine(os.environ.get(MODEL_ENV) or DEFAULT_MODEL,
-                                  rules=rules_path())
+                                  rules=rules_path(), store=EventStore())
         # The segments file is checked at start; learned segments are learned on first use.
         self.segmenter = segmenter_for_service(self.engine)
 
@@ -106,6 +114,23 @@ class Tailor:
         meet and their learned segment (k-means over the shoppers' vectors, learned on the
         first call)."""
         return _answer(shopper_segments, self.segmenter, SegmentRequest(**fields))
+
+    @bentoml.api(route="/events", input_spec=EventsRequest)
+    async def events(self, **fields: Any) -> EventsStored:
+        """Store a batch of 1..1000 shop events durably (answered after the commit; a retried
+        event_id is stored once); the shopper's next /recommend reads them."""
+        return _answer(post_events, self.engine, EventsRequest(**fields))
+
+    @bentoml.api(route="/admin/forget", input_spec=ForgetRequest)
+    async def forget(self, **fields: Any) -> Forgotten:
+        """Forget a shopper: delete their events, stop using their stored history, audit it;
+        later training leaves them out."""
+        return _answer(forget, self.engine, ForgetRequest(**fields))
+
+    @bentoml.api(route="/admin/consent", input_spec=ConsentRequest)
+    async def consent(self, **fields: Any) -> Consent:
+        """Opt a shopper out of personalization and event collection, or back in."""
+        return _answer(consent, self.engine, ConsentRequest(**fields))
 
     @bentoml.api(route="/model")
     def model(self) -> ModelCard:

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import training.train as train
+from features.event_store import URL_ENV
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_event_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The tests' event store: a SQLite file of the session, never the project's own
+    (``events/events.db``); servers the tests start inherit it."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'events.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(URL_ENV, url)
+        yield url
 
 # A tiny real model on the embedded shop: small, pooling, big batches (the shared flags), and the
 # one-epoch run without MLflow most tests use.

@@ -21,15 +21,25 @@ def test_demo_serves_and_prints_the_examples(bundle_dir: Path, shop) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     for title in ("1. A returning shopper", "2. A first-time visitor", "3. The same visitor's",
-                  "4. People who bought", "5. Items like", "6. The segments", "7. Bad input"):
+                  "4. People who bought", "5. Items like", "6. ", "7. A merchandiser's boost",
+                  "8. Complete the cart", "9. A cart of two", "10. The segments",
+                  "11. Bad input"):
         assert title in out, title
     assert "strategy history:full_scoring" in out and "strategy popular" in out
     assert "strategy session:full_scoring" in out and "HTTP 400" in out
     assert "strategy embedding:index:same=category_id" in out
     assert "- returning" in out and " learned " in out
-    assert "8. A campaign file" in out and '"cart abandoner",1,' in out
+    assert "12. A campaign file" in out and '"cart abandoner",1,' in out
     ink = next(line for line in out.splitlines() if "planted complement" in line)
     assert ink.split()[0] == "1." and truth.printer_ink in ink
+    # cart completion: the ink first, with its reason; the pin at slot 2; reasons on the items
+    cart = out[out.index("8. Complete the cart"):out.index("9. A cart of two")]
+    first = next(line for line in cart.splitlines() if line.strip().startswith("1."))
+    assert truth.printer_ink in first and "bought together" in first
+    boost = out[out.index("7. A merchandiser's boost"):out.index("8. Complete the cart")]
+    second = next(line for line in boost.splitlines() if line.strip().startswith("2."))
+    assert "the promotion" in second and "pinned" in second
+    assert "similar to" in out
     assert "curl -s -X POST http://127.0.0.1:" in out and "demo ready" in out
 
 

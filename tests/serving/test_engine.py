@@ -88,7 +88,8 @@ def test_request_history_is_what_build_histories_builds(tiny_bundle: Path, timed
         assert engine.now_ms is None
     checked = stamped = 0
     for request in _requests(engine):
-        hist, session_items = session_history(engine, request.user_id, request.recent_events)
+        shopper = session_history(engine, request.user_id, request.recent_events)
+        hist, session_items = shopper.histories, shopper.session_items
         ref, ref_items = _reference(engine, request)
         for field in ("user_ids", "offsets", "item_idx", "event_code", "age_days", "steps_back",
                       "ts_ms"):

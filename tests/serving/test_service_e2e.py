@@ -107,6 +107,34 @@ def test_merchandising_cart_completion_and_explanations(server: httpx.Client, en
     assert "/complete_cart" in server.get("/docs.json").json()["paths"]
 
 
+def test_posted_events_change_the_next_answer_and_forget_acts_at_once(
+        server: httpx.Client, engine: Engine) -> None:
+    user = "e2e-live-visitor"
+    before = post(server, "/recommend", {"user_id": user, "k": 5}).json()
+    assert before["strategy"] == "popular"
+    item = str(engine.ids[engine.popular_rows[4]])
+    stored = post(server, "/events", {"events": [
+        {"user_id": user, "item_id": item, "event": "view", "event_id": "e2e-1"},
+        {"user_id": user, "item_id": item, "event": "addtocart", "event_id": "e2e-2"},
+        {"user_id": user, "item_id": "sku-not-in-the-model", "event": "view"}]})
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["stored"] == 3
+    assert stored.json()["unknown_items"] == [{"index": 2, "item_id": "sku-not-in-the-model"}]
+    after = post(server, "/recommend", {"user_id": user, "k": 5}).json()
+    assert after["strategy"].startswith("events:")
+    assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
+    # every worker reads the store: the answer is the same whichever one serves it
+    for _ in range(6):
+        again = post(server, "/recommend", {"user_id": user, "k": 5}).json()
+        assert again["items"] == after["items"]
+    gone = post(server, "/admin/forget", {"user_id": user, "by": "e2e"})
+    assert gone.status_code == 200 and gone.json()["events_deleted"] == 3
+    assert post(server, "/recommend", {"user_id": user, "k": 5}).json()["items"] == \
+        before["items"]
+    assert {"/events", "/admin/forget", "/admin/consent"} <= set(
+        server.get("/docs.json").json()["paths"])
+
+
 def test_segments_of_a_returning_shopper_and_a_first_visit(server: httpx.Client,
                                                            engine: Engine) -> None:
     user = sorted(engine.known_users)[0]
@@ -140,6 +168,10 @@ def test_segments_of_a_returning_shopper_and_a_first_visit(server: httpx.Client,
      "factor"),
     ("/complete_cart", {"cart": []}, 400, "cart"),
     ("/complete_cart", {"cart": ["no-such-item"]}, 404, "cart[0]"),
+    ("/events", {"events": []}, 400, "events"),
+    ("/events", {"events": [{"user_id": "u", "item_id": "i", "event": "view"},
+                            {"user_id": "u", "item_id": "i", "event": "zap"}]}, 400, 1),
+    ("/admin/consent", {"user_id": "u", "personalized": "no"}, 400, "personalized"),
 ])
 def test_bad_input_is_a_4xx_naming_the_field(server: httpx.Client, route: str, body: object,
                                              status: int, field: str | None) -> None:

@@ -1,0 +1,300 @@
+"""The event store: every event a shop posts, kept durably in a real database.
+
+One store behind one interface, written with SQLAlchemy Core:
+
+* **SQLite** by default (``events/events.db`` under the project), in WAL mode with
+  ``synchronous=FULL``: a batch is on disk when ``add`` returns, so an acknowledged event
+  survives a killed process or a power cut;
+* **PostgreSQL** when ``$TAILOR_EVENTS_URL`` is ``postgresql+psycopg://...``, for several
+  serving replicas or machines sharing one store.
+
+Tables: ``events`` (the canonical columns plus ``event_id``, unique, so a retried post is stored
+once; ``request_id``, the response that led to it; ``received_at``), indexed for "this shopper's
+latest events" and "everything since time T"; ``privacy`` (per hashed user id: forgotten,
+opted out; with who and when, the audit of a deletion); ``tailor_schema`` (the schema version,
+checked at start: a store written by another version is a clear error, never a silent
+migration). Times are epoch milliseconds (UTC).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from features.infra import ROOT, TailorError
+
+URL_ENV = "TAILOR_EVENTS_URL"
+DEFAULT_PATH = ROOT / "events" / "events.db"
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+events_table = sa.Table(
+    "events", metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("event_id", sa.String(256), nullable=False, unique=True),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("item_id", sa.String(256), nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("request_id", sa.String(256)),
+    sa.Column("received_ms", sa.BigInteger, nullable=False),
+    sa.Index("events_user_time", "user_id", "ts_ms"),
+    sa.Index("events_time", "ts_ms"),
+)
+privacy_table = sa.Table(
+    "privacy", metadata,
+    sa.Column("user_hash", sa.String(64), primary_key=True),
+    sa.Column("forgotten_ms", sa.BigInteger),     # when the shopper was forgotten (None: not)
+    sa.Column("forgotten_by", sa.String(256)),
+    sa.Column("opted_out", sa.Boolean, nullable=False, default=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+schema_table = sa.Table(
+    "tailor_schema", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+
+class StoreError(TailorError):
+    """The event store cannot be used: unreachable, or written by another schema version."""
+
+
+def store_url(url: str | None = None) -> str:
+    """The store's SQLAlchemy URL: ``url``, else ``$TAILOR_EVENTS_URL``, else the SQLite file."""
+    url = url or os.environ.get(URL_ENV, "").strip()
+    return url or f"sqlite:///{DEFAULT_PATH}"
+
+
+def sqlite_file(url: str) -> Path:
+    """The database file of a ``sqlite:///`` URL."""
+    return Path(sa.engine.make_url(url).database or "")
+
+
+def user_hash(user_id: str) -> str:
+    """How the privacy table names a shopper (a deletion's audit keeps no raw id)."""
+    return hashlib.sha256(str(user_id).encode("utf-8")).hexdigest()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Added:
+    stored: int
+    duplicates: int
+    skipped_opted_out: int
+
+
+class EventStore:
+    """The store at ``url`` (see ``store_url``); tables are created on first use."""
+
+    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+        self.url = store_url(url)
+        self.engine = _connect(self.url, create)
+        self.dialect = self.engine.dialect.name
+        try:
+            self._check_schema(create)
+        except sa.exc.DBAPIError as exc:
+            raise StoreError(f"cannot open the event store {self.safe_url}: "
+                             f"{exc.orig or exc}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _check_schema(self, create: bool) -> None:
+        for attempt in range(3):
+            try:
+                version = self._schema_version(create)
+                break
+            except sa.exc.DBAPIError:
+                # Several workers starting at once may race to create the tables; the loser
+                # finds them made on its next look.
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"the event store {self.safe_url} has schema version {version}; "
+                             f"this Tailor reads version {SCHEMA_VERSION}. Export it with the "
+                             "Tailor that wrote it (make export-events) and load it anew")
+
+    def _schema_version(self, create: bool) -> int:
+        with self.engine.begin() as conn:
+            if sa.inspect(conn).has_table("tailor_schema"):
+                return conn.execute(sa.select(schema_table.c.version)).scalar()
+            if not create:
+                raise StoreError(f"no event store at {self.safe_url}")
+            metadata.create_all(conn)
+            conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+            return SCHEMA_VERSION
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def add(self, events: Iterable[dict]) -> Added:
+        """Store a batch in one transaction, committed before returning. Each event: user_id,
+        item_id, event, ts_ms (None: now), event_id (None: a new one), request_id. Events of
+        opted-out shoppers are not stored; an event_id already stored (or twice in the batch)
+        counts as a duplicate."""
+        received = now_ms()
+        events = list(events)
+        rows: dict[str, dict] = {}
+        for e in events:
+            event_id = e.get("event_id") or uuid.uuid4().hex
+            rows.setdefault(event_id, {
+                "event_id": event_id, "user_id": str(e["user_id"]), "item_id": str(e["item_id"]),
+                "event": e["event"],
+                "ts_ms": int(e["ts_ms"]) if e.get("ts_ms") is not None else received,
+                "request_id": e.get("request_id"), "received_ms": received})
+        with self.engine.begin() as conn:
+            out = self._opted_out(conn, {r["user_id"] for r in rows.values()})
+            kept = [r for r in rows.values() if user_hash(r["user_id"]) not in out]
+            stored = 0
+            if kept:
+                # RETURNING names the rows this statement inserted, so a concurrent writer of
+                # the same event_id never makes one count twice.
+                insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
+                    events_table).on_conflict_do_nothing(index_elements=["event_id"]).returning(
+                    events_table.c.event_id)
+                stored = len(conn.execute(insert, kept).all())
+        skipped = len(rows) - len(kept)
+        return Added(stored, len(events) - skipped - stored, skipped)
+
+    @staticmethod
+    def _opted_out(conn, users: set[str]) -> set[str]:
+        if not users:
+            return set()
+        hashes = [user_hash(u) for u in users]
+        found = conn.execute(sa.select(privacy_table.c.user_hash).where(
+            privacy_table.c.user_hash.in_(hashes), privacy_table.c.opted_out.is_(True)))
+        return {row[0] for row in found}
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def latest(self, user_id: str, since_ms: int | None = None, limit: int = 200
+               ) -> pd.DataFrame:
+        """The shopper's events after ``since_ms`` (all without it), oldest first, at most the
+        last ``limit``: item_id, event, ts_ms."""
+        query = sa.select(events_table.c.item_id, events_table.c.event, events_table.c.ts_ms,
+                          events_table.c.seq).where(events_table.c.user_id == str(user_id))
+        if since_ms is not None:
+            query = query.where(events_table.c.ts_ms > since_ms)
+        query = query.order_by(events_table.c.ts_ms.desc(), events_table.c.seq.desc()).limit(
+            limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        frame = pd.DataFrame(rows[::-1], columns=["item_id", "event", "ts_ms", "seq"])
+        return frame.drop(columns="seq")
+
+    def since(self, since_ms: int | None = None) -> pd.DataFrame:
+        """Every stored event (after ``since_ms``) in the canonical columns, oldest first."""
+        query = sa.select(events_table.c.user_id, events_table.c.item_id, events_table.c.event,
+                          events_table.c.ts_ms, events_table.c.event_id,
+                          events_table.c.request_id, events_table.c.received_ms)
+        if since_ms is not None:
+            query = query.where(events_table.c.ts_ms > since_ms)
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(query.order_by(events_table.c.ts_ms, events_table.c.seq), conn)
+        frame["timestamp"] = pd.to_datetime(frame.pop("ts_ms"), unit="ms", utc=True)
+        frame["received_at"] = pd.to_datetime(frame.pop("received_ms"), unit="ms", utc=True)
+        return frame
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(events_table))
+                       .scalar())
+
+    # --- privacy ----------------------------------------------------------------------------
+
+    def forget(self, user_id: str, by: str) -> int:
+        """Delete the shopper's events and record the deletion (hashed id, time, who); later
+        reads, training and serving leave them out. Returns the events deleted."""
+        with self.engine.begin() as conn:
+            deleted = conn.execute(events_table.delete().where(
+                events_table.c.user_id == str(user_id))).rowcount
+            self._set(conn, user_id, forgotten_ms=now_ms(), forgotten_by=by)
+        return int(deleted)
+
+    def set_consent(self, user_id: str, personalized: bool) -> None:
+        with self.engine.begin() as conn:
+            self._set(conn, user_id, opted_out=not personalized)
+
+    def status(self, user_id: str) -> tuple[bool, bool]:
+        """(forgotten, opted out) of one shopper: one indexed look-up."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(privacy_table.c.forgotten_ms,
+                                         privacy_table.c.opted_out).where(
+                privacy_table.c.user_hash == user_hash(user_id))).first()
+        return (row is not None and row[0] is not None, bool(row is not None and row[1]))
+
+    def forgotten(self) -> set[str]:
+        """Hashed ids of every forgotten shopper."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(privacy_table.c.user_hash).where(
+                privacy_table.c.forgotten_ms.is_not(None)))
+            return {row[0] for row in rows}
+
+    def audit(self) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(privacy_table).where(
+                privacy_table.c.forgotten_ms.is_not(None)), conn)
+
+    def _set(self, conn, user_id: str, **values) -> None:
+        key = user_hash(user_id)
+        values["updated_ms"] = now_ms()
+        insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
+            privacy_table).values(user_hash=key, opted_out=values.get("opted_out", False),
+                                  **{k: v for k, v in values.items() if k != "opted_out"})
+        conn.execute(insert.on_conflict_do_update(index_elements=["user_hash"], set_=values))
+
+
+def drop_forgotten(events: pd.DataFrame, forgotten: set[str]) -> pd.DataFrame:
+    """``events`` without the rows of forgotten shoppers (hashed ids in ``forgotten``)."""
+    if not forgotten or events.empty:
+        return events
+    users = events["user_id"].astype(str)
+    distinct = users.unique()
+    gone = np.array([user_hash(u) in forgotten for u in distinct])
+    if not gone.any():
+        return events
+    return events[~users.isin(set(distinct[gone])).to_numpy()].reset_index(drop=True)
+
+
+def _connect(url: str, create: bool) -> sa.Engine:
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            if create:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            elif not Path(path).exists():
+                raise StoreError(f"no event store at {path}")
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _durable(dbapi_conn, _record) -> None:   # every connection, before first use
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, ModuleNotFoundError) as exc:
+        raise StoreError(f"cannot use the event store URL {url!r}: {exc}") from exc
+

@@ -1,0 +1,114 @@
+"""The event store suite, run on both back-ends against real servers: SQLite (a file) and a
+PostgreSQL server started by the tests (tests/postgres.py). No mocks of the database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from features.event_store import EventStore, StoreError, drop_forgotten, user_hash
+from tests.postgres import postgres_server
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with postgres_server(tmp_path_factory.mktemp("pg")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path: Path) -> Iterator[EventStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'events.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    store = EventStore(url)
+    yield store
+    if request.param == "postgresql":   # one server for the module: empty it between tests
+        with store.engine.begin() as conn:
+            for table in ("events", "privacy", "tailor_schema"):
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    store.close()
+
+
+def event(user: str, item: str, kind: str = "view", event_id: str | None = None,
+          ts_ms: int | None = None) -> dict:
+    return {"user_id": user, "item_id": item, "event": kind, "event_id": event_id,
+            "ts_ms": ts_ms}
+
+
+def test_a_retried_batch_is_stored_once(store: EventStore) -> None:
+    batch = [event("u1", "i1", event_id="a", ts_ms=1000), event("u1", "i2", event_id="a"),
+             event("u1", "i3", "addtocart", ts_ms=2000)]
+    first = store.add(batch)
+    assert (first.stored, first.duplicates, first.skipped_opted_out) == (2, 1, 0)
+    again = store.add(batch[:1])
+    assert (again.stored, again.duplicates) == (0, 1)
+    assert store.count() == 2
+
+
+def test_latest_events_of_a_shopper_oldest_first(store: EventStore) -> None:
+    store.add([event("u1", f"i{n}", ts_ms=1000 + n) for n in range(5)]
+              + [event("u2", "other", ts_ms=1002)])
+    latest = store.latest("u1", since_ms=1001, limit=2)
+    assert list(latest["item_id"]) == ["i3", "i4"]
+    assert list(store.latest("u1")["item_id"]) == [f"i{n}" for n in range(5)]
+    assert store.latest("nobody").empty
+    every = store.since(1002)
+    assert list(every["item_id"]) == ["i3", "i4"]
+    assert {"user_id", "item_id", "event", "timestamp", "event_id", "request_id",
+            "received_at"} <= set(every.columns)
+    assert every["timestamp"].iloc[0] == pd.Timestamp(1003, unit="ms", tz="UTC")
+
+
+def test_forgetting_deletes_and_leaves_an_audit_without_the_id(store: EventStore) -> None:
+    store.add([event("alice", "i1"), event("alice", "i2"), event("bob", "i1")])
+    assert store.forget("alice", by="privacy-desk") == 2
+    assert store.latest("alice").empty and store.count() == 1
+    assert store.status("alice") == (True, False) and store.status("bob") == (False, False)
+    audit = store.audit()
+    assert list(audit["user_hash"]) == [user_hash("alice")]
+    assert audit["forgotten_by"].iloc[0] == "privacy-desk"
+    assert "alice" not in audit.astype(str).to_string()
+    raw = pd.DataFrame({"user_id": ["alice", "bob", "alice"], "item_id": ["x", "y", "z"]})
+    assert list(drop_forgotten(raw, store.forgotten())["user_id"]) == ["bob"]
+
+
+def test_an_opted_out_shopper_is_not_stored_until_back_in(store: EventStore) -> None:
+    store.set_consent("carol", personalized=False)
+    skipped = store.add([event("carol", "i1"), event("dave", "i1")])
+    assert (skipped.stored, skipped.skipped_opted_out) == (1, 1)
+    assert store.status("carol") == (False, True)
+    store.set_consent("carol", personalized=True)
+    assert store.add([event("carol", "i1")]).stored == 1 and store.status("carol") == (False,
+                                                                                     False)
+
+
+def test_concurrent_writers_of_the_same_ids_store_each_once(store: EventStore) -> None:
+    batches = [[event(f"u{n % 7}", f"i{n}", event_id=f"e{n}") for n in range(b, b + 50)]
+               for b in range(0, 200, 25)]   # overlapping halves
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        added = list(pool.map(store.add, batches))
+    assert sum(a.stored for a in added) == store.count() == 225
+    assert sum(a.stored + a.duplicates for a in added) == 400
+
+
+def test_a_store_of_another_schema_version_is_a_clear_error(store: EventStore) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE tailor_schema SET version = 99"))
+    with pytest.raises(StoreError, match="schema version 99"):
+        EventStore(store.url)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE tailor_schema SET version = 1"))
+
+
+def test_no_store_where_one_is_required(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no event store"):
+        EventStore(f"sqlite:///{tmp_path / 'missing.db'}", create=False)
+    with pytest.raises(StoreError, match="cannot"):
+        EventStore("nosuchdb://x")
