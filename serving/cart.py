@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.merchandising import pool_size
 from models.ranking import MAX_K, rank
 from serving.api import Because, CartCompletion, CartRequest, SessionEvent
 from serving.engine import Engine, session_history
@@ -24,7 +25,11 @@ from serving.merchandise import reasons
 CART_EVENT = "addtocart"
 
 
-def complete_cart(engine: Engine, request: CartRequest) -> CartCompletion:
+BOUGHT_TOGETHER_WEIGHT = 1.0   # chosen by benchmarks/merchandising.py (BENCHMARKS.md)
+
+
+def complete_cart(engine: Engine, request: CartRequest,
+                  weight: float = BOUGHT_TOGETHER_WEIGHT) -> CartCompletion:
     cart = np.array([engine.item_row(item, f"cart[{i}]") for i, item in enumerate(request.cart)])
     cart = np.unique(cart)
     rules, plan = engine.rules.current()
@@ -35,32 +40,29 @@ def complete_cart(engine: Engine, request: CartRequest) -> CartCompletion:
     substitute = _substitutes(engine, cart)
 
     together, partner = bought_together_scores(engine, cart)
-    bt_rows = np.flatnonzero((together > 0) & allowed)
-    bt_rows = bt_rows[np.lexsort((bt_rows, -together[bt_rows]))]   # best first, ties by row
-
     user = request.user_id or ""
     events = [SessionEvent(item_id=engine.ids[row], event=CART_EVENT) for row in cart]
     histories = session_history(engine, user, events).histories
-    bt_first = bt_rows[~substitute[bt_rows]]
-    parts = [(bt_first, together[bt_first], "bought_together")]
-    # The shopper's ranking fills what is left: complements first, then substitutes.
-    for kind, mask in (("model", ~substitute), ("substitute", substitute)):
-        if kind == "substitute":
-            bt_subs = bt_rows[substitute[bt_rows]]
-            parts.append((bt_subs, together[bt_subs], "substitute"))
-        missing = request.k - sum(len(p[0]) for p in parts)
-        if missing <= 0:
-            break
-        ranked = rank(engine, histories, min(MAX_K, missing), exclude=[bt_rows],
-                      allowed=allowed & mask)
-        got = ranked.rows[0] >= 0
-        parts.append((ranked.rows[0][got], ranked.scores[0][got], kind))
-    rows, scores, sources = [], [], []
-    for part_rows, part_scores, source in parts:
-        take = max(0, request.k - len(rows))
-        rows += part_rows[:take].tolist()
-        scores += part_scores[:take].tolist()
-        sources += [source] * min(take, len(part_rows))
+    # The shopper's ranking gives the candidates and their relevance (0..1 within them); items
+    # bought together with the cart join them at relevance 0 and every item gains
+    # BOUGHT_TOGETHER_WEIGHT x its summed bought-together score.
+    ranked = rank(engine, histories, min(MAX_K, pool_size(request.k)), exclude=[cart],
+                  allowed=allowed)
+    got = ranked.rows[0] >= 0
+    pool_rows, pool_scores = ranked.rows[0][got], ranked.scores[0][got].astype(np.float64)
+    relevance = np.zeros(len(engine.ids), dtype=np.float64)
+    if len(pool_rows):
+        low, high = pool_scores.min(), pool_scores.max()
+        relevance[pool_rows] = (pool_scores - low) / (high - low) if high > low else 1.0
+    candidates = np.union1d(pool_rows, np.flatnonzero((together > 0) & allowed))
+    combined = relevance[candidates] + weight * together[candidates]
+    # Complements first, then substitutes; each by the combined score (ties: row order).
+    order = np.lexsort((candidates, -combined, substitute[candidates]))
+    ordered = candidates[order][:request.k]
+    rows = ordered.tolist()
+    scores = (relevance[ordered] + weight * together[ordered]).tolist()
+    sources = ["substitute" if substitute[r] else "bought_together" if together[r] > 0
+               else "model" for r in ordered]
     rows_arr = np.array(rows, dtype=np.int64)
     items = engine.scored(rows_arr, np.array(scores, dtype=np.float32), sources)
     if request.explain and len(rows_arr):
