@@ -11,7 +11,8 @@ One store behind one interface, written with SQLAlchemy Core:
 Tables: ``events`` (the canonical columns plus ``event_id``, unique, so a retried post is stored
 once; ``request_id``, the response that led to it; ``received_at``), indexed for "this shopper's
 latest events" and "everything since time T"; ``privacy`` (per hashed user id: forgotten,
-opted out; with who and when, the audit of a deletion); ``tailor_schema`` (the schema version,
+opted out; with who and when, the audit of a deletion); ``tailor_control`` (a model reload
+every worker acts on); ``tailor_schema`` (the schema version,
 checked at start: a store written by another version is a clear error, never a silent
 migration). Times are epoch milliseconds (UTC).
 """
@@ -58,6 +59,13 @@ privacy_table = sa.Table(
     sa.Column("forgotten_ms", sa.BigInteger),     # when the shopper was forgotten (None: not)
     sa.Column("forgotten_by", sa.String(256)),
     sa.Column("opted_out", sa.Boolean, nullable=False, default=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+control_table = sa.Table(   # requests every worker of every replica acts on (a model reload)
+    "tailor_control", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("value", sa.String(1024)),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
 )
 schema_table = sa.Table(
@@ -217,6 +225,27 @@ class EventStore:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events_table))
                        .scalar())
+
+    # --- control ----------------------------------------------------------------------------
+
+    def request_reload(self, model: str | None) -> int:
+        """Ask every worker sharing this store to load ``model`` (None: its own model reference
+        again); returns the request's generation."""
+        with self.engine.begin() as conn:
+            current = conn.execute(sa.select(control_table.c.generation).where(
+                control_table.c.key == "reload")).scalar() or 0
+            values = {"generation": current + 1, "value": model, "updated_ms": now_ms()}
+            insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
+                control_table).values(key="reload", **values)
+            conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_=values))
+        return current + 1
+
+    def reload_request(self) -> tuple[int, str | None]:
+        """(generation, model) of the latest reload request; (0, None) before any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(control_table.c.generation, control_table.c.value)
+                               .where(control_table.c.key == "reload")).first()
+        return (int(row[0]), row[1]) if row else (0, None)
 
     # --- privacy ----------------------------------------------------------------------------
 

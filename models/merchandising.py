@@ -28,7 +28,7 @@ import pandas as pd
 from features.rules import Rules
 
 # Chosen by benchmarks/merchandising.py (BENCHMARKS.md, "Merchandising").
-DEFAULT_DIVERSITY = 0.0
+DEFAULT_DIVERSITY = 0.2
 DEFAULT_MAX_PER_CATEGORY = 0
 POOL_MIN, POOL_FACTOR = 100, 5
 RANKED, BOOSTED, PINNED = 0, 1, 2    # why an item holds its slot (``arrange``'s flags)

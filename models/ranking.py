@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.history import Histories
+from features.rules import NO_RULES
 from features.schema import EVENT_TYPES
 from models.bundle import Bundle
 from models.index import ItemIndex
-from models.merchandising import Catalog, Plan, arrange, pool_size
+from models.merchandising import Catalog, Plan, arrange, make_plan, pool_size
 from models.scoring import TwoTowerRecommender
 
 MAX_K = 1000
@@ -69,6 +70,8 @@ class Ranker:
         # "Now" for ages: the end of the data the model knows (a session may move it later).
         self.now_ms = bundle.now_ms
         self.catalog = Catalog(bundle.item_vocab.ids, bundle.items, bundle.item_vectors)
+        # Merchandising with no rules: the measured defaults (diversity), on every path.
+        self.default_plan = make_plan(NO_RULES, self.catalog)
 
     def histories(self, users: np.ndarray | list[str]) -> Histories:
         """The stored histories of ``users`` as of the end of the data, as every path sees them."""
@@ -110,12 +113,14 @@ def rank(ranker: Ranker, histories: Histories, k: int, exclude: list[np.ndarray]
          allowed: np.ndarray | None = None, plan: Plan | None = None) -> Ranked:
     """Top-``k`` item rows per history: the model for histories with a known item, the popular
     fallback for the others. ``allowed`` narrows the available items; ``exclude`` per history;
-    ``plan`` (``models.merchandising``) filters, then arranges the model's top candidates."""
+    ``plan`` (``models.merchandising``) filters, then arranges the model's top candidates; None:
+    the defaults (``ranker.default_plan``), so every path ranks alike."""
     k = check_k(k)
+    plan = ranker.default_plan if plan is None else plan
     allowed = ranker.available if allowed is None else allowed & ranker.available
-    if plan is not None and plan.allowed is not None:
+    if plan.allowed is not None:
         allowed = allowed & plan.allowed
-    if plan is None or plan.plain:
+    if plan.plain:
         return _rank(ranker, histories, k, exclude, allowed)
     pool = _rank(ranker, histories, pool_size(k), exclude, allowed)
     rows, scores, flags = arrange(plan, ranker.catalog, pool.rows, pool.scores, k,

@@ -146,6 +146,7 @@ class CartRequest(ApiModel):
     cart: list[Id] = Field(min_length=1, max_length=MAX_CART, description="the items in the "
                                                                            "cart")
     k: K = DEFAULT_K
+    exclude_purchased: StrictBool = Field(True, description="leave out items the shopper bought")
     explain: StrictBool = Field(True, description="give each item its `because`")
 
 
@@ -209,6 +210,20 @@ class ConsentRequest(ApiModel):
 class Consent(BaseModel):
     user_id: str
     personalized: bool
+
+
+class ReloadRequest(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"model": "champion"}})
+
+    model: Id | None = Field(None, description="alias, version, run id or bundle folder to "
+                                               "serve; default: the served reference again "
+                                               "(e.g. where the champion alias points now)")
+
+
+class Reload(BaseModel):
+    generation: int
+    model: str | None
+    within_seconds: float = Field(description="every worker serves it within about this long")
 
 
 class SegmentRequest(ApiModel):

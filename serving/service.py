@@ -39,6 +39,8 @@ from serving.api import (
     ModelCard,
     Recommendations,
     RecommendRequest,
+    Reload,
+    ReloadRequest,
     RequestError,
     SegmentRequest,
     ShopperSegments,
@@ -49,7 +51,8 @@ from serving.engine import Engine, load_engine
 from serving.events import consent, forget, post_events
 from serving.merchandise import rules_path
 from serving.recommend import also_bought, model_card, recommend, similar_items
-from serving.segments import segmenter_for_service, shopper_segments
+from serving.segments import Segmenter, segmenter_for_service, shopper_segments
+from serving.swap import EngineHolder, ModelWatcher, request_reload
 
 MODEL_ENV = "TAILOR_MODEL"
 DEFAULT_MODEL = "champion"
@@ -81,10 +84,29 @@ class Tailor:
     def __init__(self) -> None:
         torch.set_num_threads(THREADS)
         faiss.omp_set_num_threads(THREADS)
-        self.engine = load_engine(os.environ.get(MODEL_ENV) or DEFAULT_MODEL,
-                                  rules=rules_path(), store=EventStore())
-        # The segments file is checked at start; learned segments are learned on first use.
-        self.segmenter = segmenter_for_service(self.engine)
+        self.store = EventStore()
+        rules = rules_path()
+        ref = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+        self.holder = EngineHolder(load_engine(ref, rules=rules, store=self.store), ref)
+        # A new champion (or POST /admin/reload) is loaded beside the served model and switched
+        # to between requests: serving/swap.py.
+        self.watcher = ModelWatcher(
+            self.holder, lambda target: load_engine(target, rules=rules, store=self.store),
+            self.store)
+        self.watcher.start()
+        # The segments file is checked at start; learned segments are learned on first use, and
+        # again for a swapped-in model.
+        self._segmenter = segmenter_for_service(self.holder.engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the model served now (read once per request)."""
+        return self.holder.engine
+
+    def segmenter(self, engine: Engine) -> Segmenter:
+        if self._segmenter.engine is not engine:
+            self._segmenter = segmenter_for_service(engine)
+        return self._segmenter
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, **fields: Any) -> Recommendations:
@@ -113,7 +135,7 @@ class Tailor:
         """The shopper's segments: the rules of $TAILOR_SEGMENTS (default segments.toml) they
         meet and their learned segment (k-means over the shoppers' vectors, learned on the
         first call)."""
-        return _answer(shopper_segments, self.segmenter, SegmentRequest(**fields))
+        return _answer(shopper_segments, self.segmenter(self.engine), SegmentRequest(**fields))
 
     @bentoml.api(route="/events", input_spec=EventsRequest)
     async def events(self, **fields: Any) -> EventsStored:
@@ -131,6 +153,13 @@ class Tailor:
     async def consent(self, **fields: Any) -> Consent:
         """Opt a shopper out of personalization and event collection, or back in."""
         return _answer(consent, self.engine, ConsentRequest(**fields))
+
+    @bentoml.api(route="/admin/reload", input_spec=ReloadRequest)
+    async def reload(self, **fields: Any) -> Reload:
+        """Serve another model (or the served reference again) on every worker, without a
+        restart; /model shows it once loaded."""
+        return _answer(lambda _, request: request_reload(self.store, request), self.engine,
+                       ReloadRequest(**fields))
 
     @bentoml.api(route="/model")
     def model(self) -> ModelCard:

@@ -8,7 +8,16 @@ import pandas as pd
 import pytest
 
 from features.rules import Boost, Pin, Rules
-from models.merchandising import BOOSTED, PINNED, RANKED, Catalog, RuleError, arrange, make_plan
+from models.merchandising import (
+    BOOSTED,
+    DEFAULT_DIVERSITY,
+    PINNED,
+    RANKED,
+    Catalog,
+    RuleError,
+    arrange,
+    make_plan,
+)
 
 # Items 0-2 are near-copies ("a" leaf), 3-4 another leaf, 5 a third; prices 10..60.
 IDS = np.array([f"i{n}" for n in range(6)], dtype=object)
@@ -30,9 +39,10 @@ def top(rules: Rules, k: int = 3, **kwargs) -> tuple[list[int], list[int]]:
     return rows[0][keep].tolist(), flags[0][keep].tolist()
 
 
-def test_no_rules_is_a_plain_plan_and_keeps_the_model_order() -> None:
-    assert make_plan(Rules(), CATALOG).plain
-    assert top(Rules()) == ([0, 1, 2], [RANKED] * 3)
+def test_no_rules_means_the_default_diversity_and_zero_the_model_order() -> None:
+    assert make_plan(Rules(), CATALOG).diversity == DEFAULT_DIVERSITY
+    assert make_plan(Rules(diversity=0.0), CATALOG).plain
+    assert top(Rules(diversity=0.0)) == ([0, 1, 2], [RANKED] * 3)
 
 
 def test_diversity_trades_relevance_for_distance() -> None:
@@ -44,34 +54,35 @@ def test_diversity_trades_relevance_for_distance() -> None:
 
 
 def test_max_per_category_caps_each_leaf() -> None:
-    assert top(Rules(max_per_category=1), k=4)[0] == [0, 3, 5]   # only three leaves exist
-    assert top(Rules(max_per_category=2), k=4)[0] == [0, 1, 3, 4]
+    # only three leaves exist
+    assert top(Rules(diversity=0.0, max_per_category=1), k=4)[0] == [0, 3, 5]
+    assert top(Rules(diversity=0.0, max_per_category=2), k=4)[0] == [0, 1, 3, 4]
 
 
 def test_boosts_multiply_or_add_to_relevance_and_the_cap_holds() -> None:
     # Relevance within the candidates: (score - 1) / 5, so item 3 has 0.4 and item 0 has 1.0.
-    rows, flags = top(Rules(boosts=(Boost(category="b", multiply=3.0),)))
+    rows, flags = top(Rules(diversity=0.0, boosts=(Boost(category="b", multiply=3.0),)))
     assert rows == [3, 0, 1] and flags == [BOOSTED, RANKED, RANKED]   # 1.2 beats 1.0
-    rows, _ = top(Rules(boosts=(Boost(item_id="i5", add=0.7),)))
+    rows, _ = top(Rules(diversity=0.0, boosts=(Boost(item_id="i5", add=0.7),)))
     assert rows == [0, 1, 5]   # 0 + 0.7 beats item 2's 0.6, not item 1's 0.8
-    rows, flags = top(Rules(boosts=(Boost(category="b", add=2.0),), max_boosted=1))
+    rows, flags = top(Rules(diversity=0.0, boosts=(Boost(category="b", add=2.0),), max_boosted=1))
     assert rows == [3, 0, 1] and flags == [BOOSTED, RANKED, RANKED]   # item 4 loses its boost
 
 
 def test_pins_take_their_slots_when_the_item_is_allowed() -> None:
-    rows, flags = top(Rules(pins=(Pin("i5", 1), Pin("i4", 9))), k=4)
+    rows, flags = top(Rules(diversity=0.0, pins=(Pin("i5", 1), Pin("i4", 9))), k=4)
     assert rows == [5, 0, 1, 4]            # a slot past the end appends
     assert flags == [PINNED, RANKED, RANKED, PINNED]
     blocked = [np.array([5])]
-    assert top(Rules(pins=(Pin("i5", 1),)), blocked=blocked)[0] == [0, 1, 2]
+    assert top(Rules(diversity=0.0, pins=(Pin("i5", 1),)), blocked=blocked)[0] == [0, 1, 2]
     allowed = np.ones(6, dtype=bool)
     allowed[5] = False
-    assert top(Rules(pins=(Pin("i5", 1),)), allowed=allowed)[0] == [0, 1, 2]
+    assert top(Rules(diversity=0.0, pins=(Pin("i5", 1),)), allowed=allowed)[0] == [0, 1, 2]
 
 
 def test_filters_become_an_allowed_mask() -> None:
-    plan = make_plan(Rules(exclude_categories=("q",), exclude_items=("i0",), price_min=15),
-                     CATALOG)
+    plan = make_plan(Rules(diversity=0.0, exclude_categories=("q",), exclude_items=("i0",),
+                           price_min=15), CATALOG)
     assert plan.allowed.tolist() == [False, True, True, True, False, False]
     assert plan.plain   # filters act before ranking: nothing to arrange
 

@@ -28,6 +28,23 @@ def bundle_dir(tiny_bundle: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def second_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny bundle of the embedded shop (another training seed): a model to swap to."""
+    import contextlib
+    import io
+
+    import training.train as train
+    from tests.conftest import TINY
+
+    out = tmp_path_factory.mktemp("second") / "bundle"
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()):
+        mp.setenv("TAILOR_CACHE", str(out.parent / "cache"))
+        mp.delenv("RANK", raising=False)
+        assert train.main([*TINY, "--train-seed", "7", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def engine(bundle_dir: Path) -> Engine:
     return load_engine(str(bundle_dir))
 

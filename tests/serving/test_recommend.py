@@ -11,15 +11,30 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from features.history import build_histories
+from features.rules import Rules
 from features.split import sort_events
 from models.bundle import load_index
 from models.index import INDEX_FILE
+from models.merchandising import Plan, make_plan
 from models.ranking import PURCHASE, popular_items, rank
 from serving.api import ItemRequest, RecommendRequest, RequestError, SimilarRequest
 from serving.engine import Engine, model_version
-from serving.recommend import also_bought, model_card, recommend, similar_items
+from serving.recommend import also_bought, model_card, similar_items
+from serving.recommend import recommend as serve_recommend
 from tests.helpers import history_events, make_events
 from tests.serving.conftest import variant
+
+
+def recommend(engine: Engine, request: RecommendRequest):
+    """The endpoint in the model's own order (diversity 0) unless a test asks otherwise: these
+    tests check ranking and strategies; merchandising has tests of its own."""
+    if request.diversity is None:
+        request = request.model_copy(update={"diversity": 0.0})
+    return serve_recommend(engine, request)
+
+
+def model_order(engine: Engine) -> Plan:
+    return make_plan(Rules(diversity=0.0), engine.catalog)
 
 
 def ids(response) -> list[str]:
@@ -162,7 +177,7 @@ def test_index_path_ranks_exactly_like_the_towers(towers_engine: Engine) -> None
     allowed = engine.available.copy()
     allowed[engine.popular_rows[:50]] = False
     exclude = [hist.items_of(i) for i in range(len(users))]
-    got = rank(engine, hist, 20, exclude=exclude, allowed=allowed)
+    got = rank(engine, hist, 20, exclude=exclude, allowed=allowed, plan=model_order(engine))
     want_rows, want_scores = engine.recommender.recommend(hist, 20, exclude=exclude,
                                                           allowed=allowed)
     assert got.personal.all()

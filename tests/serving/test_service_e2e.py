@@ -58,7 +58,7 @@ def test_recommend_for_returning_session_and_unknown_shoppers(server: httpx.Clie
     session = post(server, "/recommend", {"user_id": "visitor-1", "k": 4, "recent_events": [
         {"item_id": item, "event": "view"}, {"item_id": item, "event": "addtocart"}]})
     assert session.status_code == 200 and session.json()["strategy"] == "session:full_scoring"
-    unknown = post(server, "/recommend", {"user_id": "visitor-2", "k": 3})
+    unknown = post(server, "/recommend", {"user_id": "visitor-2", "k": 3, "diversity": 0})
     assert unknown.status_code == 200 and unknown.json()["strategy"] == "popular"
     assert [i["item_id"] for i in unknown.json()["items"]] == list(engine.ids[
         engine.popular_rows[:3]])

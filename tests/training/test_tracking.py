@@ -26,9 +26,11 @@ from mlflow.tracking import MlflowClient
 from features.config import FeatureConfig
 from features.infra import TailorError
 from features.pipeline import Prepared, build
+from features.rules import Rules
 from features.spec import parse_spec
 from features.synthetic import generate
 from models.bundle import Bundle, build_bundle
+from models.merchandising import Catalog, arrange, make_plan, pool_size
 from models.registry import (
     ChampionSawTestData,
     experiment_name,
@@ -200,9 +202,16 @@ def test_pyfunc_round_trip(logged: dict[str, Any], prepared: Prepared, bundle_di
     assert (out.groupby("user_id")["rank"].apply(list) == [[1, 2, 3, 4, 5]] * 2).all()
     unavailable = set(bundle.items.loc[~bundle.items.available, "item_id"])
     assert unavailable and not unavailable & set(out.item_id)
+    # the unknown shopper: the popular items, arranged by the default merchandising (diversity)
+    # as every path arranges them
     popular = bundle.items[bundle.items.available].sort_values("popularity", ascending=False,
                                                                 kind="stable")
-    assert list(out[out.user_id == "nobody"].item_id) == list(popular.item_id[:5])
+    catalog = Catalog(bundle.item_vocab.ids, bundle.items, bundle.item_vectors)
+    pool = popular.index.to_numpy()[:pool_size(5)]
+    rows = arrange(make_plan(Rules(), catalog), catalog, pool[None, :],
+                   popular["popularity"].to_numpy(np.float32)[None, :pool_size(5)], 5)[0][0]
+    assert list(out[out.user_id == "nobody"].item_id) == list(bundle.item_vocab.ids[rows])
+    assert set(out[out.user_id == "nobody"].item_id) <= set(popular.item_id[:pool_size(5)])
     # k is optional (default 10) and per row
     out = model.predict(pd.DataFrame({"user_id": [user, "nobody"]}))
     assert out.groupby("user_id").size().to_dict() == {user: 10, "nobody": 10}

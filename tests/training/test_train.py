@@ -28,11 +28,13 @@ import training.train as train
 from features.config import FeatureConfig, add_config_args, config_from_args, setting
 from features.infra import DataError, run_cli
 from features.pipeline import Prepared, prepare
+from features.rules import Rules
 from features.schema import EVENT_TYPES
 from features.spec import parse_spec
 from models.baselines import BASELINES
 from models.blend import BlendConfig
 from models.bundle import Bundle
+from models.merchandising import Catalog, arrange, make_plan, pool_size
 from models.ranking import popular_items
 from models.registry import tracking_uri
 from models.two_tower import TwoTower, TwoTowerConfig
@@ -224,14 +226,23 @@ def test_champion_pyfunc_recommends(first: dict[str, Any]) -> None:
     mine, theirs = out[out.user_id == user], out[out.user_id == "nobody"]
     assert list(mine["rank"]) == [1, 2, 3, 4, 5] and list(theirs["rank"]) == [1, 2, 3, 4, 5]
     # the known shopper: the in-memory model's ranking of their stored history as of the end of
-    # the data, their purchases left out (as /recommend and batch rank)
+    # the data, their purchases left out (as /recommend and batch rank), arranged by the default
+    # merchandising (diversity) as every path arranges it
+    catalog = Catalog(bundle.item_vocab.ids, bundle.items, bundle.item_vectors)
+    plan, pool = make_plan(Rules(), catalog), pool_size(5)
+
+    def merchandised(rows: np.ndarray, scores: np.ndarray) -> list[str]:
+        got = arrange(plan, catalog, rows, scores.astype(np.float32), 5)[0][0]
+        return list(bundle.item_vocab.ids[got])
+
     history = bundle.histories.of([user])
     bought = history.item_idx[history.event_code == EVENT_TYPES.index("purchase")]
-    rows, _ = bundle.recommender.recommend(history, 5, exclude=[bought],
-                                           allowed=bundle.items.available.to_numpy(bool))
-    assert list(mine.item_id) == list(bundle.item_vocab.ids[rows[0]])
+    rows, scores = bundle.recommender.recommend(history, pool, exclude=[bought],
+                                                allowed=bundle.items.available.to_numpy(bool))
+    assert list(mine.item_id) == merchandised(rows, scores)
     # the unknown one: the most popular available items
-    assert list(theirs.item_id) == list(bundle.item_vocab.ids[popular_items(bundle)[0][:5]])
+    popular, counts = popular_items(bundle)
+    assert list(theirs.item_id) == merchandised(popular[None, :pool], counts[None, :pool])
     assert list(mine.item_id) != list(theirs.item_id)
 
 

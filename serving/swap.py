@@ -1,0 +1,89 @@
+"""Hot model swap: a worker loads a new model beside the one it serves and switches between
+requests, without a restart.
+
+Each worker runs a ``ModelWatcher`` thread. Every ``CHECK_SECONDS`` it looks at
+* the event store's reload request (``POST /admin/reload``: a generation number and a model
+  reference, shared by every worker of every replica that uses the store), and
+* when the served reference is a registry alias (``champion``), the version the alias names now.
+When either moved, it loads the new engine in the background (requests go on being answered by
+the old one), then replaces the holder's engine in one assignment. A request reads the engine
+once, at its start, so no answer mixes two models; the old engine is freed when its last
+request ends. A model that fails to load is logged and the old one stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from features.event_store import EventStore
+from models.registry import resolve_model
+from serving.api import Reload, ReloadRequest, RequestError
+from serving.engine import Engine, model_version
+
+CHECK_SECONDS = 2.0
+log = logging.getLogger("tailor.swap")
+
+
+class EngineHolder:
+    """The engine a worker serves now; ``engine`` is replaced whole, never changed."""
+
+    def __init__(self, engine: Engine, ref: str) -> None:
+        self.engine, self.ref = engine, ref
+
+
+class ModelWatcher(threading.Thread):
+    def __init__(self, holder: EngineHolder, load: Callable[[str], Engine],
+                 store: EventStore | None, interval: float = CHECK_SECONDS) -> None:
+        super().__init__(name="tailor-model-watcher", daemon=True)
+        self.holder, self.load, self.store, self.interval = holder, load, store, interval
+        self.generation = store.reload_request()[0] if store is not None else 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.check()
+            except Exception:   # a watcher that dies would stop every later swap
+                log.exception("model check failed; serving %s on", self.holder.engine.version)
+
+    def check(self) -> bool:
+        """Load and switch to a new model when one is asked for; True when it switched."""
+        target = None
+        if self.store is not None:
+            generation, model = self.store.reload_request()
+            if generation != self.generation:
+                self.generation, target = generation, model or self.holder.ref
+        if target is None and _is_alias(self.holder.ref):
+            now = model_version(self.holder.ref, resolve_model(self.holder.ref))
+            if now != self.holder.engine.version:
+                target = self.holder.ref
+        if target is None:
+            return False
+        engine = self.load(target)
+        old = self.holder.engine.version
+        self.holder.engine, self.holder.ref = engine, target
+        log.warning("model swapped: %s -> %s", old, engine.version)
+        return True
+
+
+def _is_alias(ref: str) -> bool:
+    return not ref.isdigit() and not Path(ref).expanduser().exists() and ref.isidentifier()
+
+
+def request_reload(store: EventStore | None, request: ReloadRequest) -> Reload:
+    """``POST /admin/reload``: every worker sharing the store loads the model within
+    ``CHECK_SECONDS`` (the one named, else its own reference again)."""
+    if store is None:
+        raise RequestError(503, "store", "this server has no event store to share the reload",
+                           "unavailable")
+    if request.model is not None:
+        try:
+            resolve_model(request.model)
+        except Exception as exc:   # any reason it cannot be found: the caller's mistake
+            raise RequestError(404, "model", str(exc), "not_found") from exc
+    generation = store.request_reload(request.model)
+    return Reload(generation=generation, model=request.model,
+                  within_seconds=CHECK_SECONDS * 2)

@@ -1,0 +1,100 @@
+"""Hot model swap (serving/swap.py): a reload request or a moved alias makes every worker load
+the new model beside the old one and switch between requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from features.event_store import URL_ENV, EventStore
+from serving.api import RecommendRequest, ReloadRequest, RequestError
+from serving.engine import Engine, load_engine
+from serving.process import free_port, served
+from serving.recommend import recommend
+from serving.swap import EngineHolder, ModelWatcher, request_reload
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    store = EventStore(f"sqlite:///{tmp_path / 'events.db'}")
+    yield store
+    store.close()
+
+
+def test_a_reload_request_swaps_the_engine(bundle_dir: Path, second_bundle: Path,
+                                           store: EventStore) -> None:
+    holder = EngineHolder(load_engine(str(bundle_dir)), str(bundle_dir))
+    watcher = ModelWatcher(holder, lambda ref: load_engine(ref), store)
+    first = holder.engine
+    assert not watcher.check()                       # nothing asked: nothing loads
+    done = request_reload(store, ReloadRequest(model=str(second_bundle)))
+    assert done.generation == 1
+    assert watcher.check() and holder.engine is not first
+    assert holder.engine.version == str(second_bundle) and holder.ref == str(second_bundle)
+    assert not watcher.check()                       # handled once
+    # a model that does not load leaves the served one in place
+    store.request_reload(str(bundle_dir / "missing"))
+    served_now = holder.engine
+    with pytest.raises(Exception, match="missing"):
+        watcher.check()
+    assert holder.engine is served_now
+    with pytest.raises(RequestError) as err:
+        request_reload(store, ReloadRequest(model="no-such-alias-or-path/x"))
+    assert (err.value.status, err.value.field) == (404, "model")
+
+
+@pytest.mark.slow
+def test_swap_under_load_fails_no_request_and_mixes_no_answers(
+        bundle_dir: Path, second_bundle: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(URL_ENV, f"sqlite:///{tmp_path / 'events.db'}")
+    user = "swap-visitor"
+    session = [{"item_id": "i000010", "event": "view"}, {"item_id": "i000011", "event": "view"}]
+    expected: dict[str, list[str]] = {}
+    for path in (bundle_dir, second_bundle):
+        engine: Engine = load_engine(str(path))
+        answer = recommend(engine, RecommendRequest(user_id=user, k=5, recent_events=session))
+        expected[str(path)] = [i.item_id for i in answer.items]
+    assert expected[str(bundle_dir)] != expected[str(second_bundle)]
+
+    answers: list[tuple[int, str, list[str]]] = []
+    stop = threading.Event()
+
+    def load(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while not stop.is_set():
+                r = http.post("/recommend", json={"user_id": user, "k": 5,
+                                                  "recent_events": session})
+                body = r.json() if r.status_code == 200 else {}
+                answers.append((r.status_code, body.get("model_version", ""),
+                                [i["item_id"] for i in body.get("items", [])]))
+
+    with served(bundle_dir, free_port(), tmp_path / "serve.log") as server, \
+            httpx.Client(base_url=server.url, timeout=30) as http:
+        threads = [threading.Thread(target=load, args=(server.url,)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        reload = http.post("/admin/reload", json={"model": str(second_bundle)})
+        assert reload.status_code == 200, reload.text
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            recent = [version for _, version, _ in answers[-30:]]
+            if len(recent) == 30 and set(recent) == {str(second_bundle)}:
+                break
+            time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        card = http.post("/model").json()
+    assert card["model_version"] == str(second_bundle)
+    assert answers and all(status == 200 for status, _, _ in answers)
+    versions = {version for _, version, _ in answers}
+    assert versions == {str(bundle_dir), str(second_bundle)}
+    for _, version, items in answers:   # each answer wholly from one model
+        assert items == expected[version]
