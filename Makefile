@@ -75,11 +75,15 @@ MODEL ?= champion
 K ?= 50
 OUT ?= recs.csv
 SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),3000)
-.PHONY: serve recommend-batch segments campaign forget export-events
-serve: $(STAMP) ## serve MODEL (default champion) with BentoML at 127.0.0.1:PORT (default 3000)
-	@$(PY) -m serving.model_check "$(MODEL)"
+.PHONY: serve api-key recommend-batch segments campaign forget export-events
+HOST ?= 127.0.0.1
+serve: $(STAMP) ## serve MODEL (default champion) with BentoML at HOST:PORT (127.0.0.1:3000; another HOST needs API keys)
+	@$(PY) -m serving.model_check "$(MODEL)" "$(HOST)"
 	TAILOR_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Tailor \
-		--host 127.0.0.1 --port $(SERVE_PORT) $(ARGS)
+		--host $(HOST) --port $(SERVE_PORT) $(ARGS)
+
+api-key: $(STAMP) ## make an API key: NAME=who ROLE=read|write|admin (printed once; its hash goes to api_keys.toml)
+	@$(PY) -m serving.auth new --name "$(NAME)" --role "$(ROLE)" $(ARGS)
 
 recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by MODEL -> OUT (EXCLUDE_SEEN=1, DIVERSITY, RULES)
 	@$(PY) -m serving.batch --data "$(DATA)" --model "$(MODEL)" --k "$(K)" --out "$(OUT)" \
@@ -112,7 +116,7 @@ demo: $(STAMP) ## train a small model on the embedded shop, serve it, send examp
 
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
 # Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
-.PHONY: bench bench-quality bench-cold bench-merch bench-train bench-index bench-serve
+.PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-index bench-serve
 bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)
 	$(MAKE) --no-print-directory bench-quality
 	$(MAKE) --no-print-directory bench-cold
@@ -120,6 +124,7 @@ bench: ## every benchmark part: quality, new items, training, index, serving (ov
 	$(MAKE) --no-print-directory bench-train
 	$(MAKE) --no-print-directory bench-index
 	$(MAKE) --no-print-directory bench-serve
+	$(MAKE) --no-print-directory bench-events
 
 bench-quality: $(BENCH_STAMP) ## two-tower stack vs every baseline + ALS on every data set
 	@$(PY) -m benchmarks.quality $(ARGS)
@@ -129,6 +134,9 @@ bench-cold: $(BENCH_STAMP) ## new items placed by their attributes alone: 10% of
 
 bench-merch: $(BENCH_STAMP) ## diversity vs NDCG, cart completion vs also-bought, explanation cost (Toys, Tmall, embedded shop)
 	@$(PY) -m benchmarks.merchandising $(ARGS)
+
+bench-events: $(BENCH_STAMP) ## POST /events events/s at batch sizes 1/10/100 on SQLite and PostgreSQL; /recommend with the store
+	@$(PY) -m benchmarks.ingest $(ARGS)
 
 bench-train: $(BENCH_STAMP) ## training wall time, examples/s, peak memory: 1 process vs NPROC=2
 	@$(PY) -m benchmarks.train $(ARGS)

@@ -78,10 +78,23 @@ class StoreError(TailorError):
     """The event store cannot be used: unreachable, or written by another schema version."""
 
 
+NO_STORE = ("none", "off")   # $TAILOR_EVENTS_URL values that turn the store off
+
+
 def store_url(url: str | None = None) -> str:
     """The store's SQLAlchemy URL: ``url``, else ``$TAILOR_EVENTS_URL``, else the SQLite file."""
     url = url or os.environ.get(URL_ENV, "").strip()
     return url or f"sqlite:///{DEFAULT_PATH}"
+
+
+def store_disabled() -> bool:
+    """``TAILOR_EVENTS_URL=none``: serve and train without an event store."""
+    return os.environ.get(URL_ENV, "").strip().lower() in NO_STORE
+
+
+def open_store() -> EventStore | None:
+    """The service's store: the configured one, or None when turned off."""
+    return None if store_disabled() else EventStore()
 
 
 def sqlite_file(url: str) -> Path:

@@ -32,7 +32,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from features.event_store import EventStore, drop_forgotten, sqlite_file, store_url
+from features.event_store import (
+    EventStore,
+    drop_forgotten,
+    sqlite_file,
+    store_disabled,
+    store_url,
+)
 from features.infra import DataError
 from features.schema import (
     EVENT_DTYPE,
@@ -69,6 +75,8 @@ def read_events(spec: DataSpec) -> EventData:
 
 def forgotten_shoppers() -> set[str]:
     """Hashed ids of the shoppers forgotten in the event store (none without a store)."""
+    if store_disabled():
+        return set()
     url = store_url()
     if url.startswith("sqlite") and not sqlite_file(url).exists():
         return set()   # no store yet: nobody was forgotten

@@ -4,14 +4,17 @@ Steps: train (``training.train`` on ``synthetic`` with settings that take a minu
 cores; logged to MLflow and registered like any run), start ``bentoml serve`` on the version
 just registered, send example requests — a returning shopper, a first-time visitor, a visitor's
 session, "also bought" for the shop's printer, merchandising (diversity, a boost, a pin, cart
-completion; every item says ``because``) — print each request (as curl) and its answer, then
-keep serving until Ctrl-C. ``--model REF`` skips training and serves REF instead.
+completion; every item says ``because``), live events (two posted events change the next
+answer), a model swap without a restart and a forgotten shopper — print each request (as curl)
+and its answer, then keep serving until Ctrl-C. ``--model REF`` skips training and serves REF
+instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from features.event_store import URL_ENV
 from features.infra import ROOT, TailorError, run_cli
 from features.schema import EVENT_TYPES
 from features.synthetic import generate_with_truth
@@ -81,6 +85,9 @@ def show(client: httpx.Client, title: str, route: str, body: dict,
         print(f"  model {answer['model_version']} · {ms:.0f} ms")
         for segment in answer["segments"]:
             print(f"  - {segment['name']:<22} {segment['kind']:<8} {segment['rule']}")
+        return answer
+    if "items" not in answer:
+        print(f"  {json.dumps(answer)} · {ms:.0f} ms")
         return answer
     print(f"  strategy {answer['strategy']} · model {answer['model_version']} · {ms:.0f} ms")
     for item in answer["items"]:
@@ -149,10 +156,46 @@ def examples(client: httpx.Client) -> None:
                  "(same: any item attribute: brand, scent, ...)", "/similar_items",
          {"item_id": printer, "k": K, "same": ["category_id"]})
     merchandising(client, user, {i for i, _ in history}, printer, truth, titles)
-    show(client, f"10. The segments {user} is in: the rules of segments.toml and a learned "
-                 "segment", "/segments", {"user_id": user})
-    show(client, "11. Bad input gets a 4xx naming the field", "/recommend",
+    live_events(client, user, truth)
+    show(client, "13. The segments demo-visitor is in now: the rules of segments.toml (a cart "
+                 "it did not buy) and a learned segment", "/segments", {"user_id": "demo-visitor"})
+    show(client, "14. Bad input gets a 4xx naming the field", "/recommend",
          {"user_id": user, "k": 0, "diversity": 2})
+
+
+def live_events(client: httpx.Client, user: str, truth) -> None:
+    """Events posted to the store change the next answer; a model swap without a restart; a
+    forgotten shopper gets the first-time visitor's answer."""
+    visitor, printer, ink = "demo-visitor", truth.printer_item, truth.printer_ink
+    show(client, f"10. {visitor} before any event: the popular items", "/recommend",
+         {"user_id": visitor, "k": K})
+    show(client, "... the shop posts two events as they happen (stored durably, then answered)",
+         "/events", {"events": [
+             {"user_id": visitor, "item_id": printer, "event": "view", "event_id": "demo-1"},
+             {"user_id": visitor, "item_id": printer, "event": "addtocart",
+              "event_id": "demo-2"}]})
+    show(client, "... and the very next /recommend follows them (no session in the request)",
+         "/recommend", {"user_id": visitor, "k": K}, mark={ink: "   <- its ink"})
+    card = client.post("/model").json()
+    version = card["model_version"].rpartition("/")[2]
+    target = str(int(version) - 1) if version.isdigit() and int(version) > 1 else \
+        card["bundle_path"]
+    show(client, f"11. A model swap without a restart: every worker loads {target} beside "
+                 f"{card['model_version']} and switches between requests", "/admin/reload",
+         {"model": target})
+    deadline = time.monotonic() + 60
+    now = card["model_version"]
+    while time.monotonic() < deadline and now == card["model_version"]:
+        time.sleep(1.0)
+        now = client.post("/model").json()["model_version"]
+    same = " (the same weights under another reference: no other version is registered yet)" \
+        if target == card["bundle_path"] else ""
+    print(f"  /model: {card['model_version']} -> {now}{same}")
+    show(client, f"12. Forget {user} (privacy): their events are deleted, their stored history "
+                 "is no longer used, the deletion is audited", "/admin/forget",
+         {"user_id": user, "by": "demo"})
+    show(client, f"... {user} now gets the first-time visitor's answer", "/recommend",
+         {"user_id": user, "k": K})
 
 
 def merchandising(client: httpx.Client, user: str, seen: set[str], printer: str, truth,
@@ -184,7 +227,7 @@ def campaign(model: str) -> None:
     """`make campaign`: a small email export for one segment, as a marketer would run it."""
     out = ROOT / ".cache" / "demo-campaign"
     segment = "cart abandoner"
-    print(f"\n{RULE}\n12. A campaign file for the segment {segment!r}, three items each\n"
+    print(f"\n{RULE}\n15. A campaign file for the segment {segment!r}, three items each\n"
           f"$ make campaign MODEL={model} SEGMENT='{segment}' K=3 OUT={out.relative_to(ROOT)}")
     proc = subprocess.run([sys.executable, "-m", "serving.campaign", "--model", model,
                            "--segment", segment, "--k", "3", "--out", str(out),
@@ -204,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"\nstarting  bentoml serve serving.service:Tailor (model {model}, port {args.port}; "
           f"log {log.relative_to(ROOT)})", flush=True)
+    # The demo's own event store, fresh each run: its events and its forgotten shopper never
+    # touch the project's store (events/events.db).
+    store = ROOT / ".cache" / "demo-events.db"
+    for path in store.parent.glob(store.name + "*"):
+        path.unlink()
+    os.environ[URL_ENV] = f"sqlite:///{store}"
     with served(model, args.port, log, port_hint="PORT=...") as server:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             examples(client)

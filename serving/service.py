@@ -24,7 +24,7 @@ import faiss
 import torch
 from starlette.responses import JSONResponse
 
-from features.event_store import EventStore
+from features.event_store import open_store
 from serving.api import (
     CartCompletion,
     CartRequest,
@@ -46,6 +46,7 @@ from serving.api import (
     ShopperSegments,
     SimilarRequest,
 )
+from serving.auth import ApiKeyMiddleware
 from serving.cart import complete_cart
 from serving.engine import Engine, load_engine
 from serving.events import consent, forget, post_events
@@ -84,7 +85,7 @@ class Tailor:
     def __init__(self) -> None:
         torch.set_num_threads(THREADS)
         faiss.omp_set_num_threads(THREADS)
-        self.store = EventStore()
+        self.store = open_store()   # None with TAILOR_EVENTS_URL=none
         rules = rules_path()
         ref = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
         self.holder = EngineHolder(load_engine(ref, rules=rules, store=self.store), ref)
@@ -165,3 +166,7 @@ class Tailor:
     def model(self) -> ModelCard:
         """The served bundle: version, training time, data, index and test metrics."""
         return model_card(self.engine)
+
+
+# API keys with roles in front of every route (serving/auth.py); without keys, loopback only.
+Tailor.add_asgi_middleware(ApiKeyMiddleware)

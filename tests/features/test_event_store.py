@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from benchmarks.postgres import postgres_server
 from features.event_store import EventStore, StoreError, drop_forgotten, user_hash
-from tests.postgres import postgres_server
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from benchmarks.postgres import postgres_server
 from features.event_store import URL_ENV, EventStore, events_table
 from serving.process import free_port, served
-from tests.postgres import postgres_server
 
 pytestmark = pytest.mark.slow
 

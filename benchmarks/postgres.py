@@ -1,7 +1,7 @@
-"""A real PostgreSQL server for the tests, started from the system's binaries (``initdb`` and
-``pg_ctl`` of PostgreSQL 15, which `.ci/run` makes sure of) in a temporary folder, on a free
-loopback port, and stopped afterwards. As root it runs as the ``postgres`` user (PostgreSQL
-refuses to run as root)."""
+"""A real PostgreSQL server for the tests and benchmarks, started from the system's binaries
+(``initdb`` and ``pg_ctl`` of PostgreSQL 15, which `.ci/run` makes sure of) in a temporary
+folder, on a free loopback port, and stopped afterwards. As root it runs as the ``postgres``
+user (PostgreSQL refuses to run as root)."""
 
 from __future__ import annotations
 
