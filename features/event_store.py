@@ -210,16 +210,20 @@ class EventStore:
                ) -> pd.DataFrame:
         """The shopper's events after ``since_ms`` (all without it), oldest first, at most the
         last ``limit``: item_id, event, ts_ms."""
-        query = sa.select(events_table.c.item_id, events_table.c.event, events_table.c.ts_ms,
-                          events_table.c.seq).where(events_table.c.user_id == str(user_id))
-        if since_ms is not None:
-            query = query.where(events_table.c.ts_ms > since_ms)
-        query = query.order_by(events_table.c.ts_ms.desc(), events_table.c.seq.desc()).limit(
-            limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        frame = pd.DataFrame(rows[::-1], columns=["item_id", "event", "ts_ms", "seq"])
-        return frame.drop(columns="seq")
+            rows = _latest(conn, user_id, since_ms, limit)
+        return pd.DataFrame(rows, columns=["item_id", "event", "ts_ms"])
+
+    def shopper(self, user_id: str, since_ms: int | None, limit: int) -> Shopper:
+        """What serving reads per request, in one connection: the privacy flags and, unless
+        opted out, the latest events (``latest``) as plain lists."""
+        with self.engine.connect() as conn:
+            row = conn.execute(PRIVACY_OF, {"user_hash": user_hash(user_id)}).first()
+            forgotten = row is not None and row[0] is not None
+            opted_out = bool(row is not None and row[1])
+            rows = [] if opted_out else _latest(conn, user_id, since_ms, limit)
+        return Shopper(forgotten, opted_out, [r[0] for r in rows], [r[1] for r in rows],
+                       [r[2] for r in rows])
 
     def since(self, since_ms: int | None = None) -> pd.DataFrame:
         """Every stored event (after ``since_ms``) in the canonical columns, oldest first."""
@@ -302,6 +306,31 @@ class EventStore:
             privacy_table).values(user_hash=key, opted_out=values.get("opted_out", False),
                                   **{k: v for k, v in values.items() if k != "opted_out"})
         conn.execute(insert.on_conflict_do_update(index_elements=["user_hash"], set_=values))
+
+
+@dataclass(frozen=True)
+class Shopper:
+    forgotten: bool
+    opted_out: bool
+    item_ids: list[str]     # the latest events, oldest first
+    events: list[str]
+    ts_ms: list[int]
+
+
+# The per-request reads, built once (SQLAlchemy caches their compiled form).
+PRIVACY_OF = sa.select(privacy_table.c.forgotten_ms, privacy_table.c.opted_out).where(
+    privacy_table.c.user_hash == sa.bindparam("user_hash"))
+LATEST_OF = sa.select(events_table.c.item_id, events_table.c.event, events_table.c.ts_ms).where(
+    events_table.c.user_id == sa.bindparam("user_id"),
+    events_table.c.ts_ms > sa.bindparam("since_ms")).order_by(
+    events_table.c.ts_ms.desc(), events_table.c.seq.desc()).limit(sa.bindparam("limit"))
+
+
+def _latest(conn, user_id: str, since_ms: int | None, limit: int) -> list[tuple]:
+    rows = conn.execute(LATEST_OF, {"user_id": str(user_id),
+                                    "since_ms": -(2**62) if since_ms is None else since_ms,
+                                    "limit": limit}).all()
+    return [tuple(r) for r in rows[::-1]]
 
 
 def drop_forgotten(events: pd.DataFrame, forgotten: set[str]) -> pd.DataFrame:

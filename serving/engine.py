@@ -126,15 +126,15 @@ def session_history(engine: Engine, user: str, events: list[SessionEvent]) -> Sh
     live_codes = np.array([], dtype=np.int8)
     live_ts = np.array([], dtype=np.int64)
     if engine.store is not None:
-        forgotten, opted_out = engine.store.status(user)
+        live = engine.store.shopper(user, since_ms=engine.now_ms,
+                                    limit=engine.bundle.model.cfg.history_len)
+        forgotten, opted_out = live.forgotten, live.opted_out
         if forgotten:
             stored_histories = NO_HISTORIES
-        if not opted_out:
-            live = engine.store.latest(user, since_ms=engine.now_ms,
-                                       limit=engine.bundle.model.cfg.history_len)
-            live_items = engine.rows_of(list(live["item_id"]))
-            live_codes = live["event"].map(EVENT_CODES).to_numpy(dtype=np.int8)
-            live_ts = live["ts_ms"].to_numpy(dtype=np.int64)
+        live_items = engine.rows_of(live.item_ids)
+        live_codes = np.fromiter((EVENT_CODES[e] for e in live.events), dtype=np.int8,
+                                 count=len(live.events))
+        live_ts = np.asarray(live.ts_ms, dtype=np.int64)
     items = engine.rows_of([e.item_id for e in events])
     if opted_out:   # nothing of theirs is used: the non-personalized answer
         return Shopper(append_events(NO_HISTORIES, user, items[:0], live_codes, live_ts,
