@@ -75,7 +75,7 @@ MODEL ?= champion
 K ?= 50
 OUT ?= recs.csv
 SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),3000)
-.PHONY: serve api-key recommend-batch segments campaign forget export-events
+.PHONY: serve api-key recommend-batch segments campaign forget export-events experiment-report simulate
 HOST ?= 127.0.0.1
 serve: $(STAMP) ## serve MODEL (default champion) with BentoML at HOST:PORT (127.0.0.1:3000; another HOST needs API keys)
 	@$(PY) -m serving.model_check "$(MODEL)" "$(HOST)"
@@ -99,6 +99,15 @@ forget: $(STAMP) ## forget shopper USER: delete their events, audit it; serving 
 
 export-events: $(STAMP) ## every event the shop posted (the event store) -> OUT (Parquet, default events.parquet)
 	@$(PY) -m features.store_cli export --out "$(if $(filter command line environment,$(origin OUT)),$(OUT),events.parquet)" $(ARGS)
+
+experiment-report: $(STAMP) ## per-variant CTR, cart rate, conversion, revenue with 95% CIs and lift vs control for EXPERIMENT; logged to MLflow
+	@test -n "$(EXPERIMENT)" || { echo "error: name the experiment: make experiment-report EXPERIMENT=<name>" >&2; exit 2; }
+	@$(PY) -m serving.experiment_report --experiment "$(EXPERIMENT)" $(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") $(ARGS)
+
+simulate: $(STAMP) ## the embedded shop's shoppers against a server in a control/popular/model experiment, then its report (MODEL: one trained on it)
+	@case "$(if $(filter command line environment,$(origin DATA)),$(DATA),synthetic)" in synthetic*) ;; \
+		*) echo "error: the simulation needs the embedded shop's hidden tastes: DATA=synthetic" >&2; exit 2;; esac
+	@$(PY) -m serving.simulate $(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") $(ARGS)
 
 segments: $(STAMP) ## every shopper's segments (segments.toml + learned) by MODEL -> OUT folder, logged to MLflow
 	@$(PY) -m serving.segments --model "$(MODEL)" \

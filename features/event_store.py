@@ -11,7 +11,8 @@ One store behind one interface, written with SQLAlchemy Core:
 Tables: ``events`` (the canonical columns plus ``event_id``, unique, so a retried post is stored
 once; ``request_id``, the response that led to it; ``received_at``), indexed for "this shopper's
 latest events" and "everything since time T"; ``privacy`` (per hashed user id: forgotten,
-opted out; with who and when, the audit of a deletion); ``tailor_control`` (a model reload
+opted out; with who and when, the audit of a deletion); ``assignments`` and ``impressions``
+(experiments: a shopper's variant, what each answer showed); ``tailor_control`` (a model reload
 every worker acts on); ``tailor_schema`` (the schema version,
 checked at start: a store written by another version is a clear error, never a silent
 migration). Times are epoch milliseconds (UTC).
@@ -20,6 +21,7 @@ migration). Times are epoch milliseconds (UTC).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 import uuid
@@ -60,6 +62,25 @@ privacy_table = sa.Table(
     sa.Column("forgotten_by", sa.String(256)),
     sa.Column("opted_out", sa.Boolean, nullable=False, default=False),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+assignments_table = sa.Table(   # a shopper's variant, kept from the first assignment on
+    "assignments", metadata,
+    sa.Column("experiment", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(256), primary_key=True),
+    sa.Column("variant", sa.String(64), nullable=False),
+    sa.Column("assigned_ms", sa.BigInteger, nullable=False),
+)
+impressions_table = sa.Table(   # what an answer showed: the unit outcomes are attributed to
+    "impressions", metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("experiment", sa.String(64)),
+    sa.Column("variant", sa.String(64)),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("endpoint", sa.String(32), nullable=False),
+    sa.Column("items", sa.Text, nullable=False),      # JSON list of item ids, in slot order
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Index("impressions_experiment", "experiment"),
+    sa.Index("impressions_user", "user_id"),
 )
 control_table = sa.Table(   # requests every worker of every replica acts on (a model reload)
     "tailor_control", metadata,
@@ -243,6 +264,48 @@ class EventStore:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events_table))
                        .scalar())
 
+    # --- experiments ------------------------------------------------------------------------
+
+    def assignment(self, experiment: str, user_id: str, variant: str) -> str:
+        """The shopper's variant in ``experiment``: the stored one, else ``variant`` (stored
+        now), so a later change of shares moves new shoppers only."""
+        key = {"experiment": experiment, "user_id": str(user_id)}
+        with self.engine.begin() as conn:
+            found = conn.execute(ASSIGNED, key).scalar()
+            if found is not None:
+                return found
+            insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
+                assignments_table).values(**key, variant=variant, assigned_ms=now_ms())
+            conn.execute(insert.on_conflict_do_nothing(index_elements=["experiment",
+                                                                       "user_id"]))
+            return conn.execute(ASSIGNED, key).scalar()
+
+    def add_impressions(self, rows: list[dict]) -> None:
+        """Impressions (request_id, experiment, variant, user_id, endpoint, items as a list,
+        ts_ms) in one transaction; a request_id stored already is skipped."""
+        if not rows:
+            return
+        values = [{**r, "items": json.dumps(list(r["items"]))} for r in rows]
+        insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
+            impressions_table).on_conflict_do_nothing(index_elements=["request_id"])
+        with self.engine.begin() as conn:
+            conn.execute(insert, values)
+
+    def experiment_tables(self, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                          pd.DataFrame]:
+        """(assignments, impressions, events of the assigned shoppers) of one experiment."""
+        with self.engine.connect() as conn:
+            assigned = pd.read_sql(sa.select(assignments_table).where(
+                assignments_table.c.experiment == experiment), conn)
+            shown = pd.read_sql(sa.select(impressions_table).where(
+                impressions_table.c.experiment == experiment), conn)
+            users = sa.select(assignments_table.c.user_id).where(
+                assignments_table.c.experiment == experiment)
+            events = pd.read_sql(sa.select(events_table).where(
+                events_table.c.user_id.in_(users)), conn)
+        shown["items"] = shown["items"].map(json.loads)
+        return assigned, shown, events
+
     # --- control ----------------------------------------------------------------------------
 
     def request_reload(self, model: str | None) -> int:
@@ -272,6 +335,8 @@ class EventStore:
         with self.engine.begin() as conn:
             deleted = conn.execute(events_table.delete().where(
                 events_table.c.user_id == str(user_id))).rowcount
+            for table in (impressions_table, assignments_table):
+                conn.execute(table.delete().where(table.c.user_id == str(user_id)))
             self._set(conn, user_id, forgotten_ms=now_ms(), forgotten_by=by)
         return int(deleted)
 
@@ -318,6 +383,9 @@ class Shopper:
 
 
 # The per-request reads, built once (SQLAlchemy caches their compiled form).
+ASSIGNED = sa.select(assignments_table.c.variant).where(
+    assignments_table.c.experiment == sa.bindparam("experiment"),
+    assignments_table.c.user_id == sa.bindparam("user_id"))
 PRIVACY_OF = sa.select(privacy_table.c.forgotten_ms, privacy_table.c.opted_out).where(
     privacy_table.c.user_hash == sa.bindparam("user_hash"))
 LATEST_OF = sa.select(events_table.c.item_id, events_table.c.event, events_table.c.ts_ms).where(

@@ -125,6 +125,8 @@ class ItemRequest(ApiModel):
 
     item_id: Id
     k: K = DEFAULT_K
+    user_id: Id | None = Field(None, description="the shopper looking, when known: assigns them "
+                                                 "to a running experiment on /also_bought")
 
 
 class SimilarRequest(ItemRequest):
@@ -279,6 +281,10 @@ class Recommendations(BaseModel):
                                       "':full_scoring'; or popular / popular:category")
     model_version: str
     items: list[ScoredItem]
+    request_id: str | None = Field(None, description="this answer's id: send it with the events "
+                                                     "it leads to (POST /events request_id)")
+    experiment: str | None = Field(None, description="the running experiment, if any")
+    variant: str | None = Field(None, description="the shopper's variant in it")
 
 
 class CartCompletion(BaseModel):
@@ -294,6 +300,9 @@ class ItemNeighbours(BaseModel):
     strategy: str
     model_version: str
     items: list[ScoredItem]
+    request_id: str | None = None
+    experiment: str | None = None
+    variant: str | None = None
 
 
 class ModelCard(BaseModel):

@@ -115,6 +115,13 @@ class Shopper:
     opted_out: bool            # no personalization: the history is empty
 
 
+def empty_history(user: str, engine: Engine) -> Histories:
+    """One history of ``user`` without any event (a first-time visitor's)."""
+    none = np.array([], dtype=np.int64)
+    return append_events(NO_HISTORIES, user, none, none.astype(np.int8), none, max_len=1,
+                         now_ms=engine.now_ms)
+
+
 def session_history(engine: Engine, user: str, events: list[SessionEvent]) -> Shopper:
     """``user``'s history as a request sees it: the bundle's stored history, then the events
     the shop posted to the event store since the bundle's data ended, then the request's
@@ -137,8 +144,7 @@ def session_history(engine: Engine, user: str, events: list[SessionEvent]) -> Sh
         live_ts = np.asarray(live.ts_ms, dtype=np.int64)
     items = engine.rows_of([e.item_id for e in events])
     if opted_out:   # nothing of theirs is used: the non-personalized answer
-        return Shopper(append_events(NO_HISTORIES, user, items[:0], live_codes, live_ts,
-                                     max_len=1, now_ms=engine.now_ms), items, False, 0, True)
+        return Shopper(empty_history(user, engine), items, False, 0, True)
     codes = np.fromiter((EVENT_CODES[e.event] for e in events), dtype=np.int8, count=len(events))
     ts = np.fromiter((epoch_ms(e.timestamp) if e.timestamp is not None else
                       engine.now_ms + i if engine.now_ms is not None else NAT_MS

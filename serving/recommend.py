@@ -8,6 +8,8 @@ or full scoring). Request and response models are in ``serving/api.py``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from models.ranking import exclusions, rank
@@ -19,19 +21,24 @@ from serving.api import (
     RecommendRequest,
     SimilarRequest,
 )
-from serving.engine import Engine, session_history
+from serving.engine import Engine, empty_history, session_history
 from serving.merchandise import reasons, request_plan
 
 # --- the endpoints ----------------------------------------------------------------------------
 
 
-def recommend(engine: Engine, request: RecommendRequest) -> Recommendations:
-    """ "Recommended for you": see the module docstring for the strategy."""
+def recommend(engine: Engine, request: RecommendRequest, *, personal: bool = True
+              ) -> Recommendations:
+    """ "Recommended for you": see the module docstring for the strategy. ``personal`` False:
+    the non-personalized answer (an experiment's bestseller variants), whatever is known."""
     user = request.user_id
     allowed = engine.available
     if request.category is not None:
         allowed = allowed & engine.category_mask(request.category)
     shopper = session_history(engine, user, request.recent_events)
+    if not personal:
+        shopper = replace(shopper, histories=empty_history(user, engine), stored=False, live=0,
+                          session_items=shopper.session_items[:0])
     histories = shopper.histories
     if request.same:
         allowed = allowed & engine.same_mask(request.same, histories.item_idx, whose="shopper")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import bentoml
@@ -50,8 +51,13 @@ from serving.auth import ApiKeyMiddleware
 from serving.cart import complete_cart
 from serving.engine import Engine, load_engine
 from serving.events import consent, forget, post_events
+from serving.experiments import (
+    also_bought_in_experiment,
+    recommend_in_experiment,
+    runner_for_service,
+)
 from serving.merchandise import rules_path
-from serving.recommend import also_bought, model_card, recommend, similar_items
+from serving.recommend import model_card, similar_items
 from serving.segments import Segmenter, segmenter_for_service, shopper_segments
 from serving.swap import EngineHolder, ModelWatcher, request_reload
 
@@ -95,6 +101,11 @@ class Tailor:
             self.holder, lambda target: load_engine(target, rules=rules, store=self.store),
             self.store)
         self.watcher.start()
+        # Experiments (experiments/*.toml or $TAILOR_EXPERIMENTS): checked now; each model
+        # variant's bundle is loaded now too.
+        self.runner = runner_for_service(
+            self.store, lambda target: load_engine(target, rules=rules, store=self.store),
+            {ref: self.holder.engine})
         # The segments file is checked at start; learned segments are learned on first use, and
         # again for a swapped-in model.
         self._segmenter = segmenter_for_service(self.holder.engine)
@@ -112,12 +123,14 @@ class Tailor:
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, **fields: Any) -> Recommendations:
         """Recommended for you: from the shopper's history and session, else popular items."""
-        return _answer(recommend, self.engine, RecommendRequest(**fields))
+        return _answer(partial(recommend_in_experiment, self.runner), self.engine,
+                       RecommendRequest(**fields))
 
     @bentoml.api(route="/also_bought", input_spec=ItemRequest)
     async def also_bought(self, **fields: Any) -> ItemNeighbours:
         """People who bought this also bought: bought-together first, then embedding neighbours."""
-        return _answer(also_bought, self.engine, ItemRequest(**fields))
+        return _answer(partial(also_bought_in_experiment, self.runner), self.engine,
+                       ItemRequest(**fields))
 
     @bentoml.api(route="/complete_cart", input_spec=CartRequest)
     async def complete_cart(self, **fields: Any) -> CartCompletion:
