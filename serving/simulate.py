@@ -143,15 +143,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--no-mlflow", action="store_true", help="print the report only")
+    parser.add_argument("--work", default=str(ROOT / ".cache" / "simulate"),
+                        help="folder for the model, the store and the server log "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
-    folder = ROOT / ".cache" / "simulate"
+    folder = Path(args.work)
     folder.mkdir(parents=True, exist_ok=True)
     model = args.model or train(folder / "bundle")
     store_path = folder / "events.db"
     for old in folder.glob("events.db*"):
         old.unlink()
+    # The server inherits the simulation's store and experiment; this process's environment is
+    # given back afterwards (the simulation also runs inside the tests).
+    saved = {key: os.environ.get(key) for key in (URL_ENV, EXPERIMENTS_ENV)}
     os.environ[URL_ENV] = f"sqlite:///{store_path}"
     os.environ[EXPERIMENTS_ENV] = str(experiment_file(folder, str(model)))
+    try:
+        return run(args, folder, model)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run(args: argparse.Namespace, folder: Path, model: Path | str) -> int:
     experiment = load_experiment(os.environ[EXPERIMENTS_ENV])
 
     data, truth = generate_with_truth("small")

@@ -176,7 +176,14 @@ def test_impressions_and_outcomes_from_the_store(engine: Engine, store: EventSto
 
 
 @pytest.mark.slow
-def test_the_simulated_shop_orders_model_popular_control(bundle_dir: Path) -> None:
+def test_the_simulated_shop_orders_model_popular_control(bundle_dir: Path,
+                                                        tmp_path: Path) -> None:
+    import os
+
+    from serving.experiments import EXPERIMENTS_ENV
     from serving.simulate import main as simulate
 
-    assert simulate(["--model", str(bundle_dir), "--shoppers", "900", "--no-mlflow"]) == 0
+    before = os.environ.get(EXPERIMENTS_ENV)
+    assert simulate(["--model", str(bundle_dir), "--shoppers", "900", "--no-mlflow",
+                     "--work", str(tmp_path)]) == 0
+    assert os.environ.get(EXPERIMENTS_ENV) == before   # the environment is given back
