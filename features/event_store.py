@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -235,16 +235,22 @@ class EventStore:
             rows = _latest(conn, user_id, since_ms, limit)
         return pd.DataFrame(rows, columns=["item_id", "event", "ts_ms"])
 
-    def shopper(self, user_id: str, since_ms: int | None, limit: int) -> Shopper:
+    def shopper(self, user_id: str, since_ms: int | None, limit: int,
+                shown_since_ms: int | None = None, shown_limit: int = 0) -> Shopper:
         """What serving reads per request, in one connection: the privacy flags and, unless
-        opted out, the latest events (``latest``) as plain lists."""
+        opted out, the latest events (``latest``) as plain lists, and the items of the latest
+        ``shown_limit`` impressions after ``shown_since_ms`` (newest first)."""
         with self.engine.connect() as conn:
             row = conn.execute(PRIVACY_OF, {"user_hash": user_hash(user_id)}).first()
             forgotten = row is not None and row[0] is not None
             opted_out = bool(row is not None and row[1])
             rows = [] if opted_out else _latest(conn, user_id, since_ms, limit)
+            shown = [] if opted_out or not shown_limit else [
+                json.loads(r[0]) for r in conn.execute(SHOWN_TO, {
+                    "user_id": str(user_id), "limit": shown_limit,
+                    "since_ms": -(2**62) if shown_since_ms is None else shown_since_ms})]
         return Shopper(forgotten, opted_out, [r[0] for r in rows], [r[1] for r in rows],
-                       [r[2] for r in rows])
+                       [r[2] for r in rows], shown)
 
     def since(self, since_ms: int | None = None) -> pd.DataFrame:
         """Every stored event (after ``since_ms``) in the canonical columns, oldest first."""
@@ -380,6 +386,7 @@ class Shopper:
     item_ids: list[str]     # the latest events, oldest first
     events: list[str]
     ts_ms: list[int]
+    shown: list[list[str]] = field(default_factory=list)   # latest impressions' items
 
 
 # The per-request reads, built once (SQLAlchemy caches their compiled form).
@@ -388,6 +395,10 @@ ASSIGNED = sa.select(assignments_table.c.variant).where(
     assignments_table.c.user_id == sa.bindparam("user_id"))
 PRIVACY_OF = sa.select(privacy_table.c.forgotten_ms, privacy_table.c.opted_out).where(
     privacy_table.c.user_hash == sa.bindparam("user_hash"))
+SHOWN_TO = sa.select(impressions_table.c["items"]).where(
+    impressions_table.c.user_id == sa.bindparam("user_id"),
+    impressions_table.c.ts_ms > sa.bindparam("since_ms")).order_by(
+    impressions_table.c.ts_ms.desc()).limit(sa.bindparam("limit"))
 LATEST_OF = sa.select(events_table.c.item_id, events_table.c.event, events_table.c.ts_ms).where(
     events_table.c.user_id == sa.bindparam("user_id"),
     events_table.c.ts_ms > sa.bindparam("since_ms")).order_by(

@@ -12,7 +12,9 @@ candidates, the model's top ``pool_size(k)`` items:
   so ``diversity`` 0 is the model's order and 1 picks the least similar item each time;
 * a candidate whose leaf category already fills ``max_per_category`` slots is skipped; once
   ``max_boosted`` boosted items are in, the others compete without their boost;
-* pins take their slots last (a slot past the end appends), if the item is allowed at all.
+* pins take their slots last (a slot past the end appends), if the item is allowed at all;
+* items a shopper was shown again and again without interacting keep ``DEMOTION`` of their
+  relevance (the "ramen" loop; serving says which).
 
 A boost re-orders the candidates; it does not pull in items the model ranks below them (pin
 those). Scores stay the model's; a pinned item the model did not rank has a NaN score.
@@ -34,6 +36,9 @@ from features.rules import Rules
 DEFAULT_DIVERSITY = 0.2
 DEFAULT_MAX_PER_CATEGORY = 0
 POOL_MIN, POOL_FACTOR = 100, 5
+# An item shown to a shopper again and again without an interaction (serving's "ramen" loop)
+# keeps this share of its relevance: it falls behind the fresher candidates near it, not out.
+DEMOTION = 0.5
 RANKED, BOOSTED, PINNED = 0, 1, 2    # why an item holds its slot (``arrange``'s flags)
 
 
@@ -156,11 +161,13 @@ def _row(catalog: Catalog, item_id: str, table: str, key: str, index: int) -> in
 # --- arranging the lists ----------------------------------------------------------------------
 
 def arrange(plan: Plan, catalog: Catalog, rows: np.ndarray, scores: np.ndarray, k: int,
-            blocked: list[np.ndarray] | None = None, allowed: np.ndarray | None = None
+            blocked: list[np.ndarray] | None = None, allowed: np.ndarray | None = None,
+            demote: list[np.ndarray] | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``k`` of each row's candidates (``rows``/``scores``, (n, pool), best first, -1 pads)
     under ``plan``: (rows, scores, flags), each (n, k). ``allowed`` and ``blocked`` (per list:
-    excluded rows) decide whether a pinned item may appear."""
+    excluded rows) decide whether a pinned item may appear; ``demote`` (per list) rows whose
+    relevance is multiplied by ``DEMOTION``."""
     n = len(rows)
     out_rows = np.full((n, k), -1, dtype=np.int64)
     out_scores = np.full((n, k), -np.inf, dtype=np.float32)
@@ -172,7 +179,8 @@ def arrange(plan: Plan, catalog: Catalog, rows: np.ndarray, scores: np.ndarray, 
         pinned = np.array([r for r, _ in pins], dtype=np.int64)
         keep = (rows[i] >= 0) & ~np.isin(rows[i], pinned)
         cand, cand_scores = rows[i][keep], scores[i][keep]
-        chosen, is_boosted = _choose(plan, catalog, cand, cand_scores, k - len(pins))
+        chosen, is_boosted = _choose(plan, catalog, cand, cand_scores, k - len(pins),
+                                     None if demote is None else demote[i])
         got = list(cand[chosen])
         got_flags = [BOOSTED if b else RANKED for b in is_boosted]
         for row, slot in pins:   # by slot, so earlier pins keep theirs
@@ -188,8 +196,8 @@ def arrange(plan: Plan, catalog: Catalog, rows: np.ndarray, scores: np.ndarray, 
     return out_rows, out_scores, flags
 
 
-def _choose(plan: Plan, catalog: Catalog, cand: np.ndarray, scores: np.ndarray, k: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _choose(plan: Plan, catalog: Catalog, cand: np.ndarray, scores: np.ndarray, k: int,
+            demoted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Positions in ``cand`` of the items taken, in slot order, and whether each one's boost
     counted."""
     if k <= 0 or not len(cand):
@@ -197,6 +205,8 @@ def _choose(plan: Plan, catalog: Catalog, cand: np.ndarray, scores: np.ndarray, 
     low, high = float(scores.min()), float(scores.max())
     relevance = (scores - low) / (high - low) if high > low else np.ones(len(cand), np.float32)
     relevance = relevance.astype(np.float32)
+    if demoted is not None and len(demoted):
+        relevance[np.isin(cand, demoted)] *= np.float32(DEMOTION)
     boosted = plan.boosted[cand] if plan.boosted is not None else np.zeros(len(cand), bool)
     lifted = relevance * plan.multiply[cand] + plan.add[cand] if plan.multiply is not None \
         else relevance

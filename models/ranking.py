@@ -110,21 +110,25 @@ def exclusions(histories: Histories, *, purchased: bool = True, seen: bool = Fal
 
 
 def rank(ranker: Ranker, histories: Histories, k: int, exclude: list[np.ndarray] | None = None,
-         allowed: np.ndarray | None = None, plan: Plan | None = None) -> Ranked:
+         allowed: np.ndarray | None = None, plan: Plan | None = None,
+         demote: list[np.ndarray] | None = None) -> Ranked:
     """Top-``k`` item rows per history: the model for histories with a known item, the popular
     fallback for the others. ``allowed`` narrows the available items; ``exclude`` per history;
     ``plan`` (``models.merchandising``) filters, then arranges the model's top candidates; None:
-    the defaults (``ranker.default_plan``), so every path ranks alike."""
+    the defaults (``ranker.default_plan``), so every path ranks alike. ``demote``: per history,
+    rows whose relevance is cut (``models.merchandising.DEMOTION``)."""
     k = check_k(k)
     plan = ranker.default_plan if plan is None else plan
     allowed = ranker.available if allowed is None else allowed & ranker.available
     if plan.allowed is not None:
         allowed = allowed & plan.allowed
-    if plan.plain:
+    if demote is not None and not any(len(d) for d in demote):
+        demote = None
+    if plan.plain and demote is None:
         return _rank(ranker, histories, k, exclude, allowed)
     pool = _rank(ranker, histories, pool_size(k), exclude, allowed)
     rows, scores, flags = arrange(plan, ranker.catalog, pool.rows, pool.scores, k,
-                                  blocked=exclude, allowed=allowed)
+                                  blocked=exclude, allowed=allowed, demote=demote)
     return Ranked(rows, scores, pool.personal, flags)
 
 

@@ -7,7 +7,8 @@ Nothing a request changes lives here: session events go into a copy for that req
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from features.event_store import EventStore
+from features.event_store import EventStore, now_ms
 from features.history import NAT_MS, Histories, append_events, epoch_ms
 from features.item_attributes import SharedValues
 from features.item_features import metadata_columns
@@ -28,6 +29,9 @@ from serving.api import RequestError, ScoredItem, SessionEvent, not_found
 from serving.merchandise import RulesFile
 
 EVENT_CODES = {name: code for code, name in enumerate(EVENT_TYPES)}
+# The "ramen" loop: an item in RAMEN_SHOWS of the shopper's last RAMEN_IMPRESSIONS answers (within
+# RAMEN_DAYS) that they never interacted with is demoted (models.merchandising.DEMOTION).
+RAMEN_SHOWS, RAMEN_IMPRESSIONS, RAMEN_DAYS = 3, 20, 14
 NO_HISTORIES = Histories(np.array([], dtype=object), np.zeros(1, dtype=np.int64),
                          np.array([], dtype=np.int64), np.array([], dtype=np.int8),
                          np.array([], dtype=np.float32), np.array([], dtype=np.int32),
@@ -113,6 +117,8 @@ class Shopper:
     stored: bool               # the bundle's history of the shopper was used
     live: int                  # events read from the event store (after the bundle's data)
     opted_out: bool            # no personalization: the history is empty
+    demoted: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
+    # ^ rows shown to the shopper RAMEN_SHOWS times lately without any interaction
 
 
 def empty_history(user: str, engine: Engine) -> Histories:
@@ -132,9 +138,13 @@ def session_history(engine: Engine, user: str, events: list[SessionEvent]) -> Sh
     live_items = np.array([], dtype=np.int64)
     live_codes = np.array([], dtype=np.int8)
     live_ts = np.array([], dtype=np.int64)
+    shown: list[list[str]] = []
     if engine.store is not None:
         live = engine.store.shopper(user, since_ms=engine.now_ms,
-                                    limit=engine.bundle.model.cfg.history_len)
+                                    limit=engine.bundle.model.cfg.history_len,
+                                    shown_since_ms=now_ms() - RAMEN_DAYS * 86_400_000,
+                                    shown_limit=RAMEN_IMPRESSIONS)
+        shown = live.shown
         forgotten, opted_out = live.forgotten, live.opted_out
         if forgotten:
             stored_histories = NO_HISTORIES
@@ -153,7 +163,18 @@ def session_history(engine: Engine, user: str, events: list[SessionEvent]) -> Sh
                          np.concatenate([live_codes, codes]), np.concatenate([live_ts, ts]),
                          max_len=engine.bundle.model.cfg.history_len, now_ms=engine.now_ms)
     stored = not forgotten and user in engine.known_users
-    return Shopper(hist, items, stored, int((live_items >= 0).sum()), False)
+    return Shopper(hist, items, stored, int((live_items >= 0).sum()), False,
+                   ignored(engine, shown, hist.item_idx))
+
+
+def ignored(engine: Engine, shown: list[list[str]], interacted: np.ndarray) -> np.ndarray:
+    """Rows shown in at least ``RAMEN_SHOWS`` of the shopper's latest impressions that the
+    shopper never viewed, carted or bought: the over-narrow "ramen" loop demotes them."""
+    if not shown:
+        return np.array([], dtype=np.int64)
+    counts = Counter(item for items in shown for item in set(items))
+    rows = engine.rows_of([item for item, n in counts.items() if n >= RAMEN_SHOWS])
+    return np.setdiff1d(rows[rows >= 0], interacted)
 
 
 def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG, rules: Path | None = None,

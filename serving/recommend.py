@@ -45,7 +45,8 @@ def recommend(engine: Engine, request: RecommendRequest, *, personal: bool = Tru
     exclude = exclusions(histories, purchased=request.exclude_purchased,
                          explicit=[engine.rows_of(request.exclude_items)])
     rules, plan = request_plan(engine.rules, request)
-    ranked = rank(engine, histories, request.k, exclude, allowed, plan)
+    ranked = rank(engine, histories, request.k, exclude, allowed, plan,
+                  demote=[shopper.demoted])
     in_session = bool((shopper.session_items >= 0).any())
     if ranked.personal[0]:
         source = "+".join(name for name, used in (("history", shopper.stored),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from features.event_store import URL_ENV, EventStore, user_hash
+from features.event_store import URL_ENV, EventStore, now_ms, user_hash
 from features.readers import read_events
 from features.spec import parse_spec
 from serving.api import (
@@ -21,7 +21,7 @@ from serving.api import (
     RecommendRequest,
     RequestError,
 )
-from serving.engine import Engine
+from serving.engine import Engine, session_history
 from serving.events import consent, forget, post_events
 from serving.recommend import recommend
 
@@ -129,3 +129,29 @@ def test_without_a_store_the_event_apis_say_so(engine: Engine) -> None:
     with pytest.raises(RequestError) as err:
         posted(engine, {"user_id": "u", "item_id": "i", "event": "view"})
     assert err.value.status == 503
+
+
+def test_items_shown_again_and_again_without_interaction_are_demoted(live: Engine) -> None:
+    user = "ramen-shopper"
+    start = str(live.ids[live.popular_rows[2]])
+    posted(live, {"user_id": user, "item_id": start, "event": "view"})
+    before = recommend(live, RecommendRequest(user_id=user, k=5, explain=False,
+                                              exclude_items=[start]))
+    top = before.items[0].item_id   # not the viewed item: that one was interacted with
+
+    def shown(times: int, first: int = 0) -> None:
+        live.store.add_impressions([
+            {"request_id": f"{user}-{first + n}", "experiment": None, "variant": None,
+             "user_id": user, "endpoint": "recommend", "items": [top], "ts_ms": now_ms()}
+            for n in range(times)])
+
+    shown(2)   # twice is not yet a loop
+    again = RecommendRequest(user_id=user, k=5, explain=False, exclude_items=[start])
+    assert recommend(live, again).items[0].item_id == top
+    shown(1, first=2)
+    after = recommend(live, again)
+    assert after.items[0].item_id != top
+    assert live.item_rows[top] in session_history(live, user, []).demoted
+    # once the shopper looks at it, it is not ignored any more
+    posted(live, {"user_id": user, "item_id": top, "event": "view"})
+    assert live.item_rows[top] not in session_history(live, user, []).demoted
