@@ -64,11 +64,14 @@ def test_swap_under_load_fails_no_request_and_mixes_no_answers(
 
     answers: list[tuple[int, str, list[str]]] = []
     stop = threading.Event()
+    counter = iter(range(10**9))
 
     def load(url: str) -> None:
         with httpx.Client(base_url=url, timeout=30) as http:
             while not stop.is_set():
-                r = http.post("/recommend", json={"user_id": user, "k": 5,
+                # A new visitor each time with the same session: the same answer from one
+                # model (a shopper shown the same items again and again would see them demoted)
+                r = http.post("/recommend", json={"user_id": f"{user}-{next(counter)}", "k": 5,
                                                   "recent_events": session})
                 body = r.json() if r.status_code == 200 else {}
                 answers.append((r.status_code, body.get("model_version", ""),
