@@ -29,6 +29,12 @@ class Recommender(ABC):
     def score(self, histories: Histories) -> np.ndarray:
         """Dense float32 scores, shape (len(histories), n_items); higher is better."""
 
+    def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
+        """The scores of the distinct item ``rows`` only, (len(histories), len(rows)): what
+        ``score`` gives in those columns. Explanations score a few items for many histories;
+        recommenders override this where the columns alone cost less."""
+        return self.score(histories)[:, np.asarray(rows, dtype=np.int64)]
+
     def recommend(self, histories: Histories, k: int, *, exclude: list[np.ndarray] | None = None,
                   allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` item rows per history.

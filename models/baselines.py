@@ -171,10 +171,17 @@ class Baseline(Recommender):
     def _fit(self, events: pd.DataFrame) -> None:
         """Learn from the events (baselines without parameters do nothing)."""
 
-    def _fill(self, n_users: int) -> np.ndarray:
+    def _fill(self, n_users: int, rows: np.ndarray | None = None) -> np.ndarray:
         # np.tile, not broadcast_to().astype(): the latter keeps a column-major layout that
         # makes every later row-wise operation (adds, top-k) several times slower.
-        return np.tile(self.popularity * np.float32(FILL_SCALE), (n_users, 1))
+        filler = self.popularity if rows is None else self.popularity[rows]
+        return np.tile(filler * np.float32(FILL_SCALE), (n_users, 1))
+
+    def _columns(self, rows: np.ndarray):
+        """Columns ``rows`` of the similarity matrix (a column-major copy is kept for it)."""
+        if getattr(self, "_similarity_csc", None) is None:
+            self._similarity_csc = self.similarity.tocsc()
+        return self._similarity_csc[:, rows]
 
 
 # --- most popular -----------------------------------------------------------------------------
@@ -194,6 +201,9 @@ class MostPopular(Baseline):
 
     def score(self, histories: Histories) -> np.ndarray:
         return np.tile(self.popularity, (len(histories), 1))
+
+    def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
+        return np.tile(self.popularity[np.asarray(rows, dtype=np.int64)], (len(histories), 1))
 
 
 # --- repeat -----------------------------------------------------------------------------------
@@ -215,6 +225,12 @@ class Repeat(Baseline):
     config_type = RepeatConfig
 
     def score(self, histories: Histories) -> np.ndarray:
+        return self._score(histories, None)
+
+    def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
+        return self._score(histories, np.asarray(rows, dtype=np.int64))
+
+    def _score(self, histories: Histories, rows: np.ndarray | None) -> np.ndarray:
         cfg: RepeatConfig = self.config
         age = histories.age_days.astype(np.float64)
         steps = histories.steps_back.astype(np.float64)
@@ -224,7 +240,9 @@ class Repeat(Baseline):
         weight = np.asarray(cfg.event_weights, dtype=np.float64)[histories.event_code]
         own = history_matrix(histories, self.n_items, weight * np.maximum(decay, MIN_DECAY),
                              reduce="sum")
-        scores = self._fill(len(histories))
+        if rows is not None:
+            own = own.tocsc()[:, rows]
+        scores = self._fill(len(histories), rows)
         scores += own.toarray().astype(np.float32)
         return scores
 
@@ -281,11 +299,17 @@ class ItemKNN(Baseline):
             shape=(n, n), dtype=np.float32)
 
     def score(self, histories: Histories) -> np.ndarray:
+        return self._score(histories, None)
+
+    def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
+        return self._score(histories, np.asarray(rows, dtype=np.int64))
+
+    def _score(self, histories: Histories, rows: np.ndarray | None) -> np.ndarray:
         cfg: ItemKNNConfig = self.config
         weight = np.asarray(cfg.event_weights, dtype=np.float64)[histories.event_code]
         h = history_matrix(histories, self.n_items, weight).astype(np.float32)
-        scores = self._fill(len(histories))
-        scores += (h @ self.similarity).toarray()
+        scores = self._fill(len(histories), rows)
+        scores += (h @ (self.similarity if rows is None else self._columns(rows))).toarray()
         return scores
 
 
@@ -349,12 +373,18 @@ class SequentialItemKNN(Baseline):
         self.similarity = top_n_per_row(r, c, co.data / denom, cfg.neighbors, shape)
 
     def score(self, histories: Histories) -> np.ndarray:
+        return self._score(histories, None)
+
+    def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
+        return self._score(histories, np.asarray(rows, dtype=np.int64))
+
+    def _score(self, histories: Histories, rows: np.ndarray | None) -> np.ndarray:
         cfg: SequentialItemKNNConfig = self.config
         steps = histories.steps_back.astype(np.float64)
         weight = np.where(steps < cfg.last_n, 1.0 / (1.0 + steps), 0.0)
         h = history_matrix(histories, self.n_items, weight, reduce="sum").astype(np.float32)
-        scores = self._fill(len(histories))
-        scores += (h @ self.similarity).toarray()
+        scores = self._fill(len(histories), rows)
+        scores += (h @ (self.similarity if rows is None else self._columns(rows))).toarray()
         return scores
 
 

@@ -123,6 +123,13 @@ class BlendedRecommender(Recommender):
                                                         self.blend.scales[name])
         return scores
 
+    def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
+        scores = self.towers.score_items(histories, rows)
+        for name, source in self.sources.items():
+            scores += self.blend.weights[name] * signal(source.score_items(histories, rows),
+                                                        self.blend.scales[name])
+        return scores
+
 
 # --- persistence (inside the model bundle) ----------------------------------------------------
 

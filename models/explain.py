@@ -4,7 +4,8 @@ For one shopper's history and the items recommended to them, each distinct histo
 removed in turn (all of its events) and the recommender scores again; an item's reason is the
 history item whose removal lowers its score the most. That covers every component at once (the
 user tower, the repeat signals, item-kNN in the ranking stack), because it asks the same
-``score`` that ranked the list. Cost: one batched scoring of up to ``MAX_ITEMS`` histories.
+``score`` that ranked the list (``score_items``: the same formula over the listed items only).
+Cost: one batched scoring of up to ``MAX_ITEMS`` histories over the listed items.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from features.history import Histories
 from models.base import Recommender
 
-MAX_ITEMS = 50   # the most recent distinct history items tried
+MAX_ITEMS = 20   # the most recent distinct history items tried
 
 
 @dataclass(frozen=True)
@@ -52,13 +53,14 @@ def history_reasons(recommender: Recommender, history: Histories, rows: np.ndarr
     _, first = np.unique(recent, return_index=True)
     items = recent[np.sort(first)][:MAX_ITEMS]
     strongest = np.array([history.event_code[history.item_idx == i].max() for i in items])
-    base = recommender.score(history)[0, rows]
-    variants = without_each(history, items)
+    # One scoring call for the whole history (row 0: "without" -1, an item it never holds) and
+    # every history without one item; a history left empty has no reason left.
+    variants = without_each(history, np.concatenate([[-1], items]))
     left = variants.lengths > 0
-    scores = np.full((len(items), len(rows)), -np.inf, dtype=np.float32)  # empty: no reason left
-    if left.any():
-        scored = variants if left.all() else variants.select(np.flatnonzero(left))
-        scores[left] = recommender.score(scored)[:, rows]
+    scored = variants if left.all() else variants.select(np.flatnonzero(left))
+    got = np.full((len(variants), len(rows)), -np.inf, dtype=np.float32)
+    got[left] = recommender.score_items(scored, rows)
+    base, scores = got[0], got[1:]
     drop = base[None, :] - scores
     best = np.argmax(drop, axis=0)
     out: list[HistoryReason | None] = []

@@ -79,6 +79,26 @@ class TwoTowerRecommender(Recommender):
             if self.model.cfg.interest and batch.query.numel() else None
         return score_matrix(users, self._items_t, self.model.cfg, interest).numpy()
 
+    @torch.no_grad()
+    def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(histories) == 0 or not len(rows):
+            return np.zeros((len(histories), len(rows)), dtype=np.float32)
+        batch = history_batch(histories, self.model.cfg.history_len)
+        users = self.model.user_embed(*batch.inputs)
+        users = users * batch.inputs.mask.any(dim=1, keepdim=True)
+        interest = None
+        if self.model.cfg.interest and batch.query.numel():
+            query, item, boost = self.model.interest(batch.hist_items, batch.hist_events,
+                                                     batch.steps_back, batch.age_days,
+                                                     batch.query)
+            column = torch.full((self.n_items,), -1, dtype=torch.long)
+            column[torch.from_numpy(rows)] = torch.arange(len(rows))
+            keep = column[item] >= 0   # boosts of the asked items only, at their columns
+            interest = (query[keep], column[item][keep], boost[keep])
+        return score_matrix(users, self._items_t[torch.from_numpy(rows)], self.model.cfg,
+                            interest).numpy()
+
 
 def recommender_for(model: TwoTower, item_features: pd.DataFrame,
                     sources: dict | None = None, blend: object | None = None) -> Recommender:

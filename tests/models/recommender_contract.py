@@ -164,6 +164,14 @@ class RecommenderContract(ABC):
         assert scores.dtype == np.float32
         assert np.isfinite(scores).all()
 
+    def test_score_items_are_the_columns_of_score(self, fitted) -> None:
+        _, rec, hist = fitted
+        rng = np.random.default_rng(0)
+        rows = rng.choice(rec.n_items, size=min(7, rec.n_items), replace=False)
+        got = rec.score_items(hist, rows)
+        assert got.shape == (len(hist), len(rows)) and got.dtype == np.float32
+        np.testing.assert_allclose(got, rec.score(hist)[:, rows], rtol=1e-5, atol=1e-5)
+
     def test_recommend_shape_dtype_and_order(self, fitted) -> None:
         _, rec, hist = fitted
         k = min(5, rec.n_items)
