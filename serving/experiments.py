@@ -73,7 +73,9 @@ class Runner:
         if experiments and store is None:
             raise DataError("experiments need the event store (TAILOR_EVENTS_URL is none)")
         self.experiments, self.store = experiments, store
-        # Each model variant's engine; the served model's own when a variant names it.
+        # Each model variant's engine; the served model's own when a variant names it (that
+        # one follows a model swap: ``engine_for``).
+        self.served_refs = set(served or {})
         self.engines = dict(served or {})
         for experiment in experiments:
             for variant in experiment.variants:
@@ -84,6 +86,11 @@ class Runner:
                                        daemon=True)
         if store is not None:
             self.writer.start()
+
+    def engine_for(self, variant: Variant, served: Engine) -> Engine:
+        """A model variant's engine: the served one (as swapped in now) when it names the
+        served model's reference, else the one loaded at start."""
+        return served if variant.model in self.served_refs else self.engines[variant.model]
 
     def running(self, endpoint: str, at: datetime | None = None) -> Experiment | None:
         at = at or datetime.now(UTC)
@@ -146,7 +153,7 @@ def recommend_in_experiment(runner: Runner, engine: Engine, request: RecommendRe
         narrowed = request.model_copy(update={"category": category}) if category else request
         answer = recommend(engine, narrowed, personal=False)
     else:
-        answer = recommend(runner.engines[variant.model], request)
+        answer = recommend(runner.engine_for(variant, engine), request)
     answer.request_id = request_id
     answer.experiment = experiment.name if experiment else None
     answer.variant = variant.name if variant else None
@@ -165,7 +172,7 @@ def also_bought_in_experiment(runner: Runner, engine: Engine, request: ItemReque
         answer = ItemNeighbours(item_id=request.item_id, strategy="control",
                                 model_version=engine.version, items=[])
     elif variant is not None:   # a model variant (the only other kind /also_bought takes)
-        answer = also_bought(runner.engines[variant.model], request)
+        answer = also_bought(runner.engine_for(variant, engine), request)
     else:
         answer = also_bought(engine, request)
     answer.request_id = request_id
