@@ -328,10 +328,16 @@ class EventStore:
 
     def reload_request(self) -> tuple[int, str | None]:
         """(generation, model) of the latest reload request; (0, None) before any."""
+        generation, model, _ = self.reload_request_at()
+        return generation, model
+
+    def reload_request_at(self) -> tuple[int, str | None, int]:
+        """(generation, model, when asked in epoch ms) of the latest reload request."""
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(control_table.c.generation, control_table.c.value)
+            row = conn.execute(sa.select(control_table.c.generation, control_table.c.value,
+                                         control_table.c.updated_ms)
                                .where(control_table.c.key == "reload")).first()
-        return (int(row[0]), row[1]) if row else (0, None)
+        return (int(row[0]), row[1], int(row[2])) if row else (0, None, 0)
 
     # --- privacy ----------------------------------------------------------------------------
 

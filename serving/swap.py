@@ -13,7 +13,9 @@ request ends. A model that fails to load is logged and the old one stays.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +38,17 @@ class EngineHolder:
 
 class ModelWatcher(threading.Thread):
     def __init__(self, holder: EngineHolder, load: Callable[[str], Engine],
-                 store: EventStore | None, interval: float = CHECK_SECONDS) -> None:
+                 store: EventStore | None, interval: float = CHECK_SECONDS,
+                 server_started_ms: int | None = None) -> None:
         super().__init__(name="tailor-model-watcher", daemon=True)
         self.holder, self.load, self.store, self.interval = holder, load, store, interval
-        self.generation = store.reload_request()[0] if store is not None else 0
+        self.generation = 0
+        if store is not None:
+            # A reload asked for before this server started is history; one asked for since
+            # (this worker was restarted after it) still holds, and the first check applies it.
+            generation, _, asked_ms = store.reload_request_at()
+            started = server_started() if server_started_ms is None else server_started_ms
+            self.generation = generation if asked_ms < started else 0
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -67,6 +76,17 @@ class ModelWatcher(threading.Thread):
         self.holder.engine, self.holder.ref = engine, target
         log.warning("model swapped: %s -> %s", old, engine.version)
         return True
+
+
+def server_started() -> int:
+    """When the server this worker belongs to started (its parent process, BentoML's arbiter),
+    in epoch ms; this process's start when that cannot be read."""
+    import psutil
+
+    for pid in (os.getppid(), os.getpid()):
+        with contextlib.suppress(psutil.Error):
+            return int(psutil.Process(pid).create_time() * 1000)
+    return 0
 
 
 def _is_alias(ref: str) -> bool:

@@ -48,6 +48,22 @@ def test_a_reload_request_swaps_the_engine(bundle_dir: Path, second_bundle: Path
     assert (err.value.status, err.value.field) == (404, "model")
 
 
+def test_a_restarted_worker_keeps_a_reload_asked_since_the_server_started(
+        bundle_dir: Path, second_bundle: Path, store: EventStore) -> None:
+    store.request_reload(str(second_bundle))
+    asked = store.reload_request_at()[2]
+
+    def watcher(started_ms: int) -> ModelWatcher:
+        holder = EngineHolder(load_engine(str(bundle_dir)), str(bundle_dir))
+        return ModelWatcher(holder, lambda ref: load_engine(ref), store,
+                            server_started_ms=started_ms)
+
+    restarted = watcher(asked - 60_000)   # the server started before the reload was asked
+    assert restarted.check() and restarted.holder.engine.version == str(second_bundle)
+    fresh = watcher(asked + 1)             # a server started after it: the old ask is history
+    assert not fresh.check() and fresh.holder.engine.version == str(bundle_dir)
+
+
 @pytest.mark.slow
 def test_swap_under_load_fails_no_request_and_mixes_no_answers(
         bundle_dir: Path, second_bundle: Path, tmp_path: Path,
@@ -94,8 +110,16 @@ def test_swap_under_load_fails_no_request_and_mixes_no_answers(
         stop.set()
         for thread in threads:
             thread.join(timeout=60)
-        card = http.post("/model").json()
-    assert card["model_version"] == str(second_bundle)
+        # Every worker switches within a few seconds: /model, on fresh connections (spread over
+        # the workers), shows the new model on every call.
+        deadline, shown = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            shown = [httpx.post(f"{server.url}/model", timeout=30).json()["model_version"]
+                     for _ in range(8)]
+            if set(shown) == {str(second_bundle)}:
+                break
+            time.sleep(0.5)
+    assert set(shown) == {str(second_bundle)}
     assert answers and all(status == 200 for status, _, _ in answers)
     versions = {version for _, version, _ in answers}
     assert versions == {str(bundle_dir), str(second_bundle)}
