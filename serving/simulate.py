@@ -2,7 +2,7 @@
 control group, then the experiment's report. The test of the whole experiment machinery, with
 a known answer.
 
-    python -m serving.simulate [--model REF] [--shoppers 1200] [--seed 0] [--no-mlflow]
+    python -m serving.simulate [--model REF] [--shoppers 2500] [--visits 2] [--no-mlflow]
 
 1. A model: ``--model`` (trained on the embedded shop), else a small one trained here (a minute
    or two, into ``.cache/simulate/bundle``, no registry).
@@ -10,7 +10,8 @@ a known answer.
    variants with a third of the shoppers each: ``control`` (no recommendations), ``popular``
    (the bestsellers) and ``model``.
 3. Each simulated shopper (a returning shopper of the shop, whose hidden tastes the generator
-   planted: ``ShopTruth.tastes``) asks ``/recommend`` once and reacts to what it is shown: an item
+   planted: ``ShopTruth.tastes``) asks ``/recommend`` on each of its visits and reacts to what
+   it is shown: an item
    of a category it likes is clicked with a probability that grows with how much it likes it and
    falls with the slot; a clicked item is carted, a carted one bought, each with a fixed
    probability; an item it does not like is ignored. Whatever it is shown, it also buys one item
@@ -90,7 +91,8 @@ def shop_tastes(truth) -> dict[str, dict[str, float]]:
 
 def react(rng: np.random.Generator, answer: dict, likes: dict[str, float], organic: float,
           catalog: dict[str, list[str]]) -> list[dict]:
-    """The events a shopper posts after seeing ``answer``."""
+    """The events a shopper posts after seeing ``answer`` (``organic``: the chance of a
+    purchase on the shop's other pages during this visit)."""
     events, request_id = [], answer.get("request_id")
     top = max(likes.values()) if likes else 1.0
     for slot, item in enumerate(answer.get("items", [])):
@@ -113,15 +115,15 @@ def react(rng: np.random.Generator, answer: dict, likes: dict[str, float], organ
 
 
 def simulate(url: str, shoppers: list[str], tastes: dict, catalog: dict, organic: float,
-             seed: int) -> int:
+             seed: int, visits: int = 1) -> int:
     rng = np.random.default_rng(seed)
     posted = 0
     with httpx.Client(base_url=url, timeout=60) as http:
-        for user in shoppers:
+        for user in [u for _ in range(visits) for u in shoppers]:
             answer = http.post("/recommend", json={"user_id": user, "k": 10, "explain": False})
             if answer.status_code != 200:
                 raise TailorError(f"/recommend answered {answer.status_code}: {answer.text[:200]}")
-            events = react(rng, answer.json(), tastes.get(user, {}), organic, catalog)
+            events = react(rng, answer.json(), tastes.get(user, {}), organic / visits, catalog)
             if events:
                 body = {"events": [{"user_id": user, **e} for e in events]}
                 done = http.post("/events", json=body)
@@ -136,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a model trained on the embedded shop (default: train "
                                         "a small one here)")
-    parser.add_argument("--shoppers", type=int, default=1200, help="simulated shoppers "
-                                                                   "(default: %(default)s)")
-    parser.add_argument("--organic", type=float, default=0.1,
-                        help="P(a shopper buys on the shop's other pages) (default: %(default)s)")
+    parser.add_argument("--shoppers", type=int, default=2500,
+                        help="simulated shoppers, at most the shop's returning shoppers "
+                             "(default: %(default)s)")
+    parser.add_argument("--visits", type=int, default=2,
+                        help="visits (a /recommend each) per shopper (default: %(default)s)")
+    parser.add_argument("--organic", type=float, default=0.06,
+                        help="P(a shopper buys on the shop's other pages, over all visits) "
+                             "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--no-mlflow", action="store_true", help="print the report only")
@@ -181,7 +187,8 @@ def run(args: argparse.Namespace, folder: Path, model: Path | str) -> int:
     shoppers = list(rng.choice(known, size=min(args.shoppers, len(known)), replace=False))
     started = time.perf_counter()
     with served(model, args.port or free_port(), folder / "server.log") as server:
-        posted = simulate(server.url, shoppers, tastes, catalog, args.organic, args.seed)
+        posted = simulate(server.url, shoppers, tastes, catalog, args.organic, args.seed,
+                          args.visits)
         time.sleep(FLUSH_SECONDS * 4)   # the impressions are written off the request path
     print(f"simulated {len(shoppers):,} shoppers, {posted:,} events posted in "
           f"{time.perf_counter() - started:.0f} s")
