@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from features.infra import DataError
+from features.infra import DataError, read_toml
 from features.rules import rule_line
 
 KINDS = ("control", "popular", "category_bestsellers", "model")
@@ -93,15 +92,7 @@ def bucket(experiment: str, user_id: str) -> float:
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        doc = tomllib.loads(text)
-    except OSError as exc:
-        raise DataError(f"cannot read the experiment ({exc.strerror or exc})",
-                        path=str(path)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"not valid TOML ({exc})", path=str(path)) from exc
+    doc, text = read_toml(path, "the experiment")
     return parse_experiment(doc, str(path), text)
 
 

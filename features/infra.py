@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,20 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def read_toml(path: str | Path, what: str) -> tuple[dict, str]:
+    """A TOML file's document and text (for line numbers in later errors); a ``DataError``
+    naming the file when it cannot be read or parsed (``what``: e.g. "the rules file")."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read {what} ({exc.strerror or exc})", path=str(path)) from exc
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"not valid TOML ({exc})", path=str(path)) from exc
 
 
 def cache_root() -> Path:

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from features.infra import DataError
+from features.infra import DataError, read_toml
 
 MAX_PINS = 20
 
@@ -111,16 +110,7 @@ TABLES = {"feed": FEED, "filter": FILTER, "boost": BOOST, "pin": PIN}
 
 def load_rules(path: str | Path) -> Rules:
     """The rules of a TOML file, checked field by field."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read the rules file ({exc.strerror or exc})",
-                        path=str(path)) from exc
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"not valid TOML ({exc})", path=str(path)) from exc
+    doc, text = read_toml(path, "the rules file")
     return parse_rules(doc, str(path), text)
 
 

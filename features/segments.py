@@ -21,7 +21,6 @@ the segment and the field.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from features.history import Histories
-from features.infra import DataError
+from features.infra import DataError, read_toml
 from features.schema import EVENT_TYPES
 
 CART, PURCHASE = EVENT_TYPES.index("addtocart"), EVENT_TYPES.index("purchase")
@@ -58,16 +57,7 @@ class SegmentRule:
 
 def load_rules(path: str | Path) -> list[SegmentRule]:
     """The segments of a TOML file, checked field by field."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read the segments file ({exc.strerror or exc})",
-                        path=str(path)) from exc
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"not valid TOML ({exc})", path=str(path)) from exc
+    doc, text = read_toml(path, "the segments file")
     return parse_rules(doc, str(path), _segment_lines(text))
 
 

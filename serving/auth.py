@@ -29,11 +29,10 @@ import ipaddress
 import json
 import os
 import secrets
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from features.infra import ROOT, DataError, run_cli
+from features.infra import ROOT, DataError, read_toml, run_cli
 
 KEYS_ENV, FILE_ENV = "TAILOR_API_KEYS", "TAILOR_API_KEYS_FILE"
 DEFAULT_FILE = ROOT / "api_keys.toml"
@@ -58,10 +57,7 @@ def load_keys() -> dict[str, str]:
     keys: dict[str, str] = {}
     path = keys_file()
     if path is not None:
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise DataError(f"cannot read the API keys ({exc})", path=str(path)) from exc
+        doc, _ = read_toml(path, "the API keys")
         for i, entry in enumerate(doc.get("key", [])):
             keys[_check(entry.get("sha256"), entry.get("role"), f"{path} [[key]] {i + 1}")] = \
                 entry["role"]
