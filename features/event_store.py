@@ -8,14 +8,9 @@ One store behind one interface, written with SQLAlchemy Core:
 * **PostgreSQL** when ``$TAILOR_EVENTS_URL`` is ``postgresql+psycopg://...``, for several
   serving replicas or machines sharing one store.
 
-Tables: ``events`` (the canonical columns plus ``event_id``, unique, so a retried post is stored
-once; ``request_id``, the response that led to it; ``received_at``), indexed for "this shopper's
-latest events" and "everything since time T"; ``privacy`` (per hashed user id: forgotten,
-opted out; with who and when, the audit of a deletion); ``assignments`` and ``impressions``
-(experiments: a shopper's variant, what each answer showed); ``tailor_control`` (a model reload
-every worker acts on); ``tailor_schema`` (the schema version,
-checked at start: a store written by another version is a clear error, never a silent
-migration). Times are epoch milliseconds (UTC).
+The tables are in ``features/store_schema.py``. The schema version is checked at start: a store
+written by another version is a clear error, never a silent migration. Times are epoch
+milliseconds (UTC).
 """
 
 from __future__ import annotations
@@ -35,64 +30,23 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from features.infra import ROOT, TailorError
+from features.store_schema import (
+    ASSIGNED,
+    PRIVACY_OF,
+    SCHEMA_VERSION,
+    SHOWN_TO,
+    assignments_table,
+    control_table,
+    events_table,
+    impressions_table,
+    latest_rows,
+    metadata,
+    privacy_table,
+    schema_table,
+)
 
 URL_ENV = "TAILOR_EVENTS_URL"
 DEFAULT_PATH = ROOT / "events" / "events.db"
-SCHEMA_VERSION = 1
-
-metadata = sa.MetaData()
-events_table = sa.Table(
-    "events", metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-              autoincrement=True),
-    sa.Column("event_id", sa.String(256), nullable=False, unique=True),
-    sa.Column("user_id", sa.String(256), nullable=False),
-    sa.Column("item_id", sa.String(256), nullable=False),
-    sa.Column("event", sa.String(16), nullable=False),
-    sa.Column("ts_ms", sa.BigInteger, nullable=False),
-    sa.Column("request_id", sa.String(256)),
-    sa.Column("received_ms", sa.BigInteger, nullable=False),
-    sa.Index("events_user_time", "user_id", "ts_ms"),
-    sa.Index("events_time", "ts_ms"),
-)
-privacy_table = sa.Table(
-    "privacy", metadata,
-    sa.Column("user_hash", sa.String(64), primary_key=True),
-    sa.Column("forgotten_ms", sa.BigInteger),     # when the shopper was forgotten (None: not)
-    sa.Column("forgotten_by", sa.String(256)),
-    sa.Column("opted_out", sa.Boolean, nullable=False, default=False),
-    sa.Column("updated_ms", sa.BigInteger, nullable=False),
-)
-assignments_table = sa.Table(   # a shopper's variant, kept from the first assignment on
-    "assignments", metadata,
-    sa.Column("experiment", sa.String(64), primary_key=True),
-    sa.Column("user_id", sa.String(256), primary_key=True),
-    sa.Column("variant", sa.String(64), nullable=False),
-    sa.Column("assigned_ms", sa.BigInteger, nullable=False),
-)
-impressions_table = sa.Table(   # what an answer showed: the unit outcomes are attributed to
-    "impressions", metadata,
-    sa.Column("request_id", sa.String(64), primary_key=True),
-    sa.Column("experiment", sa.String(64)),
-    sa.Column("variant", sa.String(64)),
-    sa.Column("user_id", sa.String(256), nullable=False),
-    sa.Column("endpoint", sa.String(32), nullable=False),
-    sa.Column("items", sa.Text, nullable=False),      # JSON list of item ids, in slot order
-    sa.Column("ts_ms", sa.BigInteger, nullable=False),
-    sa.Index("impressions_experiment", "experiment"),
-    sa.Index("impressions_user", "user_id"),
-)
-control_table = sa.Table(   # requests every worker of every replica acts on (a model reload)
-    "tailor_control", metadata,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("generation", sa.BigInteger, nullable=False),
-    sa.Column("value", sa.String(1024)),
-    sa.Column("updated_ms", sa.BigInteger, nullable=False),
-)
-schema_table = sa.Table(
-    "tailor_schema", metadata,
-    sa.Column("version", sa.Integer, nullable=False),
-)
 
 
 class StoreError(TailorError):
@@ -152,6 +106,10 @@ class EventStore:
             raise StoreError(f"cannot open the event store {self.safe_url}: "
                              f"{exc.orig or exc}") from exc
 
+    def _insert(self, table: sa.Table):
+        """An INSERT with this dialect's ON CONFLICT clauses (SQLite and PostgreSQL alike)."""
+        return (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(table)
+
     @property
     def safe_url(self) -> str:
         return sa.engine.make_url(self.url).render_as_string(hide_password=True)
@@ -209,9 +167,8 @@ class EventStore:
             if kept:
                 # RETURNING names the rows this statement inserted, so a concurrent writer of
                 # the same event_id never makes one count twice.
-                insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
-                    events_table).on_conflict_do_nothing(index_elements=["event_id"]).returning(
-                    events_table.c.event_id)
+                insert = self._insert(events_table).on_conflict_do_nothing(
+                    index_elements=["event_id"]).returning(events_table.c.event_id)
                 stored = len(conn.execute(insert, kept).all())
         skipped = len(rows) - len(kept)
         return Added(stored, len(events) - skipped - stored, skipped)
@@ -232,7 +189,7 @@ class EventStore:
         """The shopper's events after ``since_ms`` (all without it), oldest first, at most the
         last ``limit``: item_id, event, ts_ms."""
         with self.engine.connect() as conn:
-            rows = _latest(conn, user_id, since_ms, limit)
+            rows = latest_rows(conn, user_id, since_ms, limit)
         return pd.DataFrame(rows, columns=["item_id", "event", "ts_ms"])
 
     def shopper(self, user_id: str, since_ms: int | None, limit: int,
@@ -244,7 +201,7 @@ class EventStore:
             row = conn.execute(PRIVACY_OF, {"user_hash": user_hash(user_id)}).first()
             forgotten = row is not None and row[0] is not None
             opted_out = bool(row is not None and row[1])
-            rows = [] if opted_out else _latest(conn, user_id, since_ms, limit)
+            rows = [] if opted_out else latest_rows(conn, user_id, since_ms, limit)
             shown = [] if opted_out or not shown_limit else [
                 json.loads(r[0]) for r in conn.execute(SHOWN_TO, {
                     "user_id": str(user_id), "limit": shown_limit,
@@ -265,6 +222,14 @@ class EventStore:
         frame["received_at"] = pd.to_datetime(frame.pop("received_ms"), unit="ms", utc=True)
         return frame
 
+    def state(self) -> tuple[int, int | None, int | None]:
+        """What identifies the stored events for caches: their count, the newest row, the newest
+        receipt (a post moves all three, a forget the count)."""
+        with self.engine.connect() as conn:
+            return tuple(conn.execute(sa.select(
+                sa.func.count(), sa.func.max(events_table.c.seq),
+                sa.func.max(events_table.c.received_ms))).one())
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(events_table))
@@ -280,8 +245,8 @@ class EventStore:
             found = conn.execute(ASSIGNED, key).scalar()
             if found is not None:
                 return found
-            insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
-                assignments_table).values(**key, variant=variant, assigned_ms=now_ms())
+            insert = self._insert(assignments_table).values(**key, variant=variant,
+                                                            assigned_ms=now_ms())
             conn.execute(insert.on_conflict_do_nothing(index_elements=["experiment",
                                                                        "user_id"]))
             return conn.execute(ASSIGNED, key).scalar()
@@ -292,8 +257,8 @@ class EventStore:
         if not rows:
             return
         values = [{**r, "items": json.dumps(list(r["items"]))} for r in rows]
-        insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
-            impressions_table).on_conflict_do_nothing(index_elements=["request_id"])
+        insert = self._insert(impressions_table).on_conflict_do_nothing(
+            index_elements=["request_id"])
         with self.engine.begin() as conn:
             conn.execute(insert, values)
 
@@ -321,8 +286,7 @@ class EventStore:
             current = conn.execute(sa.select(control_table.c.generation).where(
                 control_table.c.key == "reload")).scalar() or 0
             values = {"generation": current + 1, "value": model, "updated_ms": now_ms()}
-            insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
-                control_table).values(key="reload", **values)
+            insert = self._insert(control_table).values(key="reload", **values)
             conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_=values))
         return current + 1
 
@@ -379,8 +343,8 @@ class EventStore:
     def _set(self, conn, user_id: str, **values) -> None:
         key = user_hash(user_id)
         values["updated_ms"] = now_ms()
-        insert = (sqlite.insert if self.dialect == "sqlite" else postgresql.insert)(
-            privacy_table).values(user_hash=key, opted_out=values.get("opted_out", False),
+        insert = self._insert(privacy_table).values(
+            user_hash=key, opted_out=values.get("opted_out", False),
                                   **{k: v for k, v in values.items() if k != "opted_out"})
         conn.execute(insert.on_conflict_do_update(index_elements=["user_hash"], set_=values))
 
@@ -393,29 +357,6 @@ class Shopper:
     events: list[str]
     ts_ms: list[int]
     shown: list[list[str]] = field(default_factory=list)   # latest impressions' items
-
-
-# The per-request reads, built once (SQLAlchemy caches their compiled form).
-ASSIGNED = sa.select(assignments_table.c.variant).where(
-    assignments_table.c.experiment == sa.bindparam("experiment"),
-    assignments_table.c.user_id == sa.bindparam("user_id"))
-PRIVACY_OF = sa.select(privacy_table.c.forgotten_ms, privacy_table.c.opted_out).where(
-    privacy_table.c.user_hash == sa.bindparam("user_hash"))
-SHOWN_TO = sa.select(impressions_table.c["items"]).where(
-    impressions_table.c.user_id == sa.bindparam("user_id"),
-    impressions_table.c.ts_ms > sa.bindparam("since_ms")).order_by(
-    impressions_table.c.ts_ms.desc()).limit(sa.bindparam("limit"))
-LATEST_OF = sa.select(events_table.c.item_id, events_table.c.event, events_table.c.ts_ms).where(
-    events_table.c.user_id == sa.bindparam("user_id"),
-    events_table.c.ts_ms > sa.bindparam("since_ms")).order_by(
-    events_table.c.ts_ms.desc(), events_table.c.seq.desc()).limit(sa.bindparam("limit"))
-
-
-def _latest(conn, user_id: str, since_ms: int | None, limit: int) -> list[tuple]:
-    rows = conn.execute(LATEST_OF, {"user_id": str(user_id),
-                                    "since_ms": -(2**62) if since_ms is None else since_ms,
-                                    "limit": limit}).all()
-    return [tuple(r) for r in rows[::-1]]
 
 
 def drop_forgotten(events: pd.DataFrame, forgotten: set[str]) -> pd.DataFrame:

@@ -114,17 +114,12 @@ def fingerprint(spec: DataSpec) -> str:
 
 
 def store_state(url: str | None) -> str:
-    """What identifies the stored events: their count, the newest row and receipt."""
-    import sqlalchemy as sa
-
-    from features.event_store import EventStore, events_table
+    """What identifies the stored events (``EventStore.state``)."""
+    from features.event_store import EventStore
 
     store = EventStore(url, create=False)
     try:
-        with store.engine.connect() as conn:
-            row = conn.execute(sa.select(sa.func.count(), sa.func.max(events_table.c.seq),
-                                         sa.func.max(events_table.c.received_ms))).one()
-        return f"store:{store.safe_url}:{tuple(row)}"
+        return f"store:{store.safe_url}:{store.state()}"
     finally:
         store.close()
 

@@ -17,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from benchmarks.postgres import postgres_server
-from features.event_store import URL_ENV, EventStore, events_table
+from features.event_store import URL_ENV, EventStore
+from features.store_schema import events_table
 from serving.process import free_port, served
 
 pytestmark = pytest.mark.slow

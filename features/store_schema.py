@@ -1,0 +1,96 @@
+"""The event store's schema (``features/event_store.py``): its tables, the version the store
+checks at start, and the statements serving runs on every request, built once so SQLAlchemy
+compiles each a single time.
+
+Tables: ``events`` (the canonical columns plus ``event_id``, unique, so a retried post is stored
+once; ``request_id``, the response that led to it; ``received_ms``), indexed for "this shopper's
+latest events" and "everything since time T"; ``privacy`` (per hashed user id: forgotten, opted
+out; with who and when, the audit of a deletion); ``assignments`` and ``impressions``
+(experiments: a shopper's variant, what each answer showed); ``tailor_control`` (a model reload
+every worker acts on); ``tailor_schema`` (the schema version). Times are epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+events_table = sa.Table(
+    "events", metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("event_id", sa.String(256), nullable=False, unique=True),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("item_id", sa.String(256), nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("request_id", sa.String(256)),
+    sa.Column("received_ms", sa.BigInteger, nullable=False),
+    sa.Index("events_user_time", "user_id", "ts_ms"),
+    sa.Index("events_time", "ts_ms"),
+)
+privacy_table = sa.Table(
+    "privacy", metadata,
+    sa.Column("user_hash", sa.String(64), primary_key=True),
+    sa.Column("forgotten_ms", sa.BigInteger),     # when the shopper was forgotten (None: not)
+    sa.Column("forgotten_by", sa.String(256)),
+    sa.Column("opted_out", sa.Boolean, nullable=False, default=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+assignments_table = sa.Table(   # a shopper's variant, kept from the first assignment on
+    "assignments", metadata,
+    sa.Column("experiment", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(256), primary_key=True),
+    sa.Column("variant", sa.String(64), nullable=False),
+    sa.Column("assigned_ms", sa.BigInteger, nullable=False),
+)
+impressions_table = sa.Table(   # what an answer showed: the unit outcomes are attributed to
+    "impressions", metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("experiment", sa.String(64)),
+    sa.Column("variant", sa.String(64)),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("endpoint", sa.String(32), nullable=False),
+    sa.Column("items", sa.Text, nullable=False),      # JSON list of item ids, in slot order
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Index("impressions_experiment", "experiment"),
+    sa.Index("impressions_user", "user_id"),
+)
+control_table = sa.Table(   # requests every worker of every replica acts on (a model reload)
+    "tailor_control", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("value", sa.String(1024)),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+schema_table = sa.Table(
+    "tailor_schema", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+
+# The per-request reads, built once (SQLAlchemy caches their compiled form).
+ASSIGNED = sa.select(assignments_table.c.variant).where(
+    assignments_table.c.experiment == sa.bindparam("experiment"),
+    assignments_table.c.user_id == sa.bindparam("user_id"))
+PRIVACY_OF = sa.select(privacy_table.c.forgotten_ms, privacy_table.c.opted_out).where(
+    privacy_table.c.user_hash == sa.bindparam("user_hash"))
+SHOWN_TO = sa.select(impressions_table.c["items"]).where(
+    impressions_table.c.user_id == sa.bindparam("user_id"),
+    impressions_table.c.ts_ms > sa.bindparam("since_ms")).order_by(
+    impressions_table.c.ts_ms.desc()).limit(sa.bindparam("limit"))
+LATEST_OF = sa.select(events_table.c.item_id, events_table.c.event, events_table.c.ts_ms).where(
+    events_table.c.user_id == sa.bindparam("user_id"),
+    events_table.c.ts_ms > sa.bindparam("since_ms")).order_by(
+    events_table.c.ts_ms.desc(), events_table.c.seq.desc()).limit(sa.bindparam("limit"))
+
+
+def latest_rows(conn, user_id: str, since_ms: int | None, limit: int) -> list[tuple]:
+    """(item_id, event, ts_ms) of the shopper's last ``limit`` events after ``since_ms``,
+    oldest first."""
+    rows = conn.execute(LATEST_OF, {"user_id": str(user_id),
+                                    "since_ms": -(2**62) if since_ms is None else since_ms,
+                                    "limit": limit}).all()
+    return [tuple(r) for r in rows[::-1]]
