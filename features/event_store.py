@@ -67,9 +67,26 @@ def store_disabled() -> bool:
     return os.environ.get(URL_ENV, "").strip().lower() in NO_STORE
 
 
-def open_store() -> EventStore | None:
-    """The service's store: the configured one, or None when turned off."""
-    return None if store_disabled() else EventStore()
+def open_store(create: bool = True) -> EventStore | None:
+    """The configured store; None when turned off, or (``create`` False) when its SQLite file
+    does not exist yet."""
+    if store_disabled():
+        return None
+    url = store_url()
+    if not create and url.startswith("sqlite") and not sqlite_file(url).exists():
+        return None
+    return EventStore(url, create=create)
+
+
+def forgotten_shoppers() -> set[str]:
+    """Hashed ids of the shoppers forgotten in the configured store (none without one)."""
+    store = open_store(create=False)
+    if store is None:
+        return set()
+    try:
+        return store.forgotten()
+    finally:
+        store.close()
 
 
 def sqlite_file(url: str) -> Path:
@@ -184,19 +201,12 @@ class EventStore:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def latest(self, user_id: str, since_ms: int | None = None, limit: int = 200
-               ) -> pd.DataFrame:
-        """The shopper's events after ``since_ms`` (all without it), oldest first, at most the
-        last ``limit``: item_id, event, ts_ms."""
-        with self.engine.connect() as conn:
-            rows = latest_rows(conn, user_id, since_ms, limit)
-        return pd.DataFrame(rows, columns=["item_id", "event", "ts_ms"])
-
     def shopper(self, user_id: str, since_ms: int | None, limit: int,
                 shown_since_ms: int | None = None, shown_limit: int = 0) -> Shopper:
         """What serving reads per request, in one connection: the privacy flags and, unless
-        opted out, the latest events (``latest``) as plain lists, and the items of the latest
-        ``shown_limit`` impressions after ``shown_since_ms`` (newest first)."""
+        opted out, the shopper's last ``limit`` events after ``since_ms`` (oldest first) as plain
+        lists, and the items of the latest ``shown_limit`` impressions after ``shown_since_ms``
+        (newest first)."""
         with self.engine.connect() as conn:
             row = conn.execute(PRIVACY_OF, {"user_hash": user_hash(user_id)}).first()
             forgotten = row is not None and row[0] is not None
@@ -290,13 +300,9 @@ class EventStore:
             conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_=values))
         return current + 1
 
-    def reload_request(self) -> tuple[int, str | None]:
-        """(generation, model) of the latest reload request; (0, None) before any."""
-        generation, model, _ = self.reload_request_at()
-        return generation, model
-
-    def reload_request_at(self) -> tuple[int, str | None, int]:
-        """(generation, model, when asked in epoch ms) of the latest reload request."""
+    def reload_request(self) -> tuple[int, str | None, int]:
+        """(generation, model, when asked in epoch ms) of the latest reload request; (0, None,
+        0) before any."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(control_table.c.generation, control_table.c.value,
                                          control_table.c.updated_ms)
@@ -319,14 +325,6 @@ class EventStore:
     def set_consent(self, user_id: str, personalized: bool) -> None:
         with self.engine.begin() as conn:
             self._set(conn, user_id, opted_out=not personalized)
-
-    def status(self, user_id: str) -> tuple[bool, bool]:
-        """(forgotten, opted out) of one shopper: one indexed look-up."""
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(privacy_table.c.forgotten_ms,
-                                         privacy_table.c.opted_out).where(
-                privacy_table.c.user_hash == user_hash(user_id))).first()
-        return (row is not None and row[0] is not None, bool(row is not None and row[1]))
 
     def forgotten(self) -> set[str]:
         """Hashed ids of every forgotten shopper."""

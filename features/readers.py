@@ -6,8 +6,9 @@ Kinds (see features/spec.py):
                      category_tree.csv. ``transactionid`` is ignored: a transaction is a basket
                      of purchases, not a browsing session, and nothing downstream uses baskets.
   seq:PATH           ``user item item ...`` lines, oldest first; every item is one purchase
+                     (features/seq_reader.py)
   synthetic[:size]   the generator in features/synthetic.py
-  store:[URL]        the event store (features/event_store.py), with ``base=PATH``: a
+  store:[URL]        the event store (features/store_reader.py), with ``base=PATH``: a
                      canonical events file beneath the stored events
 
 Shoppers forgotten in the event store (``make forget``) are left out of every kind, even when
@@ -21,9 +22,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 from dataclasses import replace
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from features.event_store import (
-    EventStore,
-    drop_forgotten,
-    sqlite_file,
-    store_disabled,
-    store_url,
-)
+from features.event_store import drop_forgotten, forgotten_shoppers
 from features.infra import DataError
 from features.schema import (
-    EVENT_DTYPE,
-    EVENT_TYPES,
     ITEM_COLUMNS,
-    TIMESTAMP_DTYPE,
     BadRowReport,
     EventData,
-    empty_items,
 )
 from features.spec import DataSpec, ReadOptions
 from features.validate import clean_ids, validate_events
@@ -73,20 +62,6 @@ def read_events(spec: DataSpec) -> EventData:
     return data
 
 
-def forgotten_shoppers() -> set[str]:
-    """Hashed ids of the shoppers forgotten in the event store (none without a store)."""
-    if store_disabled():
-        return set()
-    url = store_url()
-    if url.startswith("sqlite") and not sqlite_file(url).exists():
-        return set()   # no store yet: nobody was forgotten
-    store = EventStore(url, create=False)
-    try:
-        return store.forgotten()
-    finally:
-        store.close()
-
-
 def _read(spec: DataSpec) -> EventData:
     if spec.kind == "synthetic":
         from features.synthetic import generate  # local: the generator is only needed here
@@ -94,11 +69,14 @@ def _read(spec: DataSpec) -> EventData:
         data = generate(size=spec.size)
         return replace(data, source=spec.text or data.source)
     if spec.kind == "store":
+        from features.store_reader import read_store  # local: it reads base files through here
+
         data = read_store(spec.path or None, spec.options, source=spec.text)
     else:
-        data = None
-    readers = {"events": read_event_file, "retailrocket": read_retailrocket, "seq": read_seq}
-    if data is None:
+        from features.seq_reader import read_seq  # local: it reads through here too
+
+        readers = {"events": read_event_file, "retailrocket": read_retailrocket,
+                   "seq": read_seq}
         if spec.kind not in readers or not spec.path:
             raise DataError(f"data spec {spec.text!r}: cannot read kind {spec.kind!r} "
                             f"without a path")
@@ -110,42 +88,9 @@ def _read(spec: DataSpec) -> EventData:
     return data
 
 
-# --- the event store ---------------------------------------------------------------------
-
-def read_store(url: str | None, options: ReadOptions, *, source: str = "") -> EventData:
-    """The stored events (and the ``base`` file's beneath them) as canonical events."""
-    store = EventStore(url, create=False)
-    try:
-        stored = store.since()
-        where = store.safe_url
-    finally:
-        store.close()
-    frame = pd.DataFrame({"user_id": stored["user_id"], "item_id": stored["item_id"],
-                          "event": stored["event"],
-                          "timestamp": _epoch_ms(stored["timestamp"])})
-    if options.base_path:
-        base = read_event_file(options.base_path, replace(options, base_path=None),
-                               source=options.base_path)
-        if not base.has_time:
-            raise DataError("a store's base file needs timestamps (stored events have them)",
-                            path=options.base_path)
-        below = base.events
-        frame = pd.concat([pd.DataFrame({
-            "user_id": below["user_id"].astype(str), "item_id": below["item_id"].astype(str),
-            "event": below["event"].astype(str),
-            "timestamp": _epoch_ms(below["timestamp"])}), frame], ignore_index=True)
-    if frame.empty:
-        raise DataError("no events in the event store", path=where)
-    return validate_events(frame, where, ReadOptions(), source=source or where)
-
-
-def _epoch_ms(timestamps: pd.Series) -> pd.Series:
-    return (timestamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
-
-
 # --- tabular files -------------------------------------------------------------------------
 
-def _require(path: str | Path) -> Path:
+def require_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", path=str(path))
@@ -185,7 +130,7 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
     Anything Arrow rejects (ragged or whitespace-only lines, quoted newlines) is re-read with
     pandas, whose errors name the line.
     """
-    path = _require(path)
+    path = require_file(path)
     if path.name.lower().endswith((".parquet", ".pq")):
         try:  # nullable dtypes: integer ids with gaps stay integers, not 12.0
             frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
@@ -314,7 +259,7 @@ def read_retailrocket(path: str | Path, options: ReadOptions, *,
 
     The property and tree files are optional; without them the items table is empty.
     """
-    folder = _require(path)
+    folder = require_file(path)
     events_path = _find(folder, "events")
     if events_path is None:
         raise DataError("file not found (a Retailrocket folder needs events.csv)",
@@ -384,78 +329,3 @@ def _latest_properties(path: Path) -> pd.DataFrame:
                         row=int(table["row"].iloc[i]), column="timestamp",
                         value=table["timestamp"].iloc[i])
     return table[columns[1:]].assign(ts=ts.to_numpy())
-
-
-# --- seq: "user item item ..." lines -------------------------------------------------------
-
-def read_seq(path: str | Path, options: ReadOptions, *, source: str = "") -> EventData:
-    """One user per line, items oldest first; each item is a purchase with no timestamp.
-
-    seq is the global position, so within a user the order is the line order. The same item
-    twice on a line is two purchases at different positions, so nothing is de-duplicated.
-    """
-    path = _require(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
-    if not any(line.strip() for line in lines):
-        raise DataError("no events (the file is empty)", path=str(path))
-    tokens = [line.split() for line in lines]
-    lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-    counts, examples = {}, {}
-    for reason, mask in (("empty line", lengths == 0), ("user with no items", lengths == 1)):
-        if not mask.any():
-            continue
-        where = np.flatnonzero(mask)
-        if options.on_bad_rows != "skip":
-            first = int(where[0])
-            raise DataError(f"{reason} (expected 'user_id item_id item_id ...')",
-                            path=str(path), row=first + 1,
-                            value=lines[first].strip() if reason != "empty line" else None)
-        counts[reason] = len(where)
-        examples[reason] = [f"row {i + 1}: {reason}" for i in where[:3]]
-    good = lengths >= 2
-    users = np.repeat(np.array([t[0] for t, ok in zip(tokens, good, strict=True) if ok],
-                               dtype=object), lengths[good] - 1)
-    items = list(chain.from_iterable(t[1:] for t in tokens if len(t) >= 2))
-    n = len(items)
-    events = pd.DataFrame({
-        "user_id": pd.array(users, dtype="string"),
-        "item_id": pd.array(items, dtype="string"),
-        "event": pd.Categorical.from_codes(np.full(n, EVENT_TYPES.index("purchase")),
-                                           dtype=EVENT_DTYPE),
-        "timestamp": pd.Series(pd.NaT, index=range(n), dtype=TIMESTAMP_DTYPE),
-        "seq": np.arange(n, dtype=np.int64),
-    })
-    return EventData(events, read_attributes(path), source, False,
-                     BadRowReport(counts, examples))
-
-
-def read_attributes(seq_path: Path) -> pd.DataFrame:
-    """``<stem>_item2attributes.json(.gz)`` beside a seq file -> item_id, attributes.
-
-    attributes is a space-joined string of attribute ids ("12 7 301"): plain string dtype,
-    Parquet-friendly and hashable (lists are neither for pandas de-duplication). The ids say
-    nothing about which one is a category, so category_id is left absent.
-    """
-    stem = seq_path.name.removesuffix(".gz").removesuffix(".txt")
-    for name in (f"{stem}_item2attributes.json", f"{stem}_item2attributes.json.gz"):
-        found = seq_path.parent / name
-        if found.exists():
-            break
-    else:
-        return empty_items()
-    opener = gzip.open if found.name.endswith(".gz") else open
-    try:
-        with opener(found, "rt", encoding="utf-8") as handle:
-            table = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"not a readable JSON file ({exc})", path=str(found)) from exc
-    if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
-        raise DataError('expected a JSON object {"item_id": [attribute ids]}', path=str(found))
-    return pd.DataFrame({
-        "item_id": pd.array(list(table), dtype="string"),
-        "attributes": pd.array([" ".join(map(str, v)) for v in table.values()], dtype="string"),
-    })

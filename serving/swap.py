@@ -46,7 +46,7 @@ class ModelWatcher(threading.Thread):
         if store is not None:
             # A reload asked for before this server started is history; one asked for since
             # (this worker was restarted after it) still holds, and the first check applies it.
-            generation, _, asked_ms = store.reload_request_at()
+            generation, _, asked_ms = store.reload_request()
             started = server_started() if server_started_ms is None else server_started_ms
             self.generation = generation if asked_ms < started else 0
         self.stopped = threading.Event()
@@ -62,7 +62,7 @@ class ModelWatcher(threading.Thread):
         """Load and switch to a new model when one is asked for; True when it switched."""
         target = None
         if self.store is not None:
-            generation, model = self.store.reload_request()
+            generation, model, _ = self.store.reload_request()
             if generation != self.generation:
                 self.generation, target = generation, model or self.holder.ref
         if target is None and _is_alias(self.holder.ref):

@@ -51,7 +51,7 @@ def test_a_reload_request_swaps_the_engine(bundle_dir: Path, second_bundle: Path
 def test_a_restarted_worker_keeps_a_reload_asked_since_the_server_started(
         bundle_dir: Path, second_bundle: Path, store: EventStore) -> None:
     store.request_reload(str(second_bundle))
-    asked = store.reload_request_at()[2]
+    asked = store.reload_request()[2]
 
     def watcher(started_ms: int) -> ModelWatcher:
         holder = EngineHolder(load_engine(str(bundle_dir)), str(bundle_dir))
