@@ -99,7 +99,7 @@ def load_experiment(path: str | Path) -> Experiment:
 def parse_experiment(doc: dict[str, Any], path: str = "experiment", text: str = "") -> Experiment:
     def fail(message: str, key: str | None = None, value: object = None,
              table: str = "experiment", index: int = 0) -> DataError:
-        return DataError(message, path=path, row=_line(text, table, index, key), column=key,
+        return DataError(message, path=path, row=rule_line(text, table, index, key), column=key,
                          value=value)
 
     unknown = set(doc) - {"experiment", "variant"}
@@ -174,7 +174,3 @@ def _time(value: Any, key: str, fail) -> datetime:
         if parsed is not None:
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     raise fail("must be a date-time (2026-12-01T00:00:00Z)", key, value)
-
-
-def _line(text: str, table: str, index: int, key: str | None) -> int | None:
-    return rule_line(text, table, index, key)

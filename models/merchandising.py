@@ -63,8 +63,8 @@ class Catalog:
     def __init__(self, ids: np.ndarray, items: pd.DataFrame, vectors: np.ndarray) -> None:
         self.ids = ids
         self.rows = {item_id: row for row, item_id in enumerate(ids)}
-        self.leaf = _strings(items, "category_id")
-        self.parent = _strings(items, "parent_category_id")
+        self.leaf = item_strings(items, "category_id")
+        self.parent = item_strings(items, "parent_category_id")
         self.leaf_code = pd.factorize(self.leaf)[0] if self.leaf is not None else \
             np.full(len(ids), -1)
         if self.leaf is not None:
@@ -243,7 +243,8 @@ def _choose(plan: Plan, catalog: Catalog, cand: np.ndarray, scores: np.ndarray, 
     return np.array(taken, dtype=np.int64), np.array(took_boost, dtype=bool)
 
 
-def _strings(items: pd.DataFrame, column: str) -> np.ndarray | None:
+def item_strings(items: pd.DataFrame, column: str) -> np.ndarray | None:
+    """A metadata column as an object array of strings ("" where missing); None without it."""
     if column not in items:
         return None
     return items[column].astype("string").fillna("").to_numpy(dtype=object)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -23,6 +22,7 @@ from features.item_features import metadata_columns
 from features.schema import EVENT_TYPES
 from models.bundle import Bundle
 from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
+from models.merchandising import item_strings
 from models.ranking import Ranker
 from models.registry import MODEL_NAME, configure, resolve_model
 from serving.api import RequestError, ScoredItem, SessionEvent, not_found
@@ -51,7 +51,7 @@ class Engine(Ranker):
         self.version, self.ref, self.index_source = version, ref or version, index_source
         items = bundle.items
         self.ids = bundle.item_vocab.ids
-        self.titles = _strings(items, "title")
+        self.titles = item_strings(items, "title")
         self.categories, self.parents = self.catalog.leaf, self.catalog.parent
         self.bt_offsets, self.bt_rows, self.bt_scores = _bought_together_csr(bundle)
         # Shoppers with a stored history (builds the id look-up before any request).
@@ -204,12 +204,6 @@ def model_version(ref: str, path: Path) -> str:
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _strings(items: pd.DataFrame, column: str) -> np.ndarray | None:
-    if column not in items:
-        return None
-    return items[column].astype("string").fillna("").to_numpy(dtype=object)
 
 
 def _at(values: np.ndarray | None, row: int) -> str | None:
