@@ -9,8 +9,8 @@ One store behind one interface, written with SQLAlchemy Core:
   serving replicas or machines sharing one store.
 
 The tables are in ``features/store_schema.py``. The schema version is checked at start: a store
-written by another version is a clear error, never a silent migration. Times are epoch
-milliseconds (UTC).
+of an older version whose upgrade only adds tables gets them; any other version is a clear
+error, never a silent migration. Times are epoch milliseconds (UTC).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from features.infra import ROOT, TailorError
 from features.store_schema import (
     ASSIGNED,
+    MIGRATABLE,
     PRIVACY_OF,
     SCHEMA_VERSION,
     SHOWN_TO,
@@ -153,7 +154,12 @@ class EventStore:
     def _schema_version(self, create: bool) -> int:
         with self.engine.begin() as conn:
             if sa.inspect(conn).has_table("tailor_schema"):
-                return conn.execute(sa.select(schema_table.c.version)).scalar()
+                version = conn.execute(sa.select(schema_table.c.version)).scalar()
+                if version in MIGRATABLE:   # later versions only add tables
+                    metadata.create_all(conn)
+                    conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
+                    return SCHEMA_VERSION
+                return version
             if not create:
                 raise StoreError(f"no event store at {self.safe_url}")
             metadata.create_all(conn)
@@ -289,24 +295,23 @@ class EventStore:
 
     # --- control ----------------------------------------------------------------------------
 
-    def request_reload(self, model: str | None) -> int:
-        """Ask every worker sharing this store to load ``model`` (None: its own model reference
-        again); returns the request's generation."""
+    def bump(self, key: str, value: str | None = None) -> int:
+        """Raise control ``key``'s generation, which every worker using the store watches
+        (``reload``: ``value`` is a model reference, None the served one); returns it."""
         with self.engine.begin() as conn:
             current = conn.execute(sa.select(control_table.c.generation).where(
-                control_table.c.key == "reload")).scalar() or 0
-            values = {"generation": current + 1, "value": model, "updated_ms": now_ms()}
-            insert = self._insert(control_table).values(key="reload", **values)
+                control_table.c.key == key)).scalar() or 0
+            values = {"generation": current + 1, "value": value, "updated_ms": now_ms()}
+            insert = self._insert(control_table).values(key=key, **values)
             conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_=values))
         return current + 1
 
-    def reload_request(self) -> tuple[int, str | None, int]:
-        """(generation, model, when asked in epoch ms) of the latest reload request; (0, None,
-        0) before any."""
+    def control(self, key: str) -> tuple[int, str | None, int]:
+        """(generation, value, epoch ms of the change) of ``key``; (0, None, 0) before any."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(control_table.c.generation, control_table.c.value,
                                          control_table.c.updated_ms)
-                               .where(control_table.c.key == "reload")).first()
+                               .where(control_table.c.key == key)).first()
         return (int(row[0]), row[1], int(row[2])) if row else (0, None, 0)
 
     # --- privacy ----------------------------------------------------------------------------

@@ -63,6 +63,16 @@ class Histories:
         return _gather(self, self.user_ids[positions], self.offsets[positions],
                        self.offsets[positions + 1])
 
+    def keep(self, mask: np.ndarray) -> Histories:
+        """The same histories with only the events ``mask`` marks (one bool per event); steps
+        back are counted anew among the kept events."""
+        mask = np.asarray(mask, dtype=bool)
+        owner = np.repeat(np.arange(len(self)), self.lengths)[mask]
+        offsets = np.r_[0, np.cumsum(np.bincount(owner, minlength=len(self)))].astype(np.int64)
+        steps_back = offsets[owner + 1] - 1 - np.arange(len(owner))
+        return Histories(self.user_ids, offsets, self.item_idx[mask], self.event_code[mask],
+                         self.age_days[mask], steps_back.astype(np.int32), self.ts_ms[mask])
+
     def of(self, users: np.ndarray | list[str]) -> Histories:
         """The histories of ``users`` (raw ids), in that order; unknown users get empty ones."""
         return _reorder(self, np.asarray(users, dtype=object))

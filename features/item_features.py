@@ -64,3 +64,39 @@ def item_features(events: pd.DataFrame, items: pd.DataFrame, item_vocab: Vocabul
     all_rows = item_vocab.lookup(events["item_id"])
     out["total_events"] = np.bincount(all_rows[all_rows >= 0], minlength=n).astype(np.int64)
     return out
+
+
+def new_item_rows(items: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``items`` (a table of item features, e.g. a bundle's) for items added after it
+    was made (``new``: item metadata rows, as the items file has them), numbered after its last
+    row. They read ``items``' category codes and attribute tokens: a category or token it lacks
+    has no row in the model and is left out of the codes (the raw value is kept). A known
+    category brings its parent category along. No events yet, so no popularity."""
+    n, m = len(items), len(new)
+    ids = new["item_id"].astype("string").reset_index(drop=True)
+    out = pd.DataFrame({"item_idx": np.arange(n, n + m, dtype=np.int64), "item_id": ids})
+    for col in ("category_id", "parent_category_id"):
+        given = new[col].astype("string").reset_index(drop=True) if col in new else \
+            pd.Series(pd.array([pd.NA] * m, dtype="string"))
+        if col == "parent_category_id" and "category_id" in items and col in items:
+            parents = items.drop_duplicates("category_id").set_index("category_id")[col]
+            given = given.fillna(out["category_id"].map(parents).astype("string"))
+        out[col] = given
+        idx = col.replace("_id", "_idx")
+        if col in items and idx in items:
+            codes = dict(zip(items[col].astype("string"), items[idx], strict=True))
+            out[idx] = np.array([codes.get(v, -1) if v is not pd.NA else -1 for v in given],
+                                dtype=np.int64)
+    out["available"] = new["available"].astype("boolean").fillna(True).to_numpy(dtype=bool) \
+        if "available" in new else True
+    known_tokens = set(" ".join(items[TOKENS_COLUMN].fillna("")).split()) \
+        if TOKENS_COLUMN in items else set()
+    tokens = attribute_tokens(new, ids, min_items=1)
+    out[TOKENS_COLUMN] = pd.array([" ".join(t for t in s.split() if t in known_tokens)
+                                   for s in tokens.fillna("")], dtype="string")
+    for col in ("recent_views", "recent_carts", "recent_purchases", "popularity", "total_events"):
+        out[col] = np.zeros(m, dtype=np.int64)
+    for col in metadata_columns(items):
+        if col not in out:
+            out[col] = new[col].reset_index(drop=True) if col in new else pd.NA
+    return out[[c for c in items.columns if c in out]]

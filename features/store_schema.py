@@ -7,14 +7,17 @@ once; ``request_id``, the response that led to it; ``received_ms``), indexed for
 latest events" and "everything since time T"; ``privacy`` (per hashed user id: forgotten, opted
 out; with who and when, the audit of a deletion); ``assignments`` and ``impressions``
 (experiments: a shopper's variant, what each answer showed); ``tailor_control`` (a model reload
-every worker acts on); ``tailor_schema`` (the schema version). Times are epoch milliseconds.
+every worker acts on); ``catalog_items`` (items added to the running catalog, each with its
+metadata as JSON); ``tailor_schema`` (the schema version). Times are epoch milliseconds.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+# 2 added ``catalog_items``; a version-1 store gets the table when it is opened (MIGRATIONS).
+SCHEMA_VERSION = 2
+MIGRATABLE = (1,)
 
 metadata = sa.MetaData()
 events_table = sa.Table(
@@ -64,6 +67,12 @@ control_table = sa.Table(   # requests every worker of every replica acts on (a 
     sa.Column("generation", sa.BigInteger, nullable=False),
     sa.Column("value", sa.String(1024)),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+catalog_table = sa.Table(   # items added to the catalog while serving (POST /admin/items)
+    "catalog_items", metadata,
+    sa.Column("item_id", sa.String(256), primary_key=True),
+    sa.Column("fields", sa.Text, nullable=False),     # JSON object: category_id, attributes
+    sa.Column("added_ms", sa.BigInteger, nullable=False),
 )
 schema_table = sa.Table(
     "tailor_schema", metadata,

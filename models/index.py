@@ -136,6 +136,16 @@ class ItemIndex:
             fetch = int(min(cap, max(2 * fetch, need[rows].max())))
             widen *= 2
 
+    def with_vectors(self, vectors: np.ndarray) -> ItemIndex:
+        """A copy holding ``vectors`` too, as rows ``n_items``, ``n_items + 1``, ... (items added
+        to the catalog); this index is left as it is, for the requests still reading it. An IVF
+        index files them under its trained centroids; the recall gate is not measured again."""
+        vectors = self._check_queries(vectors)
+        index = faiss.clone_index(self.index)
+        index.add(vectors)
+        return ItemIndex(index, {**self.info, "n_items": int(index.ntotal),
+                                 "added_items": self.info.get("added_items", 0) + len(vectors)})
+
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``index.faiss`` + ``index.json`` into ``folder`` (each replaced atomically)."""
         folder = Path(folder)

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 
 from features.history import Histories
-from features.item_attributes import AttributeTable, attribute_tokens
+from features.item_attributes import TOKENS_COLUMN, AttributeTable
+from features.item_features import new_item_rows
 from models.base import Recommender
 from models.inputs import ItemTable, history_batch
 from models.two_tower import TwoTower, score_matrix
@@ -30,15 +31,13 @@ def new_item_vectors(model: TwoTower, known: pd.DataFrame, new: pd.DataFrame) ->
     """Vectors of items the model was not trained on (``new``: item metadata rows, as the items
     file has them), from their category and attributes alone: no id row. ``known`` is the
     model's item table (``item_features`` or a bundle's items), whose category and attribute
-    vocabularies the new items are read with; a category or attribute it lacks is left out."""
+    vocabularies the new items are read with (``features.item_features.new_item_rows``); this
+    is what ``compute_item_vectors`` gives those rows once they are appended to ``known``."""
     model.eval()
-    categories = dict(zip(known["category_id"].astype("string"), known["category_idx"],
-                          strict=True)) if "category_idx" in known else {}
-    cats = np.array([categories.get(c, -1) if c is not pd.NA else -1 for c in
-                     new["category_id"].astype("string")] if "category_id" in new else
-                    [-1] * len(new), dtype=np.int64)
-    tokens = attribute_tokens(new, new["item_id"], min_items=1)
-    table = ItemTable(cats, AttributeTable.from_features(known).encode(tokens))
+    rows = new_item_rows(known, new)
+    cats = rows["category_idx"].to_numpy(dtype=np.int64) if "category_idx" in rows else \
+        np.full(len(rows), -1, dtype=np.int64)
+    table = ItemTable(cats, AttributeTable.from_features(known).encode(rows[TOKENS_COLUMN]))
     inputs = table.take()
     unknown_rows = torch.full((len(new),), -1, dtype=torch.long)
     return model.item_embed(unknown_rows, inputs.categories, inputs.attribute_values,
@@ -57,9 +56,16 @@ class TwoTowerRecommender(Recommender):
     def n_items(self) -> int:
         return self.item_vectors.shape[0]
 
+    def _trained_items(self, histories: Histories) -> Histories:
+        """``histories`` without events on items added after training (rows past the id
+        table): the user tower and the interest term read trained items only."""
+        added = histories.item_idx >= self.model.cfg.n_items
+        return histories.keep(~added) if added.any() else histories
+
     @torch.no_grad()
     def user_vectors(self, histories: Histories) -> np.ndarray:
         """Normalized user vectors (n, dim); empty histories give zero vectors."""
+        histories = self._trained_items(histories)
         if len(histories) == 0:  # TorchRec cannot split a KeyedJaggedTensor of batch size 0
             return np.zeros((0, self.model.cfg.dim), dtype=np.float32)
         batch = history_batch(histories, self.model.cfg.history_len)
@@ -69,6 +75,7 @@ class TwoTowerRecommender(Recommender):
 
     @torch.no_grad()
     def score(self, histories: Histories) -> np.ndarray:
+        histories = self._trained_items(histories)
         if len(histories) == 0:
             return np.zeros((0, self.n_items), dtype=np.float32)
         batch = history_batch(histories, self.model.cfg.history_len)
@@ -82,6 +89,7 @@ class TwoTowerRecommender(Recommender):
     @torch.no_grad()
     def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
+        histories = self._trained_items(histories)
         if len(histories) == 0 or not len(rows):
             return np.zeros((len(histories), len(rows)), dtype=np.float32)
         batch = history_batch(histories, self.model.cfg.history_len)

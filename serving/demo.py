@@ -159,8 +159,28 @@ def examples(client: httpx.Client) -> None:
     live_events(client, user, truth)
     show(client, "13. The segments demo-visitor is in now: the rules of segments.toml (a cart "
                  "it did not buy) and a learned segment", "/segments", {"user_id": "demo-visitor"})
-    show(client, "14. Bad input gets a 4xx naming the field", "/recommend",
+    new_item(client, data.items, truth)
+    show(client, "15. Bad input gets a 4xx naming the field", "/recommend",
          {"user_id": user, "k": 0, "diversity": 2})
+
+
+def new_item(client: httpx.Client, items: pd.DataFrame, truth) -> None:
+    """An item added while serving: placed by its category and attributes, no retraining."""
+    printer = truth.printer_item
+    meta = items.set_index("item_id").loc[printer]
+    new = {"item_id": "printer-x2-new", "category_id": str(meta["category_id"]),
+           "title": "printer X2 (new today)",
+           **({"price": float(meta["price"])} if "price" in meta else {})}
+    show(client, f"14. A new item for the catalog, in {new['category_id']}: every worker places "
+                 "it by its category and price (no retraining)", "/admin/items",
+         {"items": [new]})
+    show(client, "... /similar_items finds its neighbours", "/similar_items",
+         {"item_id": new["item_id"], "k": K})
+    show(client, "... and a visitor who looks at it and at the printer is recommended it",
+         "/recommend", {"user_id": "new-item-visitor", "k": K, "recent_events": [
+             {"item_id": printer, "event": "view"},
+             {"item_id": new["item_id"], "event": "view"}]},
+         mark={new["item_id"]: "   <- the new item"})
 
 
 def live_events(client: httpx.Client, user: str, truth) -> None:
@@ -227,7 +247,7 @@ def campaign(model: str) -> None:
     """`make campaign`: a small email export for one segment, as a marketer would run it."""
     out = ROOT / ".cache" / "demo-campaign"
     segment = "cart abandoner"
-    print(f"\n{RULE}\n15. A campaign file for the segment {segment!r}, three items each\n"
+    print(f"\n{RULE}\n16. A campaign file for the segment {segment!r}, three items each\n"
           f"$ make campaign MODEL={model} SEGMENT='{segment}' K=3 OUT={out.relative_to(ROOT)}")
     proc = subprocess.run([sys.executable, "-m", "serving.campaign", "--model", model,
                            "--segment", segment, "--k", "3", "--out", str(out),

@@ -19,7 +19,9 @@ from features.event_store import EventStore, now_ms
 from features.history import NAT_MS, Histories, append_events, epoch_ms
 from features.item_attributes import SharedValues
 from features.item_features import metadata_columns
+from features.item_store import added_items, items_generation
 from features.schema import EVENT_TYPES
+from models.added_items import with_items
 from models.bundle import Bundle
 from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
 from models.merchandising import item_strings
@@ -64,6 +66,9 @@ class Engine(Ranker):
         self.rules = RulesFile(self.catalog, rules)
         # The event store the shop posts to (None: requests read the bundle's history only).
         self.store = store
+        self.rules_path = rules
+        # The store's "items" generation whose added items this engine holds (0: none).
+        self.items_generation = 0
 
     def rows_of(self, item_ids: list[str]) -> np.ndarray:
         """Rows of ``item_ids`` (-1 unknown): ``item_vocab.lookup`` without pandas."""
@@ -181,12 +186,31 @@ def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG, rules: Path | None 
                 store: EventStore | None = None) -> Engine:
     """The engine of model ``ref`` (alias, version, run id or bundle folder; see
     ``models.registry.resolve_model``), its index loaded from the bundle or built; ``rules``: the
-    merchandising rules file (``serving.merchandise.rules_path()`` in the service)."""
+    merchandising rules file (``serving.merchandise.rules_path()`` in the service); with the
+    items added to the store's catalog that the bundle does not know."""
     path = resolve_model(ref)
     bundle = Bundle.load(path)
     index, source = bundle.item_index(cfg)
-    return Engine(bundle, index, version=model_version(ref, path), ref=ref, index_source=source,
-                  rules=rules, store=store)
+    engine = Engine(bundle, index, version=model_version(ref, path), ref=ref,
+                    index_source=source, rules=rules, store=store)
+    return with_added_items(engine)
+
+
+def with_added_items(engine: Engine) -> Engine:
+    """``engine`` with the items added to its store's catalog that it does not hold yet: a new
+    engine (requests still reading the old one are not disturbed), or ``engine`` itself when
+    there are none."""
+    if engine.store is None:
+        return engine
+    generation = items_generation(engine.store)
+    if generation == engine.items_generation:
+        return engine
+    bundle, index, placed = with_items(engine.bundle, engine.index, added_items(engine.store))
+    grown = engine if not placed else \
+        Engine(bundle, index, version=engine.version, ref=engine.ref,
+               index_source=engine.index_source, rules=engine.rules_path, store=engine.store)
+    grown.items_generation = generation
+    return grown
 
 
 def model_version(ref: str, path: Path) -> str:

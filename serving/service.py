@@ -37,6 +37,8 @@ from serving.api import (
     Forgotten,
     ItemNeighbours,
     ItemRequest,
+    ItemsAdded,
+    ItemsRequest,
     ModelCard,
     Recommendations,
     RecommendRequest,
@@ -49,6 +51,7 @@ from serving.api import (
 )
 from serving.auth import ApiKeyMiddleware
 from serving.cart import complete_cart
+from serving.catalog import post_items
 from serving.engine import Engine, load_engine
 from serving.events import consent, forget, post_events
 from serving.experiments import (
@@ -167,6 +170,14 @@ class Tailor:
     async def consent(self, **fields: Any) -> Consent:
         """Opt a shopper out of personalization and event collection, or back in."""
         return _answer(consent, self.engine, ConsentRequest(**fields))
+
+    @bentoml.api(route="/admin/items", input_spec=ItemsRequest)
+    async def items(self, **fields: Any) -> ItemsAdded:
+        """Add items to the running catalog (id, category, attributes): placed by their
+        attributes without retraining, found by /similar_items and recommendable; every worker
+        serves them within seconds."""
+        return _answer(lambda _, request: post_items(self.watcher, request), self.engine,
+                       ItemsRequest(**fields))
 
     @bentoml.api(route="/admin/reload", input_spec=ReloadRequest)
     async def reload(self, **fields: Any) -> Reload:

@@ -3,8 +3,10 @@ requests, without a restart.
 
 Each worker runs a ``ModelWatcher`` thread. Every ``CHECK_SECONDS`` it looks at
 * the event store's reload request (``POST /admin/reload``: a generation number and a model
-  reference, shared by every worker of every replica that uses the store), and
-* when the served reference is a registry alias (``champion``), the version the alias names now.
+  reference, shared by every worker of every replica that uses the store),
+* when the served reference is a registry alias (``champion``), the version the alias names now,
+* the store's catalog generation (``POST /admin/items``): new items are placed in a new engine
+  over the same model (``serving.engine.with_added_items``).
 When either moved, it loads the new engine in the background (requests go on being answered by
 the old one), then replaces the holder's engine in one assignment. A request reads the engine
 once, at its start, so no answer mixes two models; the old engine is freed when its last
@@ -23,7 +25,7 @@ from pathlib import Path
 from features.event_store import EventStore
 from models.registry import resolve_model
 from serving.api import Reload, ReloadRequest, RequestError
-from serving.engine import Engine, model_version
+from serving.engine import Engine, model_version, with_added_items
 
 CHECK_SECONDS = 2.0
 log = logging.getLogger("tailor.swap")
@@ -46,10 +48,11 @@ class ModelWatcher(threading.Thread):
         if store is not None:
             # A reload asked for before this server started is history; one asked for since
             # (this worker was restarted after it) still holds, and the first check applies it.
-            generation, _, asked_ms = store.reload_request()
+            generation, _, asked_ms = store.control("reload")
             started = server_started() if server_started_ms is None else server_started_ms
             self.generation = generation if asked_ms < started else 0
         self.stopped = threading.Event()
+        self.lock = threading.Lock()
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
@@ -59,10 +62,15 @@ class ModelWatcher(threading.Thread):
                 log.exception("model check failed; serving %s on", self.holder.engine.version)
 
     def check(self) -> bool:
-        """Load and switch to a new model when one is asked for; True when it switched."""
+        """Load and switch to a new model when one is asked for, or to the served one with the
+        items added to the catalog since; True when it switched."""
+        with self.lock:   # the watcher thread and POST /admin/items (serving/catalog.py)
+            return self._check()
+
+    def _check(self) -> bool:
         target = None
         if self.store is not None:
-            generation, model, _ = self.store.reload_request()
+            generation, model, _ = self.store.control("reload")
             if generation != self.generation:
                 self.generation, target = generation, model or self.holder.ref
         if target is None and _is_alias(self.holder.ref):
@@ -70,8 +78,14 @@ class ModelWatcher(threading.Thread):
             if now != self.holder.engine.version:
                 target = self.holder.ref
         if target is None:
-            return False
-        engine = self.load(target)
+            grown = with_added_items(self.holder.engine)
+            if grown is self.holder.engine:
+                return False
+            self.holder.engine = grown
+            log.warning("catalog grew: %d items added to %s", grown.bundle.info["added_items"],
+                        grown.version)
+            return True
+        engine = self.load(target)   # with the added items (serving.engine.load_engine)
         old = self.holder.engine.version
         self.holder.engine, self.holder.ref = engine, target
         log.warning("model swapped: %s -> %s", old, engine.version)
@@ -104,6 +118,6 @@ def request_reload(store: EventStore | None, request: ReloadRequest) -> Reload:
             resolve_model(request.model)
         except Exception as exc:   # any reason it cannot be found: the caller's mistake
             raise RequestError(404, "model", str(exc), "not_found") from exc
-    generation = store.request_reload(request.model)
+    generation = store.bump("reload", request.model)
     return Reload(generation=generation, model=request.model,
                   within_seconds=CHECK_SECONDS * 2)

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 
 from benchmarks.postgres import postgres_server
 from features.event_store import EventStore, StoreError, drop_forgotten, user_hash
+from features.item_store import add_items, added_items, items_generation
+from features.store_schema import SCHEMA_VERSION, metadata
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,7 @@ def store(request, tmp_path: Path) -> Iterator[EventStore]:
     yield store
     if request.param == "postgresql":   # one server for the module: empty it between tests
         with store.engine.begin() as conn:
-            for table in ("events", "privacy", "tailor_schema"):
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+            metadata.drop_all(conn)
     store.close()
 
 
@@ -110,7 +111,37 @@ def test_a_store_of_another_schema_version_is_a_clear_error(store: EventStore) -
     with pytest.raises(StoreError, match="schema version 99"):
         EventStore(store.url)
     with store.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE tailor_schema SET version = {SCHEMA_VERSION}"))
+
+
+def test_a_version_1_store_gets_the_catalog_table_and_keeps_its_events(
+        store: EventStore) -> None:
+    store.add([event("u1", "i1", event_id="kept", ts_ms=1000)])
+    with store.engine.begin() as conn:   # the store as version 1 wrote it
+        conn.execute(sa.text("DROP TABLE catalog_items"))
         conn.execute(sa.text("UPDATE tailor_schema SET version = 1"))
+    upgraded = EventStore(store.url)
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM tailor_schema")).scalar() == 2
+        assert sa.inspect(conn).has_table("catalog_items")
+    assert upgraded.count() == 1
+    assert add_items(upgraded, [{"item_id": "n1"}]) == 1
+    upgraded.close()
+
+
+def test_added_items_keep_their_first_order_and_their_latest_fields(store: EventStore) -> None:
+    assert added_items(store).empty and items_generation(store) == 0
+    assert add_items(store, [{"item_id": "n2", "category_id": "soap", "scent": "rose"},
+                             {"item_id": "n1", "price": 3.5}]) == 1
+    assert add_items(store, [{"item_id": "n2", "category_id": "soap", "scent": "lavender"},
+                             {"item_id": "n3"}]) == 2
+    got = added_items(store)
+    # one post's items share a time, so they come in id order; a re-post keeps the first time
+    assert got["item_id"].tolist() == ["n1", "n2", "n3"]
+    assert got.set_index("item_id").loc["n2", "scent"] == "lavender"
+    assert got.set_index("item_id").loc["n1", "price"] == 3.5
+    assert pd.isna(got.set_index("item_id").loc["n3", "scent"])
+    assert items_generation(store) == 2
 
 
 def test_no_store_where_one_is_required(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from features.history import NAT_MS, append_events, build_histories
+from features.history import NAT_MS, append_events, build_histories, histories_from_rows
 from features.item_features import item_features
 from features.split import sort_events
 from features.vocab import Vocabulary
@@ -92,3 +92,13 @@ def test_item_features_popularity_categories_and_availability():
     assert f.loc["a", "popularity"] == 1 and f.loc["b", "popularity"] == 0
     assert f.loc["c", "recent_purchases"] == 1 and f.loc["c", "recent_views"] == 1
     assert f.loc["a", "total_events"] == 2
+
+
+def test_keep_drops_events_and_counts_steps_back_anew() -> None:
+    hist = histories_from_rows(np.array(["a", "a", "a", "b", "b"], dtype=object),
+                               np.array([1, 2, 3, 4, 5]), np.array([0, 1, 2, 0, 0], dtype=np.int8),
+                               np.array([10, 20, 30, 40, 50]), now_ms=100)
+    kept = hist.keep(np.array([True, False, True, False, False]))
+    assert kept.user_ids.tolist() == ["a", "b"] and kept.offsets.tolist() == [0, 2, 2]
+    assert kept.item_idx.tolist() == [1, 3] and kept.event_code.tolist() == [0, 2]
+    assert kept.steps_back.tolist() == [1, 0] and kept.ts_ms.tolist() == [10, 30]

@@ -12,6 +12,7 @@ import pytest
 
 from features.event_store import URL_ENV, EventStore
 from features.infra import DataError
+from features.item_store import add_items
 from features.readers import read_events
 from features.spec import parse_spec
 from features.store_cli import main as store_cli
@@ -49,6 +50,21 @@ def test_the_store_reads_as_canonical_events(store: EventStore, tmp_path: Path) 
     assert list(both.events.sort_values("timestamp")["item_id"]) == ["i9", "i9", "i1", "i2"]
     with pytest.raises(DataError, match="base"):
         parse_spec(f"events:{base}?base={base}")
+
+
+def test_items_added_while_serving_are_item_metadata(store: EventStore, tmp_path: Path) -> None:
+    t0 = 1_780_000_000_000
+    store.add([{"user_id": "u1", "item_id": "new-1", "event": "view", "ts_ms": t0}])
+    add_items(store, [{"item_id": "new-1", "category_id": "soap", "price": 3.5}])
+    items = read_events(parse_spec("store:")).items.set_index("item_id")
+    assert items.loc["new-1", "category_id"] == "soap" and items.loc["new-1", "price"] == "3.5"
+    base = tmp_path / "base.csv"
+    base.write_text("user_id,item_id,event,timestamp\nu0,i9,view,2026-05-01T10:00:00Z\n")
+    catalog = tmp_path / "items.csv"   # an explicit items file wins over what was posted
+    catalog.write_text("item_id,category_id\nnew-1,bath\ni9,toys\n")
+    both = read_events(parse_spec(f"store:{store.url}?base={base}&items={catalog}"))
+    assert both.items.set_index("item_id")["category_id"].to_dict() == \
+        {"new-1": "bath", "i9": "toys"}
 
 
 def test_export_writes_every_stored_event(store: EventStore, tmp_path: Path) -> None:

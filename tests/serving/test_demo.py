@@ -23,13 +23,14 @@ def test_demo_serves_and_prints_the_examples(bundle_dir: Path, shop) -> None:
     for title in ("1. A returning shopper", "2. A first-time visitor", "3. The same visitor's",
                   "4. People who bought", "5. Items like", "6. ", "7. A merchandiser's boost",
                   "8. Complete the cart", "9. A cart of two", "10. demo-visitor before",
-                  "11. A model swap", "12. Forget", "13. The segments", "14. Bad input"):
+                  "11. A model swap", "12. Forget", "13. The segments", "14. A new item",
+                  "15. Bad input"):
         assert title in out, title
     assert "strategy history:full_scoring" in out and "strategy popular" in out
     assert "strategy session:full_scoring" in out and "HTTP 400" in out
     assert "strategy embedding:index:same=category_id" in out
     assert "- returning" in out and " learned " in out
-    assert "15. A campaign file" in out and '"cart abandoner",1,' in out
+    assert "16. A campaign file" in out and '"cart abandoner",1,' in out
     ink = next(line for line in out.splitlines() if "planted complement" in line)
     assert ink.split()[0] == "1." and truth.printer_ink in ink
     # cart completion: the ink first, with its reason; the pin at slot 2; reasons on the items
@@ -48,6 +49,10 @@ def test_demo_serves_and_prints_the_examples(bundle_dir: Path, shop) -> None:
     assert '"generation": 1' in swap and "/model:" in swap
     forget = out[out.index("12. Forget"):out.index("13. The segments")]
     assert '"events_deleted"' in forget and "strategy popular" in forget
+    # the new item: placed, found by /similar_items, recommended to a visitor who looked at it
+    added = out[out.index("14. A new item"):out.index("15. Bad input")]
+    assert '"placed": ["printer-x2-new"]' in added
+    assert "strategy embedding:index" in added and "<- the new item" in added
     assert "curl -s -X POST http://127.0.0.1:" in out and "demo ready" in out
 
 

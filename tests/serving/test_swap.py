@@ -38,7 +38,7 @@ def test_a_reload_request_swaps_the_engine(bundle_dir: Path, second_bundle: Path
     assert holder.engine.version == str(second_bundle) and holder.ref == str(second_bundle)
     assert not watcher.check()                       # handled once
     # a model that does not load leaves the served one in place
-    store.request_reload(str(bundle_dir / "missing"))
+    store.bump("reload", str(bundle_dir / "missing"))
     served_now = holder.engine
     with pytest.raises(Exception, match="missing"):
         watcher.check()
@@ -50,8 +50,8 @@ def test_a_reload_request_swaps_the_engine(bundle_dir: Path, second_bundle: Path
 
 def test_a_restarted_worker_keeps_a_reload_asked_since_the_server_started(
         bundle_dir: Path, second_bundle: Path, store: EventStore) -> None:
-    store.request_reload(str(second_bundle))
-    asked = store.reload_request()[2]
+    store.bump("reload", str(second_bundle))
+    asked = store.control("reload")[2]
 
     def watcher(started_ms: int) -> ModelWatcher:
         holder = EngineHolder(load_engine(str(bundle_dir)), str(bundle_dir))
