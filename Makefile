@@ -113,8 +113,8 @@ segments: $(STAMP) ## every shopper's segments (segments.toml + learned) by MODE
 	@$(PY) -m serving.segments --model "$(MODEL)" \
 		--out "$(if $(filter command line environment,$(origin OUT)),$(OUT),segments)" $(ARGS)
 
-campaign: $(STAMP) ## top-K items for every shopper of SEGMENT by MODEL -> OUT folder (Parquet + CSV)
-	@$(PY) -m serving.campaign --model "$(MODEL)" --segment "$(SEGMENT)" \
+campaign: $(STAMP) ## top-K items (with reasons) for every shopper of SEGMENT by MODEL -> OUT folder (Parquet + CSV; RULES)
+	@$(PY) -m serving.campaign --model "$(MODEL)" --segment "$(SEGMENT)" $(if $(RULES),--merch-rules "$(RULES)") \
 		--k "$(if $(filter command line environment,$(origin K)),$(K),10)" \
 		--out "$(if $(filter command line environment,$(origin OUT)),$(OUT),campaign)" $(ARGS)
 
@@ -125,7 +125,8 @@ demo: $(STAMP) ## train a small model on the embedded shop, serve it, send examp
 
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
 # Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
-.PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-index bench-serve
+.PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-index bench-serve \
+	bench-campaign
 bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)
 	$(MAKE) --no-print-directory bench-quality
 	$(MAKE) --no-print-directory bench-cold
@@ -134,6 +135,7 @@ bench: ## every benchmark part: quality, new items, training, index, serving (ov
 	$(MAKE) --no-print-directory bench-index
 	$(MAKE) --no-print-directory bench-serve
 	$(MAKE) --no-print-directory bench-events
+	$(MAKE) --no-print-directory bench-campaign
 
 bench-quality: $(BENCH_STAMP) ## two-tower stack vs every baseline + ALS on every data set
 	@$(PY) -m benchmarks.quality $(ARGS)
@@ -146,6 +148,9 @@ bench-merch: $(BENCH_STAMP) ## diversity vs NDCG, cart completion vs also-bought
 
 bench-events: $(BENCH_STAMP) ## POST /events events/s at batch sizes 1/10/100 on SQLite and PostgreSQL; /recommend with the store
 	@$(PY) -m benchmarks.ingest $(ARGS)
+
+bench-campaign: $(BENCH_STAMP) ## make campaign's time and peak memory: every Sports shopper; 1M resampled shoppers
+	@$(PY) -m benchmarks.campaign $(ARGS)
 
 bench-train: $(BENCH_STAMP) ## training wall time, examples/s, peak memory: 1 process vs NPROC=2
 	@$(PY) -m benchmarks.train $(ARGS)

@@ -5,9 +5,12 @@
 The segment is a rule of the segments file or a learned segment (``serving/segments.py``);
 its shoppers are the model's stored shoppers who are in it. Each shopper's list comes from the
 one ranking path (``models.ranking.rank``, as ``/recommend``: unavailable items never, purchased
-items not again), in chunks that are written as they are ranked, so memory stays flat however
-many shoppers the segment holds. ``OUT`` is a folder: ``campaign.parquet`` and ``campaign.csv``
-(``user_id, segment, rank, item_id, title, category_id, score``), replaced once complete.
+items not again, the merchandising rules file's filters, boosts, pins and diversity), in chunks
+that are written as they are ranked, so memory stays flat however many shoppers the segment
+holds. Each item carries its explanation, as ``/recommend``'s ``because`` (for "because you
+viewed ..." in the email). ``OUT`` is a folder: ``campaign.parquet`` and ``campaign.csv``
+(``user_id, segment, rank, item_id, title, category_id, score, because, because_item_id,
+because_title``), replaced once complete.
 """
 
 from __future__ import annotations
@@ -29,17 +32,22 @@ from features.segments import evaluate
 from models.ranking import MAX_K, exclusions, rank
 from serving.batch import CELLS_PER_CHUNK
 from serving.engine import Engine, load_engine
+from serving.merchandise import reasons, rules_path
 from serving.segments import SegmentConfig, Segmenter, learned_name
 
 SCHEMA = pa.schema([("user_id", pa.string()), ("segment", pa.string()), ("rank", pa.int32()),
                     ("item_id", pa.string()), ("title", pa.string()),
-                    ("category_id", pa.string()), ("score", pa.float32())])
+                    ("category_id", pa.string()), ("score", pa.float32()),
+                    ("because", pa.string()), ("because_item_id", pa.string()),
+                    ("because_title", pa.string())])
 
 
 @dataclass(frozen=True)
 class CampaignConfig:
     segment: str = setting("", "the segment: a name in the segments file, or learned-N")
     k: int = setting(10, "items per shopper")
+    explain: bool = setting(True, "each item's reason, as /recommend's because (costs one "
+                                  "scoring of up to 21 histories per shopper)")
     chunk_users: int = setting(
         0, "shoppers ranked and written at a time (0: as many as keep one chunk's scores near "
            f"{CELLS_PER_CHUNK // 1_000_000}M cells, as the batch does)")
@@ -72,18 +80,34 @@ def members(segmenter: Segmenter, segment: str) -> np.ndarray:
 
 
 def _text(values: np.ndarray | None, rows: np.ndarray) -> pa.Array:
+    """``values`` of item ``rows`` as strings; null for an empty value or a row of -1."""
     if values is None:
         return pa.nulls(len(rows), pa.string())
-    picked = values[rows]
-    return pa.array(picked, pa.string(), mask=picked == "")
+    picked = values[np.maximum(rows, 0)]
+    return pa.array(picked, pa.string(), mask=(picked == "") | (rows < 0))
 
 
-def chunk_table(engine: Engine, segment: str, positions: np.ndarray, k: int) -> pa.Table:
+def chunk_table(engine: Engine, segment: str, positions: np.ndarray, cfg: CampaignConfig
+                ) -> pa.Table:
     """The ranked lists of the stored shoppers at ``positions``, one row per item."""
     hist = engine.bundle.histories.select(positions)
-    ranked = rank(engine, hist, k, exclusions(hist, purchased=True))
+    rules, plan = engine.rules.current()
+    ranked = rank(engine, hist, cfg.k, exclusions(hist, purchased=True), plan=plan)
     valid = ranked.rows >= 0   # pads (fewer than k allowed items) only ever trail a row
     rows = ranked.rows[valid]
+    kinds = np.full(len(rows), None, dtype=object)
+    because_rows = np.full(len(rows), -1, dtype=np.int64)
+    if cfg.explain:
+        at = 0
+        for i in range(len(hist)):
+            listed = valid[i]
+            flags = None if ranked.flags is None else ranked.flags[i][listed]
+            for because in reasons(engine, hist.select(np.array([i])), ranked.rows[i][listed],
+                                   flags, rules, bool(ranked.personal[i]), None):
+                kinds[at] = because.kind
+                because_rows[at] = engine.item_rows.get(because.item_id, -1) \
+                    if because.item_id else -1
+                at += 1
     return pa.table({
         "user_id": pa.array(np.repeat(hist.user_ids, valid.sum(axis=1)), pa.string()),
         "segment": pa.array(np.full(len(rows), segment, dtype=object), pa.string()),
@@ -92,6 +116,9 @@ def chunk_table(engine: Engine, segment: str, positions: np.ndarray, k: int) -> 
         "title": _text(engine.titles, rows),
         "category_id": _text(engine.categories, rows),
         "score": pa.array(ranked.scores[valid], pa.float32()),
+        "because": pa.array(kinds, pa.string()),
+        "because_item_id": _text(engine.ids, because_rows),
+        "because_title": _text(engine.titles, because_rows),
     }, schema=SCHEMA)
 
 
@@ -110,8 +137,7 @@ def export(engine: Engine, segmenter: Segmenter, cfg: CampaignConfig, out: Path,
             bar = tqdm(starts, desc="campaign", unit="chunk",
                        disable=None if progress else True)   # None: only on a terminal
             for start in bar:
-                table = chunk_table(engine, cfg.segment,
-                                    positions[start:start + chunk], cfg.k)
+                table = chunk_table(engine, cfg.segment, positions[start:start + chunk], cfg)
                 parquet.write_table(table)
                 csv.write_table(table)
                 rows += table.num_rows
@@ -127,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="registry alias, version, run id or bundle folder (default: "
                              "champion)")
     parser.add_argument("--out", default="campaign", help="output folder (default: campaign)")
+    parser.add_argument("--merch-rules", metavar="FILE",
+                        help="merchandising rules (filters, boosts, pins, diversity) as the "
+                             "service reads them (default: $TAILOR_RULES, else rules.toml when "
+                             "it exists)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_args(parser, CampaignConfig, title="campaign")
     add_config_args(parser, SegmentConfig, title="segments")
@@ -139,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.segment:
         raise DataError("name a segment (--segment, SEGMENT=...)", column="segment")
     started = time.perf_counter()
-    engine = load_engine(args.model)
+    engine = load_engine(args.model, rules=Path(args.merch_rules) if args.merch_rules
+                         else rules_path())
     segmenter = Segmenter(engine, config_from_args(SegmentConfig, args))
     summary = export(engine, segmenter, cfg, Path(args.out), progress=not args.no_progress)
     print(f"campaign  segment {cfg.segment!r}: {summary['shoppers']:,} shoppers x k {cfg.k} -> "
