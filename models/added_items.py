@@ -83,5 +83,4 @@ def _grown(source: Baseline, vocab: Vocabulary) -> Baseline:
                                  np.full(extra, similarity.indptr[-1], similarity.indptr.dtype)])
         grown.similarity = sp.csr_matrix((similarity.data, similarity.indices, indptr),
                                          shape=(len(vocab), len(vocab)))
-        grown.__dict__.pop("_similarity_csc", None)   # the column copy of the old shape
     return grown

@@ -70,30 +70,82 @@ def event_codes(events: pd.DataFrame) -> np.ndarray:
     return pd.Categorical(col, categories=EVENT_TYPES).codes.astype(np.int8)
 
 
-def _max_per_cell(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
-                  shape: tuple[int, int]) -> sp.csr_matrix:
-    """CSR matrix holding the largest value per (row, col): repeats do not add up."""
+def _largest_per_cell(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries with the largest value per (row, col): repeats do not add up."""
+    if not len(rows):
+        return rows, cols, vals
     order = np.lexsort((vals, cols, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
-    last = np.r_[(rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1]), True] if len(rows) else \
-        np.array([], dtype=bool)
-    return sp.csr_matrix((vals[last], (rows[last], cols[last])), shape=shape)
+    last = np.r_[(rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1]), True]
+    return rows[last], cols[last], vals[last]
+
+
+def _max_per_cell(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
+                  shape: tuple[int, int]) -> sp.csr_matrix:
+    """CSR matrix holding the largest value per (row, col)."""
+    rows, cols, vals = _largest_per_cell(rows, cols, vals)
+    return sp.csr_matrix((vals, (rows, cols)), shape=shape)
+
+
+def history_entries(histories: Histories, values: np.ndarray | None = None, *,
+                    reduce: str = "max") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(history, item, value) entries of the histories' events. values: one per event
+    (default 1.0). reduce: 'max' keeps the largest value per (history, item) (a repeated view
+    does not count twice); 'sum' keeps every event, whose values add up in any product."""
+    rows = np.repeat(np.arange(len(histories), dtype=np.int64), histories.lengths)
+    cols = histories.item_idx.astype(np.int64)
+    vals = np.ones(len(cols)) if values is None else np.asarray(values, dtype=np.float64)
+    return (rows, cols, vals) if reduce == "sum" else _largest_per_cell(rows, cols, vals)
 
 
 def history_matrix(histories: Histories, n_items: int, values: np.ndarray | None = None, *,
                    reduce: str = "max") -> sp.csr_matrix:
-    """(len(histories), n_items) sparse matrix of the histories' events.
+    """(len(histories), n_items) sparse matrix of the histories' events (``history_entries``;
+    duplicates of 'sum' add up)."""
+    rows, cols, vals = history_entries(histories, values, reduce=reduce)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(len(histories), n_items))
 
-    values: one per event (default 1.0). reduce: 'max' keeps the largest value per item (a
-    repeated view does not count twice), 'sum' adds them up.
-    """
-    n = len(histories)
-    rows = np.repeat(np.arange(n, dtype=np.int64), histories.lengths)
-    cols = histories.item_idx.astype(np.int64)
-    vals = np.ones(len(cols)) if values is None else np.asarray(values, dtype=np.float64)
-    if reduce == "sum":
-        return sp.csr_matrix((vals, (rows, cols)), shape=(n, n_items))
-    return _max_per_cell(rows, cols, vals, (n, n_items))
+
+# A few histories (a request, its explanations) are scored by scattering into a dense array:
+# scipy's sparse product costs ~0.1 ms of bookkeeping per call, more than the arithmetic here.
+# Above this many cells (batches, evaluation) the sparse product, which needs no float64 copy.
+DENSE_CELLS = 4_000_000
+
+
+def scatter_scores(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int, n_items: int,
+                   columns: np.ndarray | None = None) -> np.ndarray:
+    """(n, n_items) float32 sums of ``vals`` at (rows, cols); only ``columns`` (in that order,
+    repeats allowed) when given."""
+    if columns is None:
+        return np.bincount(rows * n_items + cols, weights=vals,
+                           minlength=n * n_items).reshape(n, n_items).astype(np.float32)
+    wanted, inverse = np.unique(columns, return_inverse=True)
+    position = np.full(n_items, -1, dtype=np.int64)
+    position[wanted] = np.arange(len(wanted))
+    keep = position[cols] >= 0
+    m = len(wanted)
+    dense = np.bincount(rows[keep] * m + position[cols[keep]], weights=vals[keep],
+                        minlength=n * m).reshape(n, m).astype(np.float32)
+    return dense[:, inverse]
+
+
+def times_similarity(entries: tuple[np.ndarray, np.ndarray, np.ndarray], n: int,
+                     similarity: sp.csr_matrix, columns: np.ndarray | None = None) -> np.ndarray:
+    """Dense (n, items or ``columns``) float32 product of the histories' entries (a sparse
+    (n, items) matrix) with an item-item ``similarity`` (CSR)."""
+    rows, cols, vals = entries
+    n_items = similarity.shape[1]
+    if n * (n_items if columns is None else len(columns)) > DENSE_CELLS:
+        h = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(n, similarity.shape[0]))
+        product = (h @ similarity).toarray()
+        return product if columns is None else product[:, columns]
+    starts = similarity.indptr[cols]
+    lengths = similarity.indptr[cols + 1] - starts
+    take = np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + \
+        np.arange(int(lengths.sum()))
+    return scatter_scores(np.repeat(rows, lengths), similarity.indices[take].astype(np.int64),
+                          np.repeat(vals, lengths) * similarity.data[take], n, n_items, columns)
 
 
 def top_n_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int,
@@ -177,12 +229,6 @@ class Baseline(Recommender):
         filler = self.popularity if rows is None else self.popularity[rows]
         return np.tile(filler * np.float32(FILL_SCALE), (n_users, 1))
 
-    def _columns(self, rows: np.ndarray):
-        """Columns ``rows`` of the similarity matrix (a column-major copy is kept for it)."""
-        if getattr(self, "_similarity_csc", None) is None:
-            self._similarity_csc = self.similarity.tocsc()
-        return self._similarity_csc[:, rows]
-
 
 # --- most popular -----------------------------------------------------------------------------
 
@@ -238,12 +284,9 @@ class Repeat(Baseline):
         decay = np.where(np.isnan(age), np.exp(-steps / cfg.tau_steps),
                          np.exp(-np.nan_to_num(age, nan=0.0).clip(min=0.0) / cfg.tau_days))
         weight = np.asarray(cfg.event_weights, dtype=np.float64)[histories.event_code]
-        own = history_matrix(histories, self.n_items, weight * np.maximum(decay, MIN_DECAY),
-                             reduce="sum")
-        if rows is not None:
-            own = own.tocsc()[:, rows]
+        r, c, v = history_entries(histories, weight * np.maximum(decay, MIN_DECAY), reduce="sum")
         scores = self._fill(len(histories), rows)
-        scores += own.toarray().astype(np.float32)
+        scores += scatter_scores(r, c, v, len(histories), self.n_items, rows)
         return scores
 
 
@@ -307,9 +350,9 @@ class ItemKNN(Baseline):
     def _score(self, histories: Histories, rows: np.ndarray | None) -> np.ndarray:
         cfg: ItemKNNConfig = self.config
         weight = np.asarray(cfg.event_weights, dtype=np.float64)[histories.event_code]
-        h = history_matrix(histories, self.n_items, weight).astype(np.float32)
         scores = self._fill(len(histories), rows)
-        scores += (h @ (self.similarity if rows is None else self._columns(rows))).toarray()
+        scores += times_similarity(history_entries(histories, weight), len(histories),
+                                   self.similarity, rows)
         return scores
 
 
@@ -382,9 +425,9 @@ class SequentialItemKNN(Baseline):
         cfg: SequentialItemKNNConfig = self.config
         steps = histories.steps_back.astype(np.float64)
         weight = np.where(steps < cfg.last_n, 1.0 / (1.0 + steps), 0.0)
-        h = history_matrix(histories, self.n_items, weight, reduce="sum").astype(np.float32)
         scores = self._fill(len(histories), rows)
-        scores += (h @ (self.similarity if rows is None else self._columns(rows))).toarray()
+        scores += times_similarity(history_entries(histories, weight, reduce="sum"),
+                                   len(histories), self.similarity, rows)
         return scores
 
 

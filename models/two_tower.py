@@ -147,7 +147,20 @@ class TwoTower(nn.Module):
 
     # ---- sparse look-ups (one KeyedJaggedTensor per call, as TorchRec shards them) ----
     def _lookup(self, hist_items: torch.Tensor, hist_lengths: torch.Tensor,
-                cand_items: torch.Tensor, cand_categories: torch.Tensor | None):
+                cand_items: torch.Tensor, cand_categories: torch.Tensor | None
+                ) -> dict[str, torch.Tensor]:
+        """Each feature's embedded values, (n, dim): ``hist_item``, ``cand_item`` and
+        ``cand_category`` (when the model has categories)."""
+        if not self.training and type(self.embeddings) is EmbeddingCollection:
+            # Serving (unsharded tables): index the tables directly. Packing a one-request
+            # KeyedJaggedTensor cost more than the look-up itself (the serving profile's top
+            # entry); the values are the same rows of the same tables.
+            tables = self.embeddings.embeddings
+            out = {"hist_item": tables["item"].weight[hist_items.long()],
+                   "cand_item": tables["item"].weight[cand_items.long()]}
+            if self.cfg.n_categories:
+                out["cand_category"] = tables["category"].weight[cand_categories.long()]
+            return out
         batch = hist_lengths.numel()
         # Candidates ride in the first bag of the batch: every feature shares the batch size.
         cand_lengths = torch.zeros(batch, dtype=torch.long)
@@ -161,7 +174,7 @@ class TwoTower(nn.Module):
             lengths.append(cand_lengths)
         kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.cat(values).long(),
                                                   lengths=torch.cat(lengths).long())
-        return self.embeddings(kjt)
+        return {key: jagged.values() for key, jagged in self.embeddings(kjt).items()}
 
     def _attribute_vectors(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Mean attribute vector per item, (n, dim); zeros for an item without attributes."""
@@ -204,9 +217,9 @@ class TwoTower(nn.Module):
             known_cat = cats >= 0
             cats = cats.clamp(min=0)
         out = self._lookup(empty, torch.zeros(1, dtype=torch.long), item_idx, cats)
-        vec = out["cand_item"].values() * known_id.unsqueeze(1)
+        vec = out["cand_item"] * known_id.unsqueeze(1)
         if self.cfg.n_categories:
-            vec = vec + out["cand_category"].values() * known_cat.unsqueeze(1)
+            vec = vec + out["cand_category"] * known_cat.unsqueeze(1)
         if self.attribute_bags is not None and attribute_lengths is not None:
             vec = vec + self._attribute_vectors(attribute_values, attribute_lengths)
         return F.normalize(self.item_out(vec) + vec, dim=-1)
@@ -220,7 +233,7 @@ class TwoTower(nn.Module):
         lengths = mask.sum(1)
         out = self._lookup(items[mask], lengths, torch.zeros(0, dtype=torch.long),
                            torch.zeros(0, dtype=torch.long) if self.cfg.n_categories else None)
-        flat = out["hist_item"].values()
+        flat = out["hist_item"]
         x = torch.zeros(b, length, self.cfg.dim, dtype=flat.dtype)
         x[mask] = flat
         positions = torch.arange(length).unsqueeze(0).expand(b, length)

@@ -345,3 +345,29 @@ def test_evaluate_rejects_bad_cutoffs() -> None:
     p = temporal_prepared()
     with pytest.raises(ValueError, match="ks must be positive"):
         evaluate(FixedRanking(5, {}, [0]), p, ks=(0, 3))
+
+
+def test_dense_and_sparse_similarity_products_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scipy.sparse as sp
+
+    from models import baselines
+
+    rng = np.random.default_rng(3)
+    n_items, n = 300, 7
+    similarity = sp.random(n_items, n_items, density=0.05, random_state=4, format="csr",
+                           dtype=np.float32)
+    rows = rng.integers(n, size=60)
+    entries = (rows, rng.integers(n_items, size=60), rng.random(60))
+    columns = np.array([5, 17, 5, 299, 0])   # a repeat included
+    expected = (sp.csr_matrix((entries[2], (entries[0], entries[1])), shape=(n, n_items))
+                @ similarity).toarray()
+    dense = baselines.times_similarity(entries, n, similarity)
+    dense_cols = baselines.times_similarity(entries, n, similarity, columns)
+    monkeypatch.setattr(baselines, "DENSE_CELLS", 0)   # the sparse product from here
+    sparse = baselines.times_similarity(entries, n, similarity)
+    sparse_cols = baselines.times_similarity(entries, n, similarity, columns)
+    for got in (dense, sparse):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    for got in (dense_cols, sparse_cols):
+        np.testing.assert_allclose(got, expected[:, columns], rtol=1e-5, atol=1e-6)
+    assert dense.dtype == sparse.dtype == np.float32

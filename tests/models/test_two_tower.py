@@ -216,3 +216,19 @@ def test_a_new_item_is_placed_by_its_category_and_attributes_alone() -> None:
     bare = model.item_embed(-none - 1, -none - 1, none[:0], none).detach().numpy()
     np.testing.assert_allclose(new_item_vectors(model, p.item_features, stranger), bare,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_serving_looks_up_the_same_rows_as_the_keyed_jagged_path() -> None:
+    p, _ = small_shop()
+    torch.manual_seed(0)
+    model = TwoTower(sized_for(TwoTowerConfig(n_items=0), p)).eval()
+    hist = torch.tensor([3, 1, 4, 1, 5], dtype=torch.long)
+    lengths = torch.tensor([2, 0, 3], dtype=torch.long)
+    cands, cats = torch.tensor([9, 2, 6]), torch.tensor([0, 1, 0])
+    direct = model._lookup(hist, lengths, cands, cats)
+    model.training = True   # the KeyedJaggedTensor path (training, sharded tables)
+    jagged = model._lookup(hist, lengths, cands, cats)
+    model.training = False
+    assert set(direct) == set(jagged) == {"hist_item", "cand_item", "cand_category"}
+    for key in direct:
+        torch.testing.assert_close(direct[key], jagged[key])
