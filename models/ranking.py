@@ -9,6 +9,9 @@ availability mask, the popularity order); ``rank`` turns histories into top-k it
   - ``full_scoring``: ``recommender.recommend`` over the whole catalog in one vectorized call,
     when the recommender adds per-shopper sparse signals (the ranking stack, the interest term)
     that an index over item vectors cannot hold;
+  - ``two_stage``: the same recommender over a few hundred candidates only (the index's
+    nearest, the shopper's items and their neighbours, popular items), for catalogs of
+    ``models.retrieval.TWO_STAGE_MIN_ITEMS`` items and more;
 * histories with no known item: the most popular available items of the recent window.
 
 Unavailable items never come back; ``allowed`` narrows further (a category); ``exclude`` holds
@@ -29,6 +32,7 @@ from features.schema import EVENT_TYPES
 from models.bundle import Bundle
 from models.index import ItemIndex
 from models.merchandising import Catalog, Plan, arrange, make_plan, pool_size
+from models.retrieval import TWO_STAGE_MIN_ITEMS, neighbour_tables, two_stage
 from models.scoring import TwoTowerRecommender
 
 MAX_K = 1000
@@ -54,7 +58,8 @@ def popular_items(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
 class Ranker:
     """A loaded bundle and its index, with what ranking derives from them once."""
 
-    def __init__(self, bundle: Bundle, index: ItemIndex) -> None:
+    def __init__(self, bundle: Bundle, index: ItemIndex,
+                 two_stage_from: int = TWO_STAGE_MIN_ITEMS) -> None:
         if index.n_items != len(bundle.item_vocab):
             raise ValueError(f"index holds {index.n_items} items, the bundle "
                              f"{len(bundle.item_vocab)}")
@@ -67,6 +72,11 @@ class Ranker:
         # The index ranks exactly like score() only for the towers alone, interest term off.
         self.method = "index" if isinstance(self.recommender, TwoTowerRecommender) and \
             not self.recommender.model.cfg.interest else "full_scoring"
+        # A large catalog: candidates first, then the stack over them (models/retrieval.py).
+        if self.method == "full_scoring" and len(bundle.item_vocab) >= two_stage_from:
+            self.method = "two_stage"
+        self.neighbours = neighbour_tables(getattr(self.recommender, "sources", {})) \
+            if self.method == "two_stage" else []
         # "Now" for ages: the end of the data the model knows (a session may move it later).
         self.now_ms = bundle.now_ms
         self.catalog = Catalog(bundle.item_vocab.ids, bundle.items, bundle.item_vectors)
@@ -147,6 +157,10 @@ def _rank(ranker: Ranker, histories: Histories, k: int, exclude: list[np.ndarray
             got, got_scores = ranker.index.search(vectors, k, exclude=excl, allowed=allowed)
             # Index scores are cosines; score() divides them by the softmax temperature.
             got_scores = got_scores / np.float32(ranker.towers.model.cfg.temperature)
+        elif ranker.method == "two_stage":
+            got, got_scores = two_stage(ranker.recommender, ranker.index,
+                                        ranker.towers.user_vectors(hist), hist, k, excl, allowed,
+                                        ranker.popular_rows, ranker.neighbours)
         else:
             got, got_scores = ranker.recommender.recommend(hist, k, exclude=excl,
                                                            allowed=allowed)

@@ -27,6 +27,7 @@ from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
 from models.merchandising import item_strings
 from models.ranking import Ranker
 from models.registry import MODEL_NAME, configure, resolve_model
+from models.retrieval import TWO_STAGE_MIN_ITEMS
 from serving.api import RequestError, ScoredItem, SessionEvent, not_found
 from serving.merchandise import RulesFile
 
@@ -48,8 +49,10 @@ class Engine(Ranker):
 
     def __init__(self, bundle: Bundle, index: ItemIndex, *, version: str = "unversioned",
                  ref: str | None = None, index_source: str = "",
-                 rules: Path | None = None, store: EventStore | None = None) -> None:
-        super().__init__(bundle, index)
+                 rules: Path | None = None, store: EventStore | None = None,
+                 two_stage_from: int = TWO_STAGE_MIN_ITEMS) -> None:
+        super().__init__(bundle, index, two_stage_from)
+        self.two_stage_from = two_stage_from
         self.version, self.ref, self.index_source = version, ref or version, index_source
         items = bundle.items
         self.ids = bundle.item_vocab.ids
@@ -208,7 +211,8 @@ def with_added_items(engine: Engine) -> Engine:
     bundle, index, placed = with_items(engine.bundle, engine.index, added_items(engine.store))
     grown = engine if not placed else \
         Engine(bundle, index, version=engine.version, ref=engine.ref,
-               index_source=engine.index_source, rules=engine.rules_path, store=engine.store)
+               index_source=engine.index_source, rules=engine.rules_path, store=engine.store,
+               two_stage_from=engine.two_stage_from)
     grown.items_generation = generation
     return grown
 
