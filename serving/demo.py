@@ -6,8 +6,8 @@ just registered, send example requests — a returning shopper, a first-time vis
 session, "also bought" for the shop's printer, merchandising (diversity, a boost, a pin, cart
 completion; every item says ``because``), live events (two posted events change the next
 answer), a model swap without a restart and a forgotten shopper — print each request (as curl)
-and its answer, then keep serving until Ctrl-C. ``--model REF`` skips training and serves REF
-instead.
+and its answer, then keep serving until Ctrl-C (or SIGTERM: the server and its workers stop
+either way). ``--model REF`` skips training and serves REF instead.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from features.schema import EVENT_TYPES
 from features.synthetic import generate_with_truth
 from models.bundle import Bundle
 from models.ranking import PURCHASE
-from serving.process import served
+from serving.process import served, sigterm_unwinds
 
 TRAIN = ["--data", "synthetic", "--epochs", "4", "--dim", "32", "--encoder", "pooling",
          "--max-minutes", "2", "--no-progress", "--run-name", "demo"]
@@ -59,10 +59,14 @@ def train() -> str:
     print(f"$ python -m training.train {' '.join(TRAIN)}", flush=True)
     version = None
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            found = re.match(r"registry\s+\S+ v(\d+)", line)
-            version = found.group(1) if found else version
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                found = re.match(r"registry\s+\S+ v(\d+)", line)
+                version = found.group(1) if found else version
+        except KeyboardInterrupt:   # SIGTERM reaches the demo alone: pass it on
+            proc.terminate()
+            raise
     if proc.returncode != 0 or version is None:
         raise TailorError(f"demo training failed (exit {proc.returncode})")
     return version
@@ -241,6 +245,12 @@ def campaign(model: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (a supervisor, `kill`) stops the server and its workers as Ctrl-C does.
+    with sigterm_unwinds():
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = args.model or train()
     log = ROOT / ".cache" / "demo-server.log"
