@@ -308,7 +308,6 @@ class ItemNeighbours(BaseModel):
 class ModelCard(BaseModel):
     model_version: str
     model_ref: str
-    bundle_path: str | None
     trained_at: str | None
     data: dict[str, Any]
     ranking: str
