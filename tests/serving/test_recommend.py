@@ -314,6 +314,11 @@ def test_valid_requests_are_normalized() -> None:
     request = RecommendRequest.model_validate({"user_id": 123, "k": 1000})
     assert request.user_id == "123" and request.k == 1000 and request.exclude_purchased
     assert ItemRequest.model_validate({"item_id": " i1 "}).item_id == "i1"
+    # event times pandas and the store can hold, else a 400 naming the field (not a 500)
+    for bad in ("9999-12-31T00:00:00", "1000-01-01T00:00:00Z", -1, 10**14):
+        with pytest.raises(ValidationError, match="timestamp"):
+            RecommendRequest.model_validate({"user_id": "u", "recent_events": [
+                {"item_id": "i1", "event": "view", "timestamp": bad}]})
     with pytest.raises(ValidationError):
         ItemRequest.model_validate({"item_id": "i1", "k": 1001})
 
