@@ -28,7 +28,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## create .venv and install the pinned environment (idempotent)
 
-# Benchmark-only extras (ALS from `implicit`, the py-spy profiler); the tests cover them too.
+# Benchmark and test extras (ALS from `implicit`, the py-spy profiler, schemathesis for the
+# fuzz test); the tests cover them too.
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	@touch $(BENCH_STAMP)
