@@ -28,7 +28,8 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## create .venv and install the pinned environment (idempotent)
 
-# Benchmark-only extras (ALS from `implicit`, the py-spy profiler); the tests cover them too.
+# Benchmark and test extras (ALS from `implicit`, the py-spy profiler, schemathesis for the
+# fuzz test); the tests cover them too.
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	@touch $(BENCH_STAMP)
@@ -71,6 +72,7 @@ mlflow-ui: $(STAMP) ## browse runs, metrics and registered models at 127.0.0.1 (
 
 # Serving. MODEL: an alias of the registered model (champion, candidate), a version number, an
 # MLflow run id or a bundle folder. PORT on the command line overrides 3000 (as for mlflow-ui).
+# TAILOR_SERVE_HOST: the service answers requests whose Host is HOST (serving/guard.py).
 MODEL ?= champion
 K ?= 50
 OUT ?= recs.csv
@@ -79,7 +81,7 @@ SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),3000
 HOST ?= 127.0.0.1
 serve: $(STAMP) ## serve MODEL (default champion) with BentoML at HOST:PORT (127.0.0.1:3000; another HOST needs API keys)
 	@$(PY) -m serving.model_check "$(MODEL)" "$(HOST)"
-	TAILOR_MODEL="$(MODEL)" $(VENV)/bin/bentoml serve serving.service:Tailor \
+	TAILOR_MODEL="$(MODEL)" TAILOR_SERVE_HOST="$(HOST)" $(VENV)/bin/bentoml serve serving.service:Tailor \
 		--host $(HOST) --port $(SERVE_PORT) $(ARGS)
 
 api-key: $(STAMP) ## make an API key: NAME=who ROLE=read|write|admin (printed once; its hash goes to api_keys.toml)

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,7 @@ from benchmarks.serve_report import (
 from benchmarks.serve_requests import Requests, build_requests, in_process
 from features.config import add_config_args, config_from_args, fields_help, setting
 from features.infra import TailorError, run_cli
-from serving.process import Server, free_port, served, tail
+from serving.process import Server, free_port, served, sigterm_unwinds, tail
 
 
 @dataclass(frozen=True)
@@ -258,10 +257,6 @@ def profile(server: Server, run: dict[str, Any], cfg: ServeBenchConfig, work: Pa
     return {"status": "ok", "pids": pids, "load": results[0], "raw": str(out), **summary}
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def prepare(bundle: Path, data: str, cfg: ServeBenchConfig
             ) -> tuple[dict[str, Any], dict[str, Requests], dict[str, dict[str, Any]]]:
     """Load the bundle here, build the requests and time them in-process: (bundle info,
@@ -296,42 +291,35 @@ def prepare(bundle: Path, data: str, cfg: ServeBenchConfig
 def measure_http(bundle: Path, requests: dict[str, Requests], cfg: ServeBenchConfig
                  ) -> dict[str, Any]:
     """Serve the bundle, load it level by level, profile it when the target is missed."""
-    try:   # SIGTERM unwinds like Ctrl-C, so the server is stopped (main thread only)
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:
-        previous = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="tailor-bench-serve-") as tmp:
-            work = Path(tmp)
-            files = write_requests(requests, work)
-            port = cfg.port or free_port()
-            say(f"serve: bentoml serve serving.service:Tailor on 127.0.0.1:{port}")
-            with served(bundle, port, work / "server.log",
-                        port_hint="--port (0: a free one)") as server:
-                pids = {"server": server.proc.pid, "workers": server.workers()}
-                runs = [{**files[name], "concurrency": c} for name in files
-                        for c in cfg.concurrency]
-                if cfg.rate:
-                    runs += [{**files[name], "rate": cfg.rate, "clients": cfg.rate_clients}
-                             for name in files]
-                http = [load_level(server, run, cfg, work) for run in runs]
-                met, verdict, best = target_verdict(http)
-                prof = None
-                if not met and cfg.profile:
-                    missed = [n for n, b in best.items() if not b["met"]]
-                    name = "recommend" if "recommend" in missed else missed[0]
-                    run = {**files[name], **best[name]["load"]}
-                    if run.get("rate"):
-                        run["clients"] = cfg.rate_clients
-                    say(f"serve: target missed; py-spy on the server under "
-                        f"{files[name]['route']} at {load_label(run)}")
-                    prof = profile(server, run, cfg, work,
-                                   common.RESULTS_DIR / "serve-profile.txt")
-                    say(f"  profile: {prof['status']}")
-                log = tail(server.log, 5)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    # SIGTERM unwinds like Ctrl-C, so the server is stopped
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="tailor-bench-serve-") as tmp:
+        work = Path(tmp)
+        files = write_requests(requests, work)
+        port = cfg.port or free_port()
+        say(f"serve: bentoml serve serving.service:Tailor on 127.0.0.1:{port}")
+        with served(bundle, port, work / "server.log",
+                    port_hint="--port (0: a free one)") as server:
+            pids = {"server": server.proc.pid, "workers": server.workers()}
+            runs = [{**files[name], "concurrency": c} for name in files
+                    for c in cfg.concurrency]
+            if cfg.rate:
+                runs += [{**files[name], "rate": cfg.rate, "clients": cfg.rate_clients}
+                         for name in files]
+            http = [load_level(server, run, cfg, work) for run in runs]
+            met, verdict, best = target_verdict(http)
+            prof = None
+            if not met and cfg.profile:
+                missed = [n for n, b in best.items() if not b["met"]]
+                name = "recommend" if "recommend" in missed else missed[0]
+                run = {**files[name], **best[name]["load"]}
+                if run.get("rate"):
+                    run["clients"] = cfg.rate_clients
+                say(f"serve: target missed; py-spy on the server under "
+                    f"{files[name]['route']} at {load_label(run)}")
+                prof = profile(server, run, cfg, work,
+                               common.RESULTS_DIR / "serve-profile.txt")
+                say(f"  profile: {prof['status']}")
+            log = tail(server.log, 5)
     return {"http": http, "target_met": met, "verdict": verdict, "best": best,
             "profile": prof, "server": pids, "server_log_tail": log}
 

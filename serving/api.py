@@ -4,10 +4,11 @@ examples). Unknown fields are errors; numeric ids become strings."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,6 +34,20 @@ MAX_ATTRIBUTE_CHARS = 4096
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"how many items, 1..{MAX_K}")]
+# Event times become pandas timestamps (int64 nanoseconds: up to 2262) and the store's epoch
+# milliseconds; one outside 1970..2261 is the client's mistake, a 400 naming the field, where
+# it failed the conversion with a 500 (found by tests/serving/test_fuzz.py).
+EVENT_TIMES = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2262, 1, 1, tzinfo=UTC))
+
+
+def _event_time(value: datetime) -> datetime:
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not EVENT_TIMES[0] <= aware < EVENT_TIMES[1]:
+        raise ValueError("must be between 1970 and 2261")
+    return value
+
+
+EventTime = Annotated[datetime, AfterValidator(_event_time)]
 
 
 class ApiModel(BaseModel):
@@ -43,9 +58,9 @@ class ApiModel(BaseModel):
 class SessionEvent(ApiModel):
     item_id: Id
     event: Literal["view", "addtocart", "purchase"]
-    timestamp: datetime | None = Field(
-        None, description="ISO 8601 or epoch seconds; default: after the stored history, in "
-                          "list order")
+    timestamp: EventTime | None = Field(
+        None, description="ISO 8601 or epoch seconds (1970..2261); default: after the stored "
+                          "history, in list order")
 
 
 class BoostRule(ApiModel):
@@ -159,8 +174,9 @@ class EventIn(ApiModel):
     user_id: Id
     item_id: Id
     event: Literal["view", "addtocart", "purchase"]
-    timestamp: datetime | None = Field(None, description="ISO 8601 or epoch seconds; default: "
-                                                         "when the server receives it")
+    timestamp: EventTime | None = Field(None, description="ISO 8601 or epoch seconds "
+                                                          "(1970..2261); default: when the "
+                                                          "server receives it")
     event_id: Id | None = Field(None, description="the client's id of the event: a retried post "
                                                   "is stored once")
     request_id: Id | None = Field(None, description="the response that led to it "
@@ -361,7 +377,6 @@ class ItemNeighbours(BaseModel):
 class ModelCard(BaseModel):
     model_version: str
     model_ref: str
-    bundle_path: str | None
     trained_at: str | None
     data: dict[str, Any]
     ranking: str

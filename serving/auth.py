@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import ipaddress
-import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
 
 from features.infra import ROOT, DataError, read_toml, run_cli
+from serving.api import RequestError
+from serving.guard import reject
 
 KEYS_ENV, FILE_ENV = "TAILOR_API_KEYS", "TAILOR_API_KEYS_FILE"
 DEFAULT_FILE = ROOT / "api_keys.toml"
@@ -115,18 +116,18 @@ class ApiKeyMiddleware:
             server = scope.get("server") or (None, None)
             if is_loopback(server[0]):
                 return await self.app(scope, receive, send)
-            return await _deny(send, 403, "this server has no API keys, so it answers on "
-                                          "loopback only; configure keys (make api-key) to "
-                                          "serve other hosts")
+            return await _deny(scope, send, 403, "this server has no API keys, so it answers "
+                                                 "on loopback only; configure keys (make "
+                                                 "api-key) to serve other hosts")
         if need is None:
             return await self.app(scope, receive, send)
         role = self.keys.get(key_hash(_key_of(scope))) if _key_of(scope) else None
         if role is None:
-            return await _deny(send, 401, "a valid API key is required (Authorization: Bearer "
-                                          "<key> or X-API-Key)")
+            return await _deny(scope, send, 401, "a valid API key is required "
+                                                 "(Authorization: Bearer <key> or X-API-Key)")
         if ROLES[role] < ROLES[need]:
-            return await _deny(send, 403, f"this key's role ({role}) may not call "
-                                          f"{scope['path']} (it needs {need})")
+            return await _deny(scope, send, 403, f"this key's role ({role}) may not call "
+                                                 f"{scope['path']} (it needs {need})")
         return await self.app(scope, receive, send)
 
 
@@ -138,15 +139,9 @@ def _key_of(scope) -> str:
     return headers.get("x-api-key", "").strip()
 
 
-async def _deny(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message, "detail": [{"loc": ["api_key"], "msg": message,
-                                                     "type": "unauthorized"}]}).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _deny(scope, send, status: int, message: str) -> None:
+    headers = [(b"www-authenticate", b"Bearer")] if status == 401 else None
+    await reject(scope, send, RequestError(status, "api_key", message, "unauthorized"), headers)
 
 
 # --- making keys ------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ just registered, send example requests — a returning shopper, a first-time vis
 session, "also bought" for the shop's printer, merchandising (diversity, a boost, a pin, cart
 completion; every item says ``because``), live events (two posted events change the next
 answer), a model swap without a restart and a forgotten shopper — print each request (as curl)
-and its answer, then keep serving until Ctrl-C. ``--model REF`` skips training and serves REF
-instead.
+and its answer, then keep serving until Ctrl-C (or SIGTERM: the server and its workers stop
+either way). ``--model REF`` skips training and serves REF instead.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -30,7 +31,8 @@ from features.schema import EVENT_TYPES
 from features.synthetic import generate_with_truth
 from models.bundle import Bundle
 from models.ranking import PURCHASE
-from serving.process import served
+from models.registry import resolve_model
+from serving.process import served, sigterm_unwinds
 
 TRAIN = ["--data", "synthetic", "--epochs", "4", "--dim", "32", "--encoder", "pooling",
          "--max-minutes", "2", "--no-progress", "--run-name", "demo"]
@@ -59,10 +61,14 @@ def train() -> str:
     print(f"$ python -m training.train {' '.join(TRAIN)}", flush=True)
     version = None
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            found = re.match(r"registry\s+\S+ v(\d+)", line)
-            version = found.group(1) if found else version
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                found = re.match(r"registry\s+\S+ v(\d+)", line)
+                version = found.group(1) if found else version
+        except KeyboardInterrupt:   # SIGTERM reaches the demo alone: pass it on
+            proc.terminate()
+            raise
     if proc.returncode != 0 or version is None:
         raise TailorError(f"demo training failed (exit {proc.returncode})")
     return version
@@ -114,10 +120,9 @@ def because(reason: dict | None) -> str:
     return f"   · {text}"
 
 
-def returning_shopper(client: httpx.Client) -> tuple[str, list[tuple[str, str]]]:
+def returning_shopper(bundle: Bundle) -> tuple[str, list[tuple[str, str]]]:
     """A shopper with a long stored history that includes purchases, and that history as
     (item_id, event) pairs, oldest first."""
-    bundle = Bundle.load(client.post("/model").json()["bundle_path"])
     h = bundle.histories
     buys = h.count(h.event_code == PURCHASE)
     position = int(np.argmax(np.where(buys > 0, h.lengths + 5 * buys, -1)))
@@ -127,7 +132,9 @@ def returning_shopper(client: httpx.Client) -> tuple[str, list[tuple[str, str]]]
         for row, code in zip(h.item_idx[start:end], h.event_code[start:end], strict=True)]
 
 
-def examples(client: httpx.Client) -> None:
+def examples(client: httpx.Client, bundle_path: Path) -> None:
+    """``bundle_path``: the served bundle, resolved here from the model reference given to the
+    server (``/model`` names no host path)."""
     data, truth = generate_with_truth("small")
     titles = data.items.set_index("item_id")["title"] if "title" in data.items else pd.Series()
     card = client.post("/model").json()
@@ -136,7 +143,7 @@ def examples(client: httpx.Client) -> None:
           f"{card['items']:,} items, {card['known_shoppers']:,} shoppers; test ndcg@10 "
           f"{metrics.get('ndcg@10', float('nan')):.3f}; {card['ranking']})")
 
-    user, history = returning_shopper(client)
+    user, history = returning_shopper(Bundle.load(bundle_path))
     recent = "; ".join(f"{e} {titles.get(i, i)}" for i, e in history[-4:])
     show(client, f"1. A returning shopper, {user} ({len(history)} stored events; lately: "
                  f"{recent})", "/recommend", {"user_id": user, "k": K})
@@ -156,7 +163,7 @@ def examples(client: httpx.Client) -> None:
                  "(same: any item attribute: brand, scent, ...)", "/similar_items",
          {"item_id": printer, "k": K, "same": ["category_id"]})
     merchandising(client, user, {i for i, _ in history}, printer, truth, titles)
-    live_events(client, user, truth)
+    live_events(client, user, truth, bundle_path)
     show(client, "13. The segments demo-visitor is in now: the rules of segments.toml (a cart "
                  "it did not buy) and a learned segment", "/segments", {"user_id": "demo-visitor"})
     new_item(client, data.items, truth)
@@ -183,7 +190,7 @@ def new_item(client: httpx.Client, items: pd.DataFrame, truth) -> None:
          mark={new["item_id"]: "   <- the new item"})
 
 
-def live_events(client: httpx.Client, user: str, truth) -> None:
+def live_events(client: httpx.Client, user: str, truth, bundle_path: Path) -> None:
     """Events posted to the store change the next answer; a model swap without a restart; a
     forgotten shopper gets the first-time visitor's answer."""
     visitor, printer, ink = "demo-visitor", truth.printer_item, truth.printer_ink
@@ -199,7 +206,7 @@ def live_events(client: httpx.Client, user: str, truth) -> None:
     card = client.post("/model").json()
     version = card["model_version"].rpartition("/")[2]
     target = str(int(version) - 1) if version.isdigit() and int(version) > 1 else \
-        card["bundle_path"]
+        str(bundle_path)
     show(client, f"11. A model swap without a restart: every worker loads {target} beside "
                  f"{card['model_version']} and switches between requests", "/admin/reload",
          {"model": target})
@@ -209,7 +216,7 @@ def live_events(client: httpx.Client, user: str, truth) -> None:
         time.sleep(1.0)
         now = client.post("/model").json()["model_version"]
     same = " (the same weights under another reference: no other version is registered yet)" \
-        if target == card["bundle_path"] else ""
+        if target == str(bundle_path) else ""
     print(f"  /model: {card['model_version']} -> {now}{same}")
     show(client, f"12. Forget {user} (privacy): their events are deleted, their stored history "
                  "is no longer used, the deletion is audited", "/admin/forget",
@@ -261,6 +268,12 @@ def campaign(model: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (a supervisor, `kill`) stops the server and its workers as Ctrl-C does.
+    with sigterm_unwinds():
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = args.model or train()
     log = ROOT / ".cache" / "demo-server.log"
@@ -274,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         path.unlink()
     os.environ[URL_ENV] = f"sqlite:///{store}"
     with served(model, args.port, log, port_hint="PORT=...") as server:
+        bundle_path = resolve_model(model)   # what the server loaded (it resolved it already)
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            examples(client)
+            examples(client, bundle_path)
         campaign(model)
         print(f"\n{RULE}\ndemo ready in {time.perf_counter() - started:.0f} s. Serving at "
               f"{server.url} (OpenAPI page there; /healthz, /readyz, /metrics)"

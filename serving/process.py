@@ -137,6 +137,27 @@ def stop(server: Server) -> None:
         proc.wait()
 
 
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM raises KeyboardInterrupt, so ``served`` stops its server as
+    on Ctrl-C: by default SIGTERM ends a process at once, without its ``finally`` blocks, and the
+    server (a session of its own) would keep running. A second SIGTERM is ignored, so it cannot
+    cut the stop short. Main thread only: elsewhere nothing is installed."""
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:   # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def tail(log: Path, lines: int = 15) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])

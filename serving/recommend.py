@@ -108,12 +108,12 @@ def similar_items(engine: Engine, request: SimilarRequest) -> ItemNeighbours:
 
 
 def model_card(engine: Engine) -> ModelCard:
+    # No bundle path: an HTTP answer must not reveal the host's file layout.
     info = engine.bundle.info
     data = info.get("data", {})
     test = info.get("metrics", {}).get("test", {})
     return ModelCard(
         model_version=engine.version, model_ref=engine.ref,
-        bundle_path=str(engine.bundle.path) if engine.bundle.path else None,
         trained_at=info.get("created_at"),
         data={key: data.get(key) for key in ("spec", "name", "data_hash", "protocol", "events",
                                              "users", "train_items", "last_event")},

@@ -6,7 +6,8 @@ The model (``$TAILOR_MODEL``: an alias such as ``champion``, a version, a run id
 folder) is loaded once by each worker, when it starts. APIs follow BentoML's JSON POST convention:
 the body's fields are the request model's fields. Bad input gets a 4xx JSON body whose ``detail``
 names the field: BentoML answers malformed JSON and invalid fields (400) from the pydantic
-models; unknown items or categories are answered here (404). No request changes what the
+models; unknown items or categories are answered here (404); a wrong Host, content type or body
+size and overload are answered before (serving/guard.py). No request changes what the
 service holds. BentoML adds ``/healthz``, ``/readyz``, ``/metrics`` and the OpenAPI page at ``/``.
 
 One worker process per core (at most four), each with single-threaded torch and FAISS; ``python -m
@@ -59,6 +60,7 @@ from serving.experiments import (
     recommend_in_experiment,
     runner_for_service,
 )
+from serving.guard import RequestGuard
 from serving.merchandise import rules_path
 from serving.recommend import model_card, similar_items
 from serving.segments import Segmenter, segmenter_for_service, shopper_segments
@@ -192,5 +194,8 @@ class Tailor:
         return model_card(self.engine)
 
 
-# API keys with roles in front of every route (serving/auth.py); without keys, loopback only.
+# In front of every route, outermost first: the Host check, the in-flight bound (a fast 503),
+# content type and body size (serving/guard.py); then API keys with roles (serving/auth.py;
+# without keys, loopback only).
+Tailor.add_asgi_middleware(RequestGuard)
 Tailor.add_asgi_middleware(ApiKeyMiddleware)

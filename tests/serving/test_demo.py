@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 from serving.process import ROOT, free_port
@@ -67,3 +72,47 @@ def test_demo_refuses_a_busy_port(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == \
         f"error: port {port} is in use; choose another with PORT=..."
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_demo_and_every_server_process(bundle_dir: Path) -> None:
+    """A supervisor's SIGTERM (not Ctrl-C's SIGINT to the whole group) reaches the demo alone;
+    its server runs in a session of its own, so the demo must stop it."""
+    port = free_port()
+    demo = subprocess.Popen([sys.executable, "-m", "serving.demo", "--model", str(bundle_dir),
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and demo.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        assert demo.poll() is None, demo.stderr.read()[-2000:]
+        started = demo_processes(demo.pid)
+        assert len(started) >= 2   # the server and at least one worker
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=90) == 130   # the Ctrl-C path: run_cli's exit code
+        _, alive = psutil.wait_procs(started, timeout=30)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+        with socket.socket() as sock:   # the port is free again
+            sock.bind(("127.0.0.1", port))
+    finally:
+        for process in demo_processes(demo.pid):   # only if the test failed
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        if demo.poll() is None:
+            demo.kill()
+        demo.wait(timeout=30)
+
+
+def demo_processes(pid: int) -> list[psutil.Process]:
+    """The bentoml server the demo started and its workers (not its other children, such as
+    the campaign export)."""
+    with contextlib.suppress(psutil.Error):
+        return [p for p in psutil.Process(pid).children(recursive=True)
+                if "bentoml" in " ".join(p.cmdline())]
+    return []

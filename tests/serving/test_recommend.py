@@ -314,6 +314,11 @@ def test_valid_requests_are_normalized() -> None:
     request = RecommendRequest.model_validate({"user_id": 123, "k": 1000})
     assert request.user_id == "123" and request.k == 1000 and request.exclude_purchased
     assert ItemRequest.model_validate({"item_id": " i1 "}).item_id == "i1"
+    # event times pandas and the store can hold, else a 400 naming the field (not a 500)
+    for bad in ("9999-12-31T00:00:00", "1000-01-01T00:00:00Z", -1, 10**14):
+        with pytest.raises(ValidationError, match="timestamp"):
+            RecommendRequest.model_validate({"user_id": "u", "recent_events": [
+                {"item_id": "i1", "event": "view", "timestamp": bad}]})
     with pytest.raises(ValidationError):
         ItemRequest.model_validate({"item_id": "i1", "k": 1001})
 
@@ -322,7 +327,12 @@ def test_valid_requests_are_normalized() -> None:
 
 def test_model_card_reports_version_training_and_test_metrics(engine: Engine) -> None:
     card = model_card(engine)
-    assert card.model_version == engine.version and card.bundle_path
+    assert card.model_version == engine.version
+    # a registered model's card names no host path (a bundle folder served as MODEL is named
+    # by the reference the operator gave)
+    registered = Engine(engine.bundle, engine.index, version="tailor/1", ref="champion")
+    shown = model_card(registered).model_dump_json()
+    assert str(engine.bundle.path) not in shown and "bundle_path" not in shown
     assert pd.Timestamp(card.trained_at) <= pd.Timestamp.now(tz="UTC")
     assert 0 < card.test_metrics["tailor"]["ndcg@10"] <= 1
     assert card.index["factory"] == "Flat" and card.index["source"] == "bundle"
