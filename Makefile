@@ -128,7 +128,7 @@ demo: $(STAMP) ## train a small model on the embedded shop, serve it, send examp
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
 # Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
 .PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-index bench-serve \
-	bench-campaign
+	bench-campaign bench-large
 bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)
 	$(MAKE) --no-print-directory bench-quality
 	$(MAKE) --no-print-directory bench-cold
@@ -136,6 +136,7 @@ bench: ## every benchmark part: quality, new items, training, index, serving (ov
 	$(MAKE) --no-print-directory bench-train
 	$(MAKE) --no-print-directory bench-index
 	$(MAKE) --no-print-directory bench-serve
+	$(MAKE) --no-print-directory bench-large
 	$(MAKE) --no-print-directory bench-events
 	$(MAKE) --no-print-directory bench-campaign
 
@@ -150,6 +151,9 @@ bench-merch: $(BENCH_STAMP) ## diversity vs NDCG, cart completion vs also-bought
 
 bench-events: $(BENCH_STAMP) ## POST /events events/s at batch sizes 1/10/100 on SQLite and PostgreSQL; /recommend with the store
 	@$(PY) -m benchmarks.ingest $(ARGS)
+
+bench-large: $(BENCH_STAMP) ## full scoring vs two-stage ranking: NDCG@10 on served hold-outs, latency up to 1M items
+	@$(PY) -m benchmarks.large_catalog $(ARGS)
 
 bench-campaign: $(BENCH_STAMP) ## make campaign's time and peak memory: every Sports shopper; 1M resampled shoppers
 	@$(PY) -m benchmarks.campaign $(ARGS)

@@ -17,7 +17,9 @@ tags in a file beside it) and either
 
 Bodies cycle through a shared cursor. A run first warms up for ``warmup_s`` (not recorded), then
 is bounded both in time (``seconds``) and in requests (``max_requests``); requests in flight at
-the deadline finish and count. Errors are non-2xx answers and transport errors (time-outs
+the deadline finish and count. A 503 with Retry-After is load shed by the server (counted as
+``shed``, with ``ok_rps`` and ``ok`` percentiles over the answered requests only). Errors are the
+other non-2xx answers and transport errors (time-outs
 included).
 
 The result is JSON: per run, the requests, the wall seconds, requests/s, p50/p95/p99 latency in
@@ -74,7 +76,10 @@ class Endpoint:
             response = await client.post(self.route, content=self.bodies[i], headers=HEADERS)
             await response.aread()
             status, error = response.status_code, None
-            if not 200 <= status < 300:
+            # A 503 with Retry-After is the server shedding load as designed (serving/guard.py):
+            # counted as shed, not as an error.
+            if not 200 <= status < 300 and not (status == 503 and "retry-after" in
+                                                 response.headers):
                 error = f"HTTP {status}: {response.text[:200]}"
         except httpx.HTTPError as exc:
             status, error = 0, f"{type(exc).__name__}: {exc}"[:200]
@@ -165,6 +170,10 @@ async def run_one(endpoint: Endpoint, clients: list[httpx.AsyncClient], run: dic
             "clients": len(clients), "requests": len(record), "dropped": dropped,
             "wall_s": wall, "rps": len(record) / wall if wall > 0 else math.nan,
             **summary([r[0] for r in record]), "errors": len(errors),
+            "shed": sum(1 for r in record if r[1] == 503 and r[3] is None),
+            "ok_rps": sum(1 for r in record if 200 <= r[1] < 300) / wall if wall > 0 else
+            math.nan,
+            "ok": summary([r[0] for r in record if 200 <= r[1] < 300]),
             "error_statuses": dict(Counter(str(r[1]) for r in errors)),
             "error_examples": sorted({r[3] for r in errors})[:3], "by_kind": by_kind,
             # This process's CPU over warm-up and measured requests: the client's cost.

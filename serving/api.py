@@ -260,6 +260,8 @@ class NewItem(BaseModel):
     __pydantic_extra__: dict[str, AttributeValue | None] = Field(init=False)
     item_id: Id
     category_id: Id | None = None
+    available: StrictBool | None = Field(None, description="false: kept in the catalog, never "
+                                                           "recommended")
 
     @model_validator(mode="after")
     def _attribute_names(self) -> NewItem:
@@ -269,11 +271,14 @@ class NewItem(BaseModel):
         return self
 
     def fields(self) -> dict[str, Any]:
-        """The item's metadata as the items file would hold it (lists space-joined)."""
-        extra = {k: " ".join(v) if isinstance(v, list) else v
+        """The item's metadata as the items file would hold it: attributes as text (lists
+        space-joined, numbers written out), availability as a boolean."""
+        extra = {k: " ".join(v) if isinstance(v, list) else str(v).lower()
+                 if isinstance(v, bool) else str(v)
                  for k, v in (self.model_extra or {}).items() if v is not None}
-        return {"item_id": self.item_id, **({"category_id": self.category_id}
-                                            if self.category_id is not None else {}), **extra}
+        known = {"category_id": self.category_id, "available": self.available}
+        return {"item_id": self.item_id,
+                **{k: v for k, v in known.items() if v is not None}, **extra}
 
 
 class ItemsRequest(ApiModel):

@@ -16,6 +16,7 @@ benchmarks.serve`` measures requests/s and latency under load.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from functools import partial
@@ -78,7 +79,23 @@ DEFAULT_MODEL = "champion"
 #   holds a copy of the model), so two requests are scored at once on two cores.
 THREADS = 1
 MAX_WORKERS = 4
-WORKERS = max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+WORKERS_ENV = "TAILOR_WORKERS"
+
+
+def worker_count() -> int:
+    """``$TAILOR_WORKERS``, else one per core of the CPU quota (cgroup-aware, as BentoML reads
+    it: a container limited to 2 CPUs on a 64-core host gets 2), at most ``MAX_WORKERS``."""
+    named = os.environ.get(WORKERS_ENV, "").strip()
+    if named:
+        if not named.isdigit() or int(named) < 1:
+            raise SystemExit(f"error: {WORKERS_ENV} must be a whole number >= 1, got {named!r}")
+        return int(named)
+    from bentoml._internal.resource import CpuResource  # cgroup quota, else the cores
+
+    return max(1, min(math.floor(CpuResource.from_system()) or 1, MAX_WORKERS))
+
+
+WORKERS = worker_count()
 
 
 def _answer(handler: Callable[[Engine, Any], Any], engine: Engine, request: Any) -> Any:

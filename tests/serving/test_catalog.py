@@ -73,6 +73,15 @@ def test_a_posted_item_is_served_at_once_and_by_every_worker(bundle_dir: Path,
     assert not second.check()
     assert "new-soap" in load_engine(str(bundle_dir), store=store).item_rows
     assert added_items(store)["item_id"].tolist() == sorted(["new-soap", engine.ids[0]])
+    # an item posted as unavailable is in the catalog but never recommended; values of any
+    # JSON type are kept as the items file would hold them (text), so later placements work
+    hidden = {**twin_of(engine, 3, "hidden-soap"), "available": False, "title": 7}
+    assert post_items(first, ItemsRequest(items=[hidden])).placed == ["hidden-soap"]
+    served = first.holder.engine
+    assert not served.available[served.item_rows["hidden-soap"]]
+    near = similar_items(served, SimilarRequest(item_id=engine.ids[3], k=50))
+    assert "hidden-soap" not in [i.item_id for i in near.items]
+    assert added_items(store).set_index("item_id").loc["hidden-soap", "title"] == "7"
 
 
 def test_bad_items_are_refused_whole_naming_the_field(bundle_dir: Path, store: EventStore) -> None:
