@@ -99,4 +99,21 @@ def new_item_rows(items: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     for col in metadata_columns(items):
         if col not in out:
             out[col] = new[col].reset_index(drop=True) if col in new else pd.NA
+        if _numeric(items, col):   # "4.5" from JSON text; missing: NaN
+            out[col] = pd.to_numeric(out[col], errors="coerce").astype("float64")
     return out[[c for c in items.columns if c in out]]
+
+
+def _numeric(items: pd.DataFrame, col: str) -> bool:
+    dtype = items[col].dtype
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def non_numeric(items: pd.DataFrame, fields: dict) -> str | None:
+    """The first of ``fields`` (an item's metadata) whose column in ``items`` is numeric but
+    whose value is not a number; None when all fit."""
+    for name, value in fields.items():
+        if name in items and name != "available" and _numeric(items, name) and \
+                pd.isna(pd.to_numeric(value, errors="coerce")):
+            return name
+    return None

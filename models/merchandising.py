@@ -69,7 +69,10 @@ class Catalog:
             np.full(len(ids), -1)
         if self.leaf is not None:
             self.leaf_code[self.leaf == ""] = -1
-        self.price = items["price"].to_numpy(dtype=np.float64) if "price" in items else None
+        # Text from an items file, numbers, or missing (an item added without one): NaN is
+        # no price, which no price range admits.
+        self.price = pd.to_numeric(items["price"], errors="coerce").to_numpy(
+            dtype=np.float64, na_value=np.nan) if "price" in items else None
         self.unit = np.asarray(vectors, dtype=np.float32)   # the bundle's: unit length
 
     def __len__(self) -> int:

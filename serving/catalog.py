@@ -10,7 +10,7 @@ model swap and a placement never race); every other worker places them within
 
 from __future__ import annotations
 
-from features.item_features import metadata_columns
+from features.item_features import metadata_columns, non_numeric
 from features.item_store import add_items
 from models.added_items import unknown_attributes
 from serving.api import ItemsAdded, ItemsRequest, RequestError
@@ -29,6 +29,11 @@ def post_items(watcher: ModelWatcher, request: ItemsRequest) -> ItemsAdded:
                                f"unknown item attribute {unknown[0]!r}; this model's items "
                                f"have: {', '.join(metadata_columns(engine.bundle.items))}",
                                "value_error")
+    for i, item in enumerate(request.items):
+        wrong = non_numeric(engine.bundle.items, item.fields())
+        if wrong is not None:
+            raise RequestError(400, f"items[{i}].{wrong}", f"{wrong} must be a number: the "
+                               f"model's items hold numbers there", "value_error")
     items = [item.fields() for item in request.items]
     ids = list(dict.fromkeys(item["item_id"] for item in items))
     known = [item_id for item_id in ids if item_id in engine.item_rows]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -92,6 +93,13 @@ def test_bad_items_are_refused_whole_naming_the_field(bundle_dir: Path, store: E
     assert (err.value.status, err.value.field) == (400, "items[1].scent")
     assert "unknown item attribute 'scent'" in err.value.message
     assert added_items(store).empty                  # nothing of the batch was stored
+    with pytest.raises(RequestError) as err:         # the model's prices are numbers
+        post_items(first, ItemsRequest(items=[{"item_id": "x", "price": "cheap"}]))
+    assert (err.value.status, err.value.field) == (400, "items[0].price")
+    # an item with nothing but its id is placed (no category, no price: NaN, in no range)
+    assert post_items(first, ItemsRequest(items=[{"item_id": "bare"}])).placed == ["bare"]
+    row = first.holder.engine.item_rows["bare"]
+    assert np.isnan(first.holder.engine.catalog.price[row])
     without_store = ModelWatcher(EngineHolder(load_engine(str(bundle_dir)), str(bundle_dir)),
                                  lambda ref: load_engine(ref), None)
     with pytest.raises(RequestError) as err:
