@@ -17,12 +17,13 @@ A bundle is a folder:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from features.history import Histories, build_histories, data_end_ms, histories_from_rows
@@ -169,15 +170,24 @@ def read_histories(path: Path, vocab: Vocabulary, max_len: int,
                    now_ms: int | None) -> tuple[Histories, int | None]:
     """The stored histories, ages as of ``now_ms``. A version-1 bundle stored raw events: they
     are built into histories here, so models registered before still serve."""
-    table = pd.read_parquet(path)
-    if "item_id" in table:   # version 1
+    if "item_id" in pq.read_schema(path).names:   # version 1
+        table = pd.read_parquet(path)
         events = sort_events(table.assign(seq=np.arange(len(table), dtype=np.int64)))
         return stored_histories(events, vocab, max_len)
-    hist = histories_from_rows(table["user_id"].to_numpy(dtype=object),
-                               table["item_row"].to_numpy(dtype=np.int64),
-                               table["event_code"].to_numpy(dtype=np.int8),
-                               table["ts_ms"].to_numpy(dtype=np.int64), now_ms=now_ms)
-    return hist, now_ms
+    # The user id repeats on every event: read as a dictionary (one string per shopper, a code
+    # per event), not one Python string per event (for 1M shoppers, 4.2 GB instead of ~1).
+    table = pq.read_table(path, read_dictionary=["user_id"])
+    users = table.column("user_id").combine_chunks()
+    codes = users.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def column(name: str, dtype: type) -> np.ndarray:
+        return table.column(name).to_numpy().astype(dtype, copy=False)
+
+    hist = histories_from_rows(codes, column("item_row", np.int64),
+                               column("event_code", np.int8), column("ts_ms", np.int64),
+                               now_ms=now_ms)
+    ids = np.asarray(users.dictionary.to_pylist(), dtype=object)
+    return replace(hist, user_ids=ids[hist.user_ids]), now_ms
 
 
 # --- the index inside a bundle folder ------------------------------------------------------------
