@@ -128,7 +128,7 @@ demo: $(STAMP) ## train a small model on the embedded shop, serve it, send examp
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
 # Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
 .PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-index bench-serve \
-	bench-campaign bench-large
+	bench-campaign bench-large bench-soak
 bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)
 	$(MAKE) --no-print-directory bench-quality
 	$(MAKE) --no-print-directory bench-cold
@@ -137,6 +137,7 @@ bench: ## every benchmark part: quality, new items, training, index, serving (ov
 	$(MAKE) --no-print-directory bench-index
 	$(MAKE) --no-print-directory bench-serve
 	$(MAKE) --no-print-directory bench-large
+	$(MAKE) --no-print-directory bench-soak
 	$(MAKE) --no-print-directory bench-events
 	$(MAKE) --no-print-directory bench-campaign
 
@@ -154,6 +155,9 @@ bench-events: $(BENCH_STAMP) ## POST /events events/s at batch sizes 1/10/100 on
 
 bench-large: $(BENCH_STAMP) ## full scoring vs two-stage ranking: NDCG@10 on served hold-outs, latency up to 1M items
 	@$(PY) -m benchmarks.large_catalog $(ARGS)
+
+bench-soak: $(BENCH_STAMP) ## a real server 10 minutes at 70% of its capacity: errors, p99 drift, worker memory growth
+	@$(PY) -m benchmarks.soak $(ARGS)
 
 bench-campaign: $(BENCH_STAMP) ## make campaign's time and peak memory: every Sports shopper; 1M resampled shoppers
 	@$(PY) -m benchmarks.campaign $(ARGS)

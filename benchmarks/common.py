@@ -37,7 +37,8 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCH_MD = ROOT / "BENCHMARKS.md"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 EXPERIMENT = "benchmarks"   # MLflow experiment tailor-benchmarks
-PARTS = ("quality", "cold", "merch", "train", "index", "serve", "large", "events", "campaign")
+PARTS = ("quality", "cold", "merch", "train", "index", "serve", "large", "soak", "events",
+         "campaign")
 PACKAGES = ("torch", "torchrec", "faiss-cpu", "bentoml", "mlflow", "implicit")
 
 
@@ -206,12 +207,12 @@ def publish(part: str, *, command: str, settings: dict[str, Any], results: dict[
 
 TITLES = {"quality": "Quality", "cold": "New items", "merch": "Merchandising",
           "train": "Training", "index": "Index", "serve": "Serving", "events": "Live events",
-          "campaign": "Campaigns", "large": "Large catalogs"}
+          "campaign": "Campaigns", "large": "Large catalogs", "soak": "Soak"}
 PREAMBLE = """# Benchmarks
 
 Measured by `make bench` (or one part: `make bench-quality`, `make bench-cold`,
 `make bench-merch`, `make bench-train`, `make bench-index`, `make bench-serve`,
-`make bench-large`, `make bench-events`, `make bench-campaign`) on this
+`make bench-large`, `make bench-soak`, `make bench-events`, `make bench-campaign`) on this
 project's machines: 2 shared, noisy cores.
 Figures are medians over repeats; compare ratios measured side by side in one run rather than
 absolute times across runs. Each section is rewritten by its own part; the raw figures are in
