@@ -121,11 +121,12 @@ def scatter_scores(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int,
         return np.bincount(rows * n_items + cols, weights=vals,
                            minlength=n * n_items).reshape(n, n_items).astype(np.float32)
     wanted, inverse = np.unique(columns, return_inverse=True)
-    position = np.full(n_items, -1, dtype=np.int64)
-    position[wanted] = np.arange(len(wanted))
-    keep = position[cols] >= 0
     m = len(wanted)
-    dense = np.bincount(rows[keep] * m + position[cols[keep]], weights=vals[keep],
+    # Positions by binary search, not an n_items-long look-up table: a large catalog would
+    # pay for that table on every call.
+    position = np.minimum(np.searchsorted(wanted, cols), max(m - 1, 0))
+    keep = wanted[position] == cols if m else np.zeros(len(cols), dtype=bool)
+    dense = np.bincount(rows[keep] * m + position[keep], weights=vals[keep],
                         minlength=n * m).reshape(n, m).astype(np.float32)
     return dense[:, inverse]
 

@@ -165,8 +165,9 @@ def _rank(ranker: Ranker, histories: Histories, k: int, exclude: list[np.ndarray
             got, got_scores = ranker.recommender.recommend(hist, k, exclude=excl,
                                                            allowed=allowed)
         rows[idx], scores[idx] = got[:, :k], got_scores[:, :k]
-    candidates = ranker.popular_rows[allowed[ranker.popular_rows]]
-    for i in np.flatnonzero(~personal):
+    fallback = np.flatnonzero(~personal)
+    candidates = ranker.popular_rows[allowed[ranker.popular_rows]] if len(fallback) else None
+    for i in fallback:
         top = _popular(candidates, k, None if exclude is None else exclude[i])
         rows[i, :len(top)] = top
         scores[i, :len(top)] = ranker.popularity[top]

@@ -61,6 +61,18 @@ def candidates(history_items: np.ndarray, retrieved: np.ndarray, popular: np.nda
     return np.unique(np.concatenate(parts).astype(np.int64))
 
 
+def first_allowed(rows: np.ndarray, allowed: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` of ``rows`` that ``allowed`` admits, reading no more of ``rows`` than
+    it takes (the popular order of a 1M-item catalog is 1M long)."""
+    take = 4 * n
+    while True:
+        head = rows[:take]
+        found = head[allowed[head]]
+        if len(found) >= n or take >= len(rows):
+            return found[:n]
+        take *= 4
+
+
 def two_stage(recommender, index: ItemIndex, user_vectors: np.ndarray, histories: Histories,
               k: int, exclude: list[np.ndarray] | None, allowed: np.ndarray,
               popular: np.ndarray, neighbours: list[sp.csr_matrix]
@@ -68,7 +80,7 @@ def two_stage(recommender, index: ItemIndex, user_vectors: np.ndarray, histories
     """Top-``k`` rows and scores per history (as ``Recommender.recommend``), from candidates."""
     n = len(histories)
     retrieved, _ = index.search(user_vectors, RETRIEVE, exclude=exclude, allowed=allowed)
-    popular = popular[allowed[popular]][:POPULAR]
+    popular = first_allowed(popular, allowed, POPULAR)
     out_rows = np.full((n, k), -1, dtype=np.int64)
     out_scores = np.full((n, k), -np.inf, dtype=np.float32)
     for start in range(0, n, GROUP):

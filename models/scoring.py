@@ -100,10 +100,12 @@ class TwoTowerRecommender(Recommender):
             query, item, boost = self.model.interest(batch.hist_items, batch.hist_events,
                                                      batch.steps_back, batch.age_days,
                                                      batch.query)
-            column = torch.full((self.n_items,), -1, dtype=torch.long)
-            column[torch.from_numpy(rows)] = torch.arange(len(rows))
-            keep = column[item] >= 0   # boosts of the asked items only, at their columns
-            interest = (query[keep], column[item][keep], boost[keep])
+            # The asked items' columns by binary search (no catalog-long table per call).
+            order = torch.from_numpy(np.argsort(rows, kind="stable"))
+            ordered = torch.from_numpy(rows)[order]
+            at = torch.searchsorted(ordered, item).clamp(max=len(rows) - 1)
+            keep = ordered[at] == item   # boosts of the asked items only, at their columns
+            interest = (query[keep], order[at][keep], boost[keep])
         return score_matrix(users, self._items_t[torch.from_numpy(rows)], self.model.cfg,
                             interest).numpy()
 
