@@ -44,6 +44,7 @@ from typing import Any
 from benchmarks import common
 from benchmarks.common import command_line, say
 from benchmarks.profile import py_spy, summarize_profile
+from benchmarks.serve_plots import plot_path, plot_serving
 from benchmarks.serve_report import (
     TARGET_P99_MS,
     TARGET_RPS,
@@ -353,10 +354,13 @@ def main(argv: list[str] | None = None) -> int:
                "profile": served_["profile"], "wall_s": wall, "server": served_["server"],
                "server_log_tail": served_["server_log_tail"]}
     markdown = report(info, cfg, http, local, verdict, served_["profile"])
+    figure = plot_serving(http, local)
+    markdown += (f"\n\n![latency against load, and CPU per request by component]"
+                 f"({plot_path().relative_to(common.BENCH_MD.parent)})\n")
     out = common.publish("serve", command=command_line("serve", argv),
                          settings={**asdict(cfg), "model": str(bundle)}, results=results,
                          markdown=markdown, metrics=metrics_of(http, local, met),
-                         mlflow_log=args.mlflow)
+                         figures={"serve_latency": figure}, mlflow_log=args.mlflow)
     say(f"serve: {wall:.0f} s; results in {out}")
     return 0
 
