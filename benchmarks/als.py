@@ -18,7 +18,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from features.history import Histories
-from models.baselines import INTENT_WEIGHTS, Baseline, _user_item_matrix, history_matrix
+from models.baselines import INTENT_WEIGHTS, Baseline, _user_item_matrix
+from models.sparse_scores import history_matrix
 
 
 @dataclass(frozen=True)

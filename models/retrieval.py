@@ -24,8 +24,8 @@ import scipy.sparse as sp
 
 from features.history import Histories
 from models.base import top_k
-from models.baselines import top_n_per_row
 from models.index import ItemIndex
+from models.sparse_scores import top_n_per_row
 
 TWO_STAGE_MIN_ITEMS = 200_000   # measured: BENCHMARKS.md "Serving", large catalogs
 RETRIEVE = 400

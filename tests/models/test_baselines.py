@@ -350,7 +350,7 @@ def test_evaluate_rejects_bad_cutoffs() -> None:
 def test_dense_and_sparse_similarity_products_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     import scipy.sparse as sp
 
-    from models import baselines
+    from models import sparse_scores
 
     rng = np.random.default_rng(3)
     n_items, n = 300, 7
@@ -361,11 +361,11 @@ def test_dense_and_sparse_similarity_products_agree(monkeypatch: pytest.MonkeyPa
     columns = np.array([5, 17, 5, 299, 0])   # a repeat included
     expected = (sp.csr_matrix((entries[2], (entries[0], entries[1])), shape=(n, n_items))
                 @ similarity).toarray()
-    dense = baselines.times_similarity(entries, n, similarity)
-    dense_cols = baselines.times_similarity(entries, n, similarity, columns)
-    monkeypatch.setattr(baselines, "DENSE_CELLS", 0)   # the sparse product from here
-    sparse = baselines.times_similarity(entries, n, similarity)
-    sparse_cols = baselines.times_similarity(entries, n, similarity, columns)
+    dense = sparse_scores.times_similarity(entries, n, similarity)
+    dense_cols = sparse_scores.times_similarity(entries, n, similarity, columns)
+    monkeypatch.setattr(sparse_scores, "DENSE_CELLS", 0)   # the sparse product from here
+    sparse = sparse_scores.times_similarity(entries, n, similarity)
+    sparse_cols = sparse_scores.times_similarity(entries, n, similarity, columns)
     for got in (dense, sparse):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     for got in (dense_cols, sparse_cols):
