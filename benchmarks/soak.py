@@ -39,6 +39,7 @@ from benchmarks.serve_requests import build_requests
 from features.config import add_config_args, config_from_args, setting
 from features.infra import run_cli
 from serving.engine import load_engine
+from serving.guard import DEFAULT_MAX_INFLIGHT, INFLIGHT_ENV, env_int
 from serving.process import free_port, served, sigterm_unwinds
 
 P99_DRIFT = 1.5
@@ -96,6 +97,7 @@ def soak(cfg: SoakConfig) -> dict[str, Any]:
               and last["p99_ms"] <= P99_DRIFT * first["p99_ms"]
               and all(g < LEAK for g in growth.values()))
     return {"data": ds.name, "bundle": str(bundle), "capacity_rps": capacity["ok_rps"],
+            "max_inflight": env_int(INFLIGHT_ENV, DEFAULT_MAX_INFLIGHT),
             "rate": rate, "minutes": minutes, "rss_growth": growth, "passed": passed}
 
 
@@ -109,7 +111,7 @@ def markdown(result: dict[str, Any], cfg: SoakConfig) -> str:
         f"{result['data']} bundle; capacity (closed loop, {cfg.concurrency} clients): "
         f"{result['capacity_rps']:.0f} req/s; soak: {result['rate']:g} req/s "
         f"({cfg.share:g} of it) for {cfg.minutes} minutes, open loop over {cfg.clients} "
-        f"connections.", "", table(rows), "",
+        f"connections; `{INFLIGHT_ENV}={result['max_inflight']}`.", "", table(rows), "",
         f"Worker memory from the end of minute 1 to the end: {growth}. Verdict: "
         f"**{'passed' if result['passed'] else 'failed'}** (no errors or shed requests, last "
         f"p99 within {P99_DRIFT:g}x of the first, every worker's memory growth under "

@@ -108,7 +108,17 @@ def _answer(handler: Callable[[Engine, Any], Any], engine: Engine, request: Any)
 # The APIs are coroutines although they compute: BentoML runs a plain function in a thread pool
 # (of one thread by default), and that hand-off per request (queue, wake the event loop) cost
 # about as much CPU as an /also_bought answer. A worker still answers one request at a time.
-@bentoml.service(name="tailor", traffic={"timeout": 30}, workers=WORKERS)
+# BentoML's per-request extras, each measured in `make bench-serve` (BENCHMARKS.md, "Serving"):
+# - OpenTelemetry wraps every request in a span even when none is sampled (BentoML samples none
+#   unless configured): the routes stay out of it unless TAILOR_TRACING=1 (then configure
+#   BentoML's tracing exporter and sample rate as usual);
+# - the access log writes a line per request: TAILOR_ACCESS_LOG=0 turns it off.
+TRACING = {} if os.environ.get("TAILOR_TRACING", "0") == "1" else {"excluded_urls": [".*"]}
+ACCESS_LOG = os.environ.get("TAILOR_ACCESS_LOG", "1") != "0"
+
+
+@bentoml.service(name="tailor", traffic={"timeout": 30}, workers=WORKERS, tracing=TRACING,
+                 logging={"access": {"enabled": ACCESS_LOG}})
 class Tailor:
     def __init__(self) -> None:
         torch.set_num_threads(THREADS)
