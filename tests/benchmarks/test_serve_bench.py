@@ -52,14 +52,23 @@ def test_target_verdict_comes_from_the_numbers() -> None:
         _row("also_bought", 8, 900, 12, errors=3)])
     assert not met and "**missed**" in line
     assert ("/recommend missed: at 300/s open loop: 260 req/s answered, p99 90.0 ms, 120 "
-            "dropped; closed-loop peak 280 req/s (32 clients, p99 60.0 ms); at most 250 req/s "
-            "with p99 < 25 ms (8 clients)") in line
+            "dropped; closed-loop peak 280 req/s answered (32 clients, p99 60.0 ms); at most 250 "
+            "req/s with p99 < 25 ms (8 clients)") in line
     assert "/also_bought missed" in line   # errors disqualify a run
     assert best["recommend"] == {"met": False, "load": {"concurrency": None, "rate": 300}}
     # Open loop: the offered rate counts (the answered one trails it by the last latencies).
     met, line, _ = bench.target_verdict([_row("recommend", None, 298.7, 14, rate=300)])
     assert met and "/recommend met at 300/s open loop (299 req/s answered, p99 14.0 ms)" in line
     assert not bench.target_verdict([_row("recommend", None, 298, 14, rate=300, dropped=1)])[0]
+    # Shed requests (fast 503s) are no answers: a run that shed some misses, and a closed-loop
+    # peak counts the answered ones only.
+    shedding = {**_row("recommend", 64, 600, 20), "shed": 350, "ok_rps": 250}
+    met, line, _ = bench.target_verdict([_row("recommend", 8, 200, 40), shedding])
+    assert not met and "closed-loop peak 250 req/s answered (64 clients" in line
+    open_loop = {**_row("recommend", None, 300, 14, rate=300), "shed": 1, "ok_rps": 299,
+                 "ok": {"p99_ms": 13.0}}
+    met, line, _ = bench.target_verdict([open_loop])
+    assert not met and "1 shed (503) with p99 of the answered 13.0 ms" in line
 
 
 def test_profile_summary_shares() -> None:
