@@ -1,9 +1,9 @@
 """The HTTP API's request and response models and its errors (the OpenAPI page shows their
-examples). Unknown fields are errors; numeric ids become strings."""
+examples). Unknown fields are errors; numeric ids become strings. The catalog's
+(``POST /admin/items``) are in ``serving/catalog.py``, beside the endpoint."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -27,8 +27,6 @@ MAX_SAME = 16
 MAX_CART = 100
 MAX_EVENTS_POSTED = 1000
 MAX_RULES = 100   # boosts or excluded categories in one request
-MAX_ITEMS_POSTED = 1000
-MAX_ATTRIBUTE_CHARS = 4096
 
 # --- request and response models (the OpenAPI page shows their examples) ---------------------
 
@@ -245,61 +243,6 @@ class Reload(BaseModel):
     generation: int
     model: str | None
     within_seconds: float = Field(description="every worker serves it within about this long")
-
-
-AttributeValue = (Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_CHARS)] | StrictInt |
-                  float | StrictBool | list[Annotated[str, StringConstraints(max_length=256)]])
-
-
-class NewItem(BaseModel):
-    """An item for the catalog: its id, category and any of the model's item attributes (the
-    items file's columns: title, brand, price, ...), as extra fields."""
-
-    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
-
-    __pydantic_extra__: dict[str, AttributeValue | None] = Field(init=False)
-    item_id: Id
-    category_id: Id | None = None
-    available: StrictBool | None = Field(None, description="false: kept in the catalog, never "
-                                                           "recommended")
-
-    @model_validator(mode="after")
-    def _attribute_names(self) -> NewItem:
-        for name in self.model_extra or {}:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name):
-                raise ValueError(f"attribute name {name[:80]!r} is not a column name")
-        return self
-
-    def fields(self) -> dict[str, Any]:
-        """The item's metadata as the items file would hold it: attributes as text (lists
-        space-joined, numbers written out), availability as a boolean."""
-        extra = {k: " ".join(v) if isinstance(v, list) else str(v).lower()
-                 if isinstance(v, bool) else str(v)
-                 for k, v in (self.model_extra or {}).items() if v is not None}
-        known = {"category_id": self.category_id, "available": self.available}
-        return {"item_id": self.item_id,
-                **{k: v for k, v in known.items() if v is not None}, **extra}
-
-
-class ItemsRequest(ApiModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"items": [
-        {"item_id": "i-new-1", "category_id": "c012", "title": "Lavender soap",
-         "brand": "acme", "price": 12.5}]}})
-
-    items: list[NewItem] = Field(min_length=1, max_length=MAX_ITEMS_POSTED,
-                                 description=f"1..{MAX_ITEMS_POSTED} items; a batch with a bad "
-                                             "item is refused whole")
-
-
-class ItemsAdded(BaseModel):
-    stored: int = Field(description="items committed to the store (an id posted before is "
-                                    "replaced)")
-    placed: list[str] = Field(description="items this answer's worker serves now (every worker "
-                                          "within within_seconds)")
-    known: list[str] = Field(description="items the served catalog held already: stored, not "
-                                         "placed again (the next trained bundle reads them)")
-    generation: int
-    within_seconds: float
 
 
 class SegmentRequest(ApiModel):

@@ -39,8 +39,6 @@ from serving.api import (
     Forgotten,
     ItemNeighbours,
     ItemRequest,
-    ItemsAdded,
-    ItemsRequest,
     ModelCard,
     Recommendations,
     RecommendRequest,
@@ -53,7 +51,7 @@ from serving.api import (
 )
 from serving.auth import ApiKeyMiddleware
 from serving.cart import complete_cart
-from serving.catalog import post_items
+from serving.catalog import ItemsAdded, ItemsRequest, post_items
 from serving.engine import Engine, load_engine
 from serving.events import consent, forget, post_events
 from serving.experiments import (

@@ -16,8 +16,8 @@ import pytest
 from features.event_store import URL_ENV, EventStore
 from features.item_features import metadata_columns
 from features.item_store import added_items
-from serving.api import ItemsRequest, RecommendRequest, RequestError, SimilarRequest
-from serving.catalog import post_items
+from serving.api import RecommendRequest, RequestError, SimilarRequest
+from serving.catalog import ItemsRequest, post_items
 from serving.engine import Engine, load_engine
 from serving.process import free_port, served
 from serving.recommend import recommend, similar_items
