@@ -112,6 +112,14 @@ def build_histories(events: pd.DataFrame, item_vocab: Vocabulary, *, max_len: in
     return _reorder(hist, np.asarray(users, dtype=object))
 
 
+def most_recent_distinct(item_idx: np.ndarray, n: int) -> np.ndarray:
+    """The last ``n`` distinct items of one history's ``item_idx`` (oldest first), most recent
+    first: a shopper's latest interests."""
+    recent = item_idx[::-1]
+    _, first = np.unique(recent, return_index=True)
+    return recent[np.sort(first)][:n]
+
+
 def histories_from_rows(user_ids: np.ndarray, item_idx: np.ndarray, event_code: np.ndarray,
                         ts_ms: np.ndarray, *, now_ms: int | None) -> Histories:
     """Histories of event rows already grouped by user, oldest first (one row per event, as

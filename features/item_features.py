@@ -113,7 +113,7 @@ def non_numeric(items: pd.DataFrame, fields: dict) -> str | None:
     """The first of ``fields`` (an item's metadata) whose column in ``items`` is numeric but
     whose value is not a number; None when all fit."""
     for name, value in fields.items():
-        if name in items and name != "available" and _numeric(items, name) and \
+        if name in items and _numeric(items, name) and \
                 pd.isna(pd.to_numeric(value, errors="coerce")):
             return name
     return None

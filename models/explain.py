@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.history import Histories
+from features.history import Histories, most_recent_distinct
 from models.base import Recommender
 
 MAX_ITEMS = 20   # the most recent distinct history items tried
@@ -48,10 +48,8 @@ def history_reasons(recommender: Recommender, history: Histories, rows: np.ndarr
     rows = np.asarray(rows, dtype=np.int64)
     if not len(rows) or not len(history.item_idx):
         return [None] * len(rows)
-    # Distinct items, most recent first (a shopper's latest interests are tried first).
-    recent = history.item_idx[::-1]
-    _, first = np.unique(recent, return_index=True)
-    items = recent[np.sort(first)][:MAX_ITEMS]
+    # A shopper's latest interests are tried first.
+    items = most_recent_distinct(history.item_idx, MAX_ITEMS)
     strongest = np.array([history.event_code[history.item_idx == i].max() for i in items])
     # One scoring call for the whole history (row 0: "without" -1, an item it never holds) and
     # every history without one item; a history left empty has no reason left.

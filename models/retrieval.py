@@ -14,7 +14,7 @@ the catalog: exact, and cheapest while the catalog is small, but its cost grows 
 
 An item outside the candidates can only be missed if the full score would have put it in the
 top k without the towers, the shopper's own items, their neighbours or popularity putting it
-there: `make bench-serve` measures how often that changes the top 10.
+there: `make bench-large` measures how often that changes the top 10.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from features.history import Histories
+from features.history import Histories, most_recent_distinct
 from models.base import top_k
 from models.index import ItemIndex
 from models.sparse_scores import top_n_per_row
@@ -52,9 +52,7 @@ def neighbour_tables(sources: dict) -> list[sp.csr_matrix]:
 def candidates(history_items: np.ndarray, retrieved: np.ndarray, popular: np.ndarray,
                neighbours: list[sp.csr_matrix]) -> np.ndarray:
     """One history's candidate rows: retrieved, its recent items, their neighbours, popular."""
-    recent = history_items[::-1]
-    _, first = np.unique(recent, return_index=True)
-    recent = recent[np.sort(first)][:RECENT]
+    recent = most_recent_distinct(history_items, RECENT)
     parts = [retrieved[retrieved >= 0], recent, popular]
     for table in neighbours:
         parts += [table.indices[table.indptr[i]:table.indptr[i + 1]] for i in recent]
