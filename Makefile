@@ -62,13 +62,24 @@ clean-cache: ## delete the processed-data cache (.cache/tailor)
 # MLflow UI over the local store (training/tracking.py); PORT on the command line overrides 5000
 # without taking over another target's PORT default.
 MLFLOW_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),5000)
-.PHONY: mlflow-ui
+# The project's store unless MLFLOW_TRACKING_URI names another (as training/tracking.py reads it).
+MLFLOW_STORE = $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow/mlflow.db)
+.PHONY: mlflow-ui mlflow-screenshot install-browser
 mlflow-ui: $(STAMP) ## browse runs, metrics and registered models at 127.0.0.1 (PORT=5000)
 	@mkdir -p mlflow/artifacts
-	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow/mlflow.db" \
+	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_STORE)" \
 		--default-artifact-root "$(CURDIR)/mlflow/artifacts" \
 		--artifacts-destination "$(CURDIR)/mlflow/artifacts" \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# Debian's Chromium, for the MLflow compare-page check (tests and mlflow-screenshot); Playwright
+# drives it and never downloads a browser of its own.
+install-browser: ## install Debian's chromium if missing (apt-get; as root, as CI runs)
+	@command -v chromium >/dev/null 2>&1 || { apt-get install -y --no-install-recommends chromium \
+		|| { apt-get update && apt-get install -y --no-install-recommends chromium; }; }
+
+mlflow-screenshot: $(BENCH_STAMP) install-browser ## two tiny runs, their MLflow compare page in Chromium -> docs/mlflow-compare.png
+	@$(PY) -m benchmarks.mlflow_compare $(ARGS)
 
 # Serving. MODEL: an alias of the registered model (champion, candidate), a version number, an
 # MLflow run id or a bundle folder. PORT on the command line overrides 3000 (as for mlflow-ui).

@@ -2,36 +2,22 @@
 
 Store: ``$MLFLOW_TRACKING_URI`` when set, else the local SQLite store ``mlflow/mlflow.db`` with
 artifacts under ``mlflow/artifacts/`` in the project root (``make mlflow-ui`` browses it).
-Training registers versions and promotes them (``promote``); serving and batch scoring resolve a
-reference (alias, version, run id, folder) to a local bundle (``resolve_model``).
-
-Promotion rule (``promote``): every new version gets the alias ``candidate``. ``champion``
-moves to it when there is no champion yet, or when it scores strictly higher on ``score_key``
-than the champion on the same data under the same protocol. When the champion was trained on
-the same data (``data.hash``) under the same protocol, its logged score is that comparison.
-Otherwise (a log that has grown since, another file) the logged scores come from different test
-sets and say nothing about which model is better, so the champion is scored again on the new
-version's own test data (``training/challenge.py``, passed in as ``score_champion``) and the two
-are compared there; without that score the champion is kept and the decision says so.
-``force=True`` (after a human looked) promotes regardless.
+Training registers versions and promotes them (``training/promotion.py``); serving and batch
+scoring resolve a reference (alias, version, run id, folder) to a local bundle
+(``resolve_model``).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlparse
 
 # Submodule imports on purpose: the project's `mlflow/` store folder makes ruff's isort take a
 # bare `mlflow` for first-party code. `import mlflow.artifacts` binds `mlflow` all the same.
 import mlflow.artifacts
-import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.tracking import MlflowClient
@@ -96,131 +82,6 @@ def ensure_experiment(spec_name: str, client: MlflowClient | None = None) -> str
         if exp is None:
             raise
         return exp.experiment_id
-
-
-# --- registry: promotion -----------------------------------------------------------------------
-
-def _alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def _data_of(client: MlflowClient, mv: ModelVersion) -> tuple[str | None, str | None, dict]:
-    """(data hash, protocol, run metrics) of a version: its own tags first, then its run's."""
-    run = client.get_run(mv.run_id) if mv.run_id else None
-    tags = {**(run.data.tags if run else {}), **(mv.tags or {})}
-    metrics = dict(run.data.metrics) if run else {}
-    for key, value in list(metrics.items()):  # runs logged before the served ranking was renamed
-        metrics.setdefault(key.replace(".two_tower.", ".tailor."), value)
-    return tags.get("data.hash"), tags.get("data.protocol"), metrics
-
-
-class ChampionSawTestData(Exception):
-    """The champion was refitted on data that covers this run's test window: scoring it there
-    would grade it on what it trained on."""
-
-
-def promote(client: MlflowClient, version: ModelVersion | str | int, *, score_key: str,
-            data_hash: str, protocol: str, force: bool = False, name: str = MODEL_NAME,
-            score_champion: Callable[[ModelVersion], float] | None = None) -> dict[str, Any]:
-    """Mark ``version`` candidate; make it champion by the rule in the module docstring.
-
-    ``score_key`` is a run metric, higher is better (e.g. ``valid.tailor.ndcg_at_10``).
-    ``score_champion``: the champion's value of that metric on this version's own test data
-    (``training/challenge.py``), asked for only when the champion's logged score is not
-    comparable (other data or protocol); None keeps such a champion.
-    The decision is logged to the version's run (tags ``promotion.*`` and ``promotion.json``).
-    """
-    mv = version if isinstance(version, ModelVersion) else \
-        client.get_model_version(name, str(version))
-    name, ver = mv.name, str(mv.version)
-    client.set_model_version_tag(name, ver, "data.hash", data_hash)
-    client.set_model_version_tag(name, ver, "data.protocol", protocol)
-    client.set_registered_model_alias(name, CANDIDATE, ver)
-    score = _data_of(client, mv)[2].get(score_key)
-    decision: dict[str, Any] = {
-        "model": name, "version": int(ver), "run_id": mv.run_id, "score_key": score_key,
-        "score": score, "data_hash": data_hash, "protocol": protocol, "force": force,
-        "champion_version": None, "champion_score": None, "champion_data_hash": None,
-        "champion_protocol": None, "comparable": None, "champion_score_here": None,
-    }
-    champion = _alias(client, name, CHAMPION)
-    if champion is not None:
-        c_hash, c_protocol, c_metrics = _data_of(client, champion)
-        decision.update(champion_version=int(champion.version), champion_data_hash=c_hash,
-                        champion_protocol=c_protocol, champion_score=c_metrics.get(score_key),
-                        comparable=(c_hash == data_hash and c_protocol == protocol
-                                    and c_metrics.get(score_key) is not None))
-        if not decision["comparable"] and score_champion is not None and \
-                champion.version != mv.version:
-            try:
-                here = float(score_champion(champion))
-            except ChampionSawTestData as exc:
-                decision["champion_saw_test"] = str(exc)
-            except Exception as exc:  # an old or broken bundle: keep the champion, say why
-                decision["champion_error"] = f"{type(exc).__name__}: {exc}"[:300]
-            else:
-                decision["champion_score_here"] = here if math.isfinite(here) else None
-    promoted, reason = _decide(decision, champion is not None and champion.version == mv.version)
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, ver)
-    decision.update(promoted=promoted, reason=reason,
-                    decided_at=pd.Timestamp.now(tz="UTC").isoformat())
-    _log_decision(client, mv, decision)
-    return decision
-
-
-def _decide(d: dict[str, Any], already: bool) -> tuple[bool, str]:
-    if already:
-        return True, "already champion"
-    if d["force"]:
-        return True, "forced"
-    if d["champion_version"] is None:
-        return True, "no champion yet"
-    if d["score"] is None:
-        return False, f"run has no metric {d['score_key']}"
-    if d.get("champion_saw_test") and d["champion_score"] is not None:
-        # Scored here it would be graded on what it trained on: each on its own test fold.
-        verdict = ">" if d["score"] > d["champion_score"] else "<="
-        return d["score"] > d["champion_score"], (
-            f"{d['score']:.6g} {verdict} champion v{d['champion_version']}'s "
-            f"{d['champion_score']:.6g}, each on its own test fold (the champion was refitted "
-            f"on data that covers this run's test window: {d['champion_saw_test']})")
-    if d["champion_data_hash"] != d["data_hash"] or d["champion_protocol"] != d["protocol"]:
-        here = d.get("champion_score_here")
-        if here is None:
-            return False, (f"champion v{d['champion_version']} was evaluated on other data or "
-                           "protocol: scores are not comparable, champion kept (use force)")
-        if d["score"] > here:
-            return True, (f"{d['score']:.6g} > champion v{d['champion_version']}'s {here:.6g} "
-                          "on this run's test data")
-        return False, (f"{d['score']:.6g} <= champion v{d['champion_version']}'s {here:.6g} "
-                       "on this run's test data")
-    if d["champion_score"] is None:
-        return False, f"champion has no metric {d['score_key']}: kept (use force)"
-    if d["score"] > d["champion_score"]:
-        return True, f"{d['score']:.6g} > champion's {d['champion_score']:.6g}"
-    return False, f"{d['score']:.6g} <= champion's {d['champion_score']:.6g}"
-
-
-def _log_decision(client: MlflowClient, mv: ModelVersion, decision: dict[str, Any]) -> None:
-    # Tags, not params: a later forced promotion of the same run must be able to overwrite them.
-    summary = {"promotion.decision": "champion" if decision["promoted"] else "candidate",
-               "promotion.reason": decision["reason"],
-               "promotion.score_key": decision["score_key"],
-               "promotion.score": str(decision["score"]),
-               "promotion.champion_version": str(decision["champion_version"]),
-               "promotion.champion_score": str(decision["champion_score"]),
-               "promotion.champion_score_here": str(decision["champion_score_here"])}
-    client.set_model_version_tag(mv.name, str(mv.version), "promotion.decision",
-                                 summary["promotion.decision"])
-    if not mv.run_id:
-        return
-    for key, value in summary.items():
-        client.set_tag(mv.run_id, key, value)
-    client.log_dict(mv.run_id, decision, "promotion.json")
 
 
 # --- registry: resolving a model reference -----------------------------------------------------

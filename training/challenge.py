@@ -22,8 +22,9 @@ from features.history import Histories
 from features.pipeline import Prepared
 from models.base import Recommender
 from models.bundle import Bundle
-from models.registry import ChampionSawTestData, resolve_model
-from training.evaluate import EvalTask, build_task, evaluate_task
+from models.registry import resolve_model
+from training.evaluate import EvalTask, build_task, score_task
+from training.promotion import ChampionSawTestData
 
 
 class InThisVocabulary(Recommender):
@@ -46,28 +47,40 @@ class InThisVocabulary(Recommender):
         return scores
 
 
-def score_bundle_on(bundle: Bundle, prepared: Prepared, metric: str, fold: str = "test"
-                    ) -> float:
-    """``metric`` (e.g. ``ndcg@10``) of ``bundle`` on ``prepared``'s ``fold``."""
+def per_user_on(bundle: Bundle, prepared: Prepared, metric: str, fold: str = "test"
+                ) -> pd.Series:
+    """``metric`` (e.g. ``ndcg@10``) of ``bundle`` for each of ``prepared``'s ``fold`` shoppers
+    (index: user id; empty when the fold has no targets)."""
     task = build_task(prepared, fold)
     if len(task) == 0:
-        return float("nan")
+        return pd.Series([], index=pd.Index([], name="user_id"), dtype=np.float64, name=metric)
     histories = prepared.histories(fold, users=task.users, item_vocab=bundle.item_vocab,
                                    max_len=bundle.model.cfg.history_len)
     columns = bundle.item_vocab.lookup(prepared.item_vocab.ids)
     theirs = EvalTask(task.protocol, task.users, histories, task.targets, task.exclude)
     k = int(metric.split("@")[1])
-    return evaluate_task(InThisVocabulary(bundle.recommender, columns), theirs, ks=(k,))[metric]
+    values = score_task(InThisVocabulary(bundle.recommender, columns), theirs, ks=(k,),
+                        per_user=metric)[1]
+    assert values is not None  # asked for
+    return values
 
 
-def champion_scorer(prepared: Prepared, metric: str) -> Callable[[ModelVersion], float]:
-    """How promotion scores a champion trained on other data: on this run's test fold."""
-    def score(champion: ModelVersion) -> float:
+def score_bundle_on(bundle: Bundle, prepared: Prepared, metric: str, fold: str = "test"
+                    ) -> float:
+    """``metric`` of ``bundle`` on ``prepared``'s ``fold``, the mean over its shoppers."""
+    values = per_user_on(bundle, prepared, metric, fold)
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def champion_scorer(prepared: Prepared, metric: str) -> Callable[[ModelVersion], pd.Series]:
+    """How promotion scores a champion trained on other data: per shopper of this run's test
+    fold, so the lift's bootstrap pairs each shopper's two values."""
+    def score(champion: ModelVersion) -> pd.Series:
         bundle = Bundle.load(resolve_model(str(champion.version)))
         seen = champion_saw(bundle, prepared)
         if seen:
             raise ChampionSawTestData(seen)
-        return score_bundle_on(bundle, prepared, metric)
+        return per_user_on(bundle, prepared, metric)
     return score
 
 

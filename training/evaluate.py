@@ -101,12 +101,26 @@ def _slice(csr: tuple[np.ndarray, np.ndarray], start: int,
 def evaluate_task(recommender: Recommender, task: EvalTask, ks: Iterable[int] = DEFAULT_KS,
                   batch_size: int = 1024, progress: bool = False) -> dict[str, float]:
     """Metrics of ``recommender`` on a built task (see ``evaluate``)."""
+    return score_task(recommender, task, ks, batch_size, progress)[0]
+
+
+def score_task(recommender: Recommender, task: EvalTask, ks: Iterable[int] = DEFAULT_KS,
+               batch_size: int = 1024, progress: bool = False, per_user: str | None = None
+               ) -> tuple[dict[str, float], pd.Series | None]:
+    """``evaluate_task``'s metrics, and one metric's value per shopper (index: user id) when
+    ``per_user`` names it (e.g. ``ndcg@10``): what a bootstrap over shoppers resamples."""
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive, got {ks}")
     k_max = ks[-1]
     names = METRICS_BY_PROTOCOL[task.protocol]
+    if per_user is not None and (per_user.split("@")[0] not in names or "coverage" in per_user
+                                 or int(per_user.split("@")[1]) not in ks):
+        raise ValueError(f"no per-shopper {per_user!r} under {task.protocol} with ks {ks}")
+    per_metric = {"hr": lambda hits, n_rel, k: hit_rate_at_k(hits, k),
+                  "recall": recall_at_k, "ndcg": ndcg_at_k}
     sums = {(m, k): 0.0 for m in names if m != "coverage" for k in ks}
+    kept: list[np.ndarray] = []
     seen_items = {k: np.zeros(recommender.n_items, dtype=bool) for k in ks}
     starts = range(0, len(task), batch_size)
     if progress:
@@ -128,12 +142,13 @@ def evaluate_task(recommender: Recommender, task: EvalTask, ks: Iterable[int] = 
             if "coverage" in names:
                 top = ranked[:, :k]
                 seen_items[k][top[top >= 0]] = True
-            if "hr" in names:
-                sums[("hr", k)] += float(hit_rate_at_k(hits, k).sum())
-            if "recall" in names:
-                sums[("recall", k)] += float(recall_at_k(hits, n_rel, k).sum())
-            if "ndcg" in names:
-                sums[("ndcg", k)] += float(ndcg_at_k(hits, n_rel, k).sum())
+            for m in names:
+                if m == "coverage":
+                    continue
+                values = per_metric[m](hits, n_rel, k)
+                sums[(m, k)] += float(values.sum())
+                if per_user == f"{m}@{k}":
+                    kept.append(values)
     n = max(len(task), 1)
     out: dict[str, float] = {}
     for m in names:
@@ -141,7 +156,11 @@ def evaluate_task(recommender: Recommender, task: EvalTask, ks: Iterable[int] = 
             out[f"{m}@{k}"] = (seen_items[k].sum() / max(recommender.n_items, 1)
                                if m == "coverage" else sums[(m, k)] / n)
     out["users"] = float(len(task))
-    return {key: float(v) for key, v in out.items()}
+    values = None
+    if per_user is not None:
+        values = pd.Series(np.concatenate(kept) if kept else np.zeros(0),
+                           index=pd.Index(task.users, name="user_id"), name=per_user)
+    return {key: float(v) for key, v in out.items()}, values
 
 
 def evaluate(recommender: Recommender, prepared: Prepared, fold: str = "test",
@@ -163,15 +182,27 @@ def evaluate_all(recommenders: Mapping[str, Recommender], prepared: Prepared,
 
     The task (targets, exclusions, histories) is built once and shared by every method.
     """
+    return evaluate_all_per_user(recommenders, prepared, fold, ks, batch_size, max_users,
+                                 progress=progress)[0]
+
+
+def evaluate_all_per_user(recommenders: Mapping[str, Recommender], prepared: Prepared,
+                          fold: str = "test", ks: Iterable[int] = DEFAULT_KS,
+                          batch_size: int = 1024, max_users: int | None = None, *,
+                          progress: bool = False, per_user: str | None = None
+                          ) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """``evaluate_all``, and each method's per-shopper ``per_user`` metric (``score_task``)."""
     task = build_task(prepared, fold, max_users)
-    rows = {}
+    rows, values = {}, {}
     for name, rec in recommenders.items():
         started = time.perf_counter()
-        rows[name] = evaluate_task(rec, task, ks, batch_size, progress)
+        rows[name], kept = score_task(rec, task, ks, batch_size, progress, per_user)
         rows[name]["seconds"] = round(time.perf_counter() - started, 3)
+        if kept is not None:
+            values[name] = kept
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "method"
-    return frame
+    return frame, values
 
 
 def format_table(results: pd.DataFrame, ks: Iterable[int] | None = None, digits: int = 4) -> str:

@@ -10,9 +10,20 @@ Names in a run, so runs of one data set compare in a single MLflow table:
   data fingerprint ``data.<k>`` (``data.spec``, ``data.hash``, ``data.users``, ``data.protocol``,
   ``data.valid_start``, ``data.test_start``, ...); tags ``data.spec``, ``data.name``,
   ``data.hash``, ``data.protocol``, ``git.commit``, ``git.dirty``
-- per-epoch metrics ``epoch.<key>`` (``epoch.loss``, ``epoch.valid_score``) with step = epoch
-- results ``<fold>.<method>.<metric>`` with '@' spelled ``_at_`` (``test.tailor.hr_at_10``)
+- metric names are grouped with ``/``, which MLflow's UI turns into chart sections:
+  per-epoch ``epoch/<key>`` (``epoch/loss``, ``epoch/valid_score``) with step = epoch;
+  results ``<fold>/<method>/<metric>`` with '@' spelled ``_at_`` (``test/tailor/hr_at_10``)
+  for the served ranking and the towers alone, ``<fold>/baseline/<name>/<metric>`` at cut-off
+  10 for each baseline (every cut-off is in the ``results/<fold>.csv|md`` tables), and the
+  headline ``test/lift_vs_best_baseline/ndcg_at_10`` (the served ranking over the best baseline,
+  a ratio; tag ``test.best_baseline`` names it)
+- inputs (``mlflow.log_input``): the data set's train fold, test targets and, when the served
+  bundle was refitted, every event (contexts ``train``, ``test``, ``serving``), digest = the
+  data hash; system metrics (CPU, memory) while the run lasts
+- the logged model's test metrics are linked to it (MLflow 3 ``model_id``), so the Models tab
+  shows them
 - artifacts ``data_meta.json``, ``configs.json``, ``results/<fold>.csv|md``,
+  ``results/test_per_user.csv`` (the score metric per test shopper, for promotion's bootstrap),
   ``figures/learning_curves.png``, ``figures/<fold>_comparison.png``, ``promotion.json``
 
 The store, the registry look-up and promotion live in ``models/registry.py``, below both
@@ -35,6 +46,7 @@ from typing import Any
 # Submodule imports on purpose: the project's `mlflow/` store folder makes ruff's isort take a
 # bare `mlflow` for first-party code. `import mlflow.pyfunc` binds `mlflow` all the same.
 import mlflow.artifacts
+import mlflow.data
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -60,13 +72,14 @@ RUNTIME_PACKAGES = ("mlflow", "torch", "torchrec", "fbgemm-gpu-cpu", "tensordict
 # Meta keys that describe a cache or a timing, not the data: kept in data_meta.json only.
 NOT_FINGERPRINT = {"config", "report", "cache", "cache_dir", "seconds", "read_seconds"}
 DATA_TAGS = ("spec", "name", "hash", "protocol")
+DIGEST_CHARS = 32  # MLflow stores at most 36 characters of a data set's digest
 
 
 # --- naming ------------------------------------------------------------------------------------
 
 def metric_key(*parts: str) -> str:
-    """``test``, ``tailor``, ``hr@10`` -> ``test.tailor.hr_at_10`` (MLflow forbids '@')."""
-    text = ".".join(parts).replace("@", "_at_")
+    """``test``, ``tailor``, ``hr@10`` -> ``test/tailor/hr_at_10`` (MLflow forbids '@')."""
+    text = "/".join(parts).replace("@", "_at_")
     return re.sub(r"[^\w.\- /]", "_", text)
 
 
@@ -109,18 +122,23 @@ class RunLogger:
     """One training run: ``with RunLogger("synthetic-small") as log: log.log_setup(...)``."""
 
     def __init__(self, spec_name: str, run_name: str | None = None, *,
-                 model_name: str = MODEL_NAME, tags: dict[str, str] | None = None) -> None:
+                 model_name: str = MODEL_NAME, tags: dict[str, str] | None = None,
+                 description: str | None = None, system_metrics: bool = False) -> None:
         self.spec_name, self.run_name, self.model_name = spec_name, run_name, model_name
         self.tags = dict(tags or {})
+        self.description, self.system_metrics = description, system_metrics
         self.run: mlflow.ActiveRun | None = None
         self.client: MlflowClient | None = None
         self.data_meta: dict[str, Any] = {}
+        self.model_id: str | None = None       # the logged model's, once log_bundle ran
+        self.test_dataset: Any = None           # the test fold's mlflow.data dataset
 
     def __enter__(self) -> RunLogger:
         self.client = MlflowClient(configure())
         experiment_id = ensure_experiment(self.spec_name, self.client)
         self.run = mlflow.start_run(experiment_id=experiment_id, run_name=self.run_name,
-                                    tags=self.tags or None)
+                                    tags=self.tags or None, description=self.description,
+                                    log_system_metrics=self.system_metrics)
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
@@ -158,6 +176,23 @@ class RunLogger:
         self.client.log_dict(self.run_id, json.loads(json.dumps(configs, default=str)),
                              "configs.json")
 
+    def describe(self, text: str) -> None:
+        """The run's description (markdown), shown at the top of its page in the UI."""
+        self.client.set_tag(self.run_id, "mlflow.note.content", text)
+
+    def log_datasets(self, frames: dict[str, pd.DataFrame], source: str) -> None:
+        """Each frame as an input of the run (lineage), its key as the context (``train``,
+        ``test``, ``serving``). The digest is the data hash, so runs on the same data show the
+        same data set; the schema and row count come from the frame."""
+        digest = str(self.data_meta.get("data_hash") or "")[:DIGEST_CHARS] or None
+        for context, frame in frames.items():
+            dataset = mlflow.data.from_pandas(frame, source=source, digest=digest,
+                                              name=f"{self.data_meta.get('name', self.spec_name)}"
+                                                   f"/{context}")
+            mlflow.log_input(dataset, context=context)
+            if context == "test":
+                self.test_dataset = dataset
+
     def log_epoch(self, record: dict[str, Any], prefix: str = "epoch") -> None:
         """One epoch of ``FitResult.history``: every numeric value as ``<prefix>.<key>``."""
         step = int(record["epoch"])
@@ -170,16 +205,42 @@ class RunLogger:
         """One epoch of the refit for serving (``training/refit.py``) as ``refit_epoch.<key>``."""
         self.log_epoch({k: v for k, v in record.items() if k != "valid_score"}, "refit_epoch")
 
-    def log_results(self, table: pd.DataFrame, fold: str = "test") -> None:
-        """One row per method -> ``<fold>.<method>.<metric>`` metrics, plus CSV and markdown."""
+    def log_results(self, table: pd.DataFrame, fold: str = "test", *,
+                    main: tuple[str, ...] = (), headline: str | None = None,
+                    per_user: pd.Series | None = None) -> None:
+        """The table as CSV and markdown, and as metrics: every column of the ``main`` methods
+        (``<fold>/<method>/<metric>``), the other methods (baselines) at cut-off 10
+        (``<fold>/baseline/<method>/<metric>``), and ``<fold>/lift_vs_best_baseline/<headline>``
+        of ``main[0]``. On the test fold ``main[0]``'s metrics are linked to the logged model
+        (``log_bundle`` first) and the test data set. ``per_user``: ``main[0]``'s values per
+        shopper."""
         now = int(time.time() * 1000)
-        metrics = [Metric(metric_key(fold, str(method), str(col)), float(v), now, 0)
-                   for method, row in table.iterrows() for col, v in row.items()
-                   if _is_number(v)]
+        metrics = []
+        for method, row in table.iterrows():
+            linked = self.model_id if main and method == main[0] and fold == "test" else None
+            dataset = self.test_dataset if linked else None
+            for col, v in row.items():
+                if not _is_number(v) or (method not in main and not col.endswith("@10")):
+                    continue
+                key = metric_key(fold, *((str(method),) if method in main else
+                                         ("baseline", str(method))), str(col))
+                metrics.append(Metric(key, float(v), now, 0, model_id=linked,
+                                      dataset_name=dataset.name if dataset else None,
+                                      dataset_digest=dataset.digest if dataset else None))
+        lift = lift_vs_best(table, main, headline)
+        if lift is not None:
+            best, ratio = lift
+            metrics.append(Metric(metric_key(fold, "lift_vs_best_baseline", headline), ratio,
+                                  now, 0))
+            self.client.set_tag(self.run_id, f"{fold}.best_baseline", best)
         for start in range(0, len(metrics), 1000):  # MLflow's batch limit for metrics
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
         self.client.log_text(self.run_id, table.to_csv(), f"results/{fold}.csv")
         self.client.log_text(self.run_id, markdown_table(table), f"results/{fold}.md")
+        if per_user is not None:
+            frame = per_user.rename(metric_key(per_user.name or "value")).reset_index()
+            self.client.log_text(self.run_id, frame.to_csv(index=False),
+                                 f"results/{fold}_per_user.csv")
 
     def log_figures(self, history: list[dict[str, Any]], table: pd.DataFrame | None,
                     fold: str = "test") -> None:
@@ -202,6 +263,10 @@ class RunLogger:
             code_paths=[str(ROOT / p) for p in CODE_PACKAGES],
             signature=pyfunc_signature(input_example, output), input_example=input_example,
             registered_model_name=self.model_name, pip_requirements=runtime_requirements())
+        self.model_id = info.model_id
+        # log_model makes the model "active", which would link every later metric to it, the
+        # system metrics included; only the test metrics are the model's (log_results).
+        mlflow.clear_active_model()
         version = str(info.registered_model_version)
         for key in ("hash", "protocol", "spec"):
             value = self.data_meta.get("data_hash" if key == "hash" else key)
@@ -209,6 +274,18 @@ class RunLogger:
                 self.client.set_model_version_tag(self.model_name, version, f"data.{key}", value)
         self.client.set_registered_model_alias(self.model_name, CANDIDATE, version)
         return self.client.get_model_version(self.model_name, version)
+
+
+def lift_vs_best(table: pd.DataFrame, main: tuple[str, ...], metric: str | None
+                 ) -> tuple[str, float] | None:
+    """(best baseline, ``main[0]`` / best baseline) on ``metric``; None when not defined."""
+    if not main or metric is None or metric not in table.columns or main[0] not in table.index:
+        return None
+    baselines = table.loc[[m for m in table.index if m not in main], metric].dropna()
+    if baselines.empty or not baselines.max() > 0:
+        return None
+    best = str(baselines.idxmax())
+    return best, float(table.loc[main[0], metric]) / float(baselines.max())
 
 
 def _is_number(value: Any) -> bool:

@@ -5,8 +5,8 @@ NDCG@10 of the validation fold, evaluate the model and the baselines on the test
 same full-ranking protocol, print the comparison, and log settings, data fingerprint, per-epoch
 metrics, results, figures and the serving bundle to MLflow (``training/tracking.py`` names them).
 The bundle is registered as model ``tailor`` with alias ``candidate``; it becomes ``champion``
-when it beats the champion on ``test.tailor.ndcg_at_10`` for the same data and protocol (or
-with ``--force-promote``).
+when its lift over the champion on ``test/tailor/ndcg_at_10`` is beyond the bootstrap margin
+(``training/promotion.py``), or with ``--force-promote``.
 
 Under ``torchrun`` every rank prepares the data and runs ``fit`` (which owns the process group);
 only rank 0 evaluates, prints, logs to MLflow and writes the bundle.
@@ -40,20 +40,32 @@ from models.base import Recommender
 from models.baselines import BASELINES
 from models.blend import BlendConfig, BlendWeights
 from models.bundle import Bundle, build_bundle
-from models.registry import promote
 from models.scoring import TwoTowerRecommender, compute_item_vectors, recommender_for
 from models.two_tower import TwoTower, TwoTowerConfig
 from training.challenge import champion_scorer
 from training.distributed import Group
-from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task, format_table
+from training.evaluate import (
+    DEFAULT_KS,
+    build_task,
+    evaluate_all_per_user,
+    evaluate_task,
+    format_table,
+)
 from training.fit import FitResult, TrainConfig, fit, sized_for
+from training.promotion import promote
 from training.refit import Refit, refit, reserve_for_refit
+from training.run_summary import (
+    MAIN_METRIC,
+    MODEL,
+    TOWERS,
+    data_source,
+    lineage,
+    run_description,
+    run_name,
+)
 from training.stack import sources_for_test, tune_blend
 from training.tracking import RunLogger, git_state, metric_key
 
-MODEL = "tailor"                   # the served ranking's row in the results and metric names
-TOWERS = "towers"                  # the same towers without the stack's sparse signals
-MAIN_METRIC = "ndcg@10"            # early stopping and promotion, every protocol has it
 SCORE_KEY = metric_key("test", MODEL, MAIN_METRIC)
 VALID_USERS = 2000                 # validation sample: cheap enough to score every epoch
 PRINT_KS = (10, 20)                # the printed table; MLflow gets every cut-off
@@ -87,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validation shoppers scored after every epoch, a seeded sample "
                           "(default: %(default)s)")
     run.add_argument("--run-name", metavar="NAME",
-                     help="MLflow run name (default: one MLflow makes up)")
+                     help="MLflow run name (default: data, encoder, dim and start time, e.g. "
+                          "amazon-Toys-sasrec-d64-20261202-0915)")
     run.add_argument("--force-promote", action="store_true",
                      help="make this model the champion even if it does not beat the current "
                           "one or was evaluated on other data")
@@ -154,13 +167,15 @@ def fit_baselines(prepared: Prepared) -> tuple[dict[str, Recommender], dict[str,
 
 def results_table(model: Recommender, towers: Recommender, result: FitResult,
                   baselines: dict[str, Recommender], baseline_seconds: dict[str, float],
-                  prepared: Prepared) -> pd.DataFrame:
-    """Test metrics of the model, its towers alone and every baseline (one shared task)."""
-    table = evaluate_all({MODEL: model, TOWERS: towers, **baselines}, prepared, "test",
-                         ks=DEFAULT_KS)
+                  prepared: Prepared) -> tuple[pd.DataFrame, pd.Series]:
+    """Test metrics of the model, its towers alone and every baseline (one shared task), and
+    the model's ``MAIN_METRIC`` per test shopper (promotion's bootstrap resamples them)."""
+    table, per_user = evaluate_all_per_user({MODEL: model, TOWERS: towers, **baselines},
+                                            prepared, "test", ks=DEFAULT_KS,
+                                            per_user=MAIN_METRIC)
     table["fit_seconds"] = pd.Series({MODEL: round(result.seconds, 3),
                                       TOWERS: round(result.seconds, 3), **baseline_seconds})
-    return table
+    return table, per_user[MODEL]
 
 
 def bundle_info(configs: dict, result: FitResult, table: pd.DataFrame) -> dict:
@@ -238,10 +253,13 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
                "train": {**train_cfg.to_dict(), "valid_users": args.valid_users},
                "stack": blend_cfg.to_dict()}
     logger = contextlib.nullcontext() if args.no_mlflow else \
-        RunLogger(m["name"], run_name=args.run_name)
+        RunLogger(m["name"], run_name=args.run_name or run_name(m, model_cfg),
+                  description=f"Training on {m['spec']} ({m['protocol']} split): running.",
+                  system_metrics=True)
     with logger as log:
         if log is not None:
             log.log_setup(m, configs)
+            log.log_datasets(lineage(prepared), source=data_source(prepared))
             say(f"mlflow    run {log.run_id} in experiment tailor-{m['name']}")
         say(f"model     {model_cfg.encoder} dim {model_cfg.dim}, up to {train_cfg.epochs} "
             f"epochs, early stopping on {'valid ' + MAIN_METRIC if validate else 'the loss'}")
@@ -260,9 +278,9 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
         sources = sources_for_test(prepared, blend_cfg, baselines)
         towers = TwoTowerRecommender(result.model,
                                      compute_item_vectors(result.model, prepared.item_features))
-        table = results_table(recommender_for(result.model, prepared.item_features, sources,
-                                              blend), towers, result, baselines,
-                              baseline_seconds, prepared)
+        served_ranking = recommender_for(result.model, prepared.item_features, sources, blend)
+        table, per_user = results_table(served_ranking, towers, result, baselines,
+                                        baseline_seconds, prepared)
         say(f"\ntest fold, {int(table['users'].iloc[0]):,} shoppers ({m['protocol']}; full "
             f"table: results/test.md in the run):\n"
             f"{format_table(table.drop(columns='users'), ks=PRINT_KS)}\n")
@@ -292,7 +310,9 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
             if args.out:
                 say(f"bundle    {folder}")
             if log is not None:
-                log_results(log, result, table, validated=validate is not None)
+                version = log.log_bundle(folder, input_example(bundle))  # before the metrics:
+                # the served ranking's test metrics are linked to the logged model
+                log_results(log, result, table, per_user, validated=validate is not None)
                 log.client.log_dict(log.run_id, blend.to_dict(), "stack.json")
                 if served is not None:  # what the registered model was fitted on
                     summary = {k: v for k, v in refit_info.items() if k != "history"}
@@ -304,7 +324,6 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
                 for name, weight in blend.weights.items():
                     log.client.log_metric(log.run_id, metric_key("stack", "weight", name),
                                           float(weight))
-                version = log.log_bundle(folder, input_example(bundle))
                 decision = promote(log.client, version, score_key=SCORE_KEY,
                                    data_hash=m["data_hash"], protocol=m["protocol"],
                                    force=args.force_promote,
@@ -312,6 +331,7 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
                 role = "champion" if decision["promoted"] else "candidate"
                 say(f"registry  {version.name} v{version.version}: {role} "
                     f"({decision['reason']})")
+                log.describe(run_description(m, model_cfg, table, decision))
     fits = result.seconds + (served.result.seconds if served is not None else 0.0)
     say(f"time      {time.perf_counter() - started:.1f} s in all, training {fits:.1f} s"
         + (f" (evaluation {result.seconds:.1f} s + refit {served.result.seconds:.1f} s)"
@@ -327,14 +347,15 @@ def all_events_text(prepared: Prepared) -> str:
                if m.get("dropped_test_rows") else ""))
 
 
-def log_results(log: RunLogger, result: FitResult, table: pd.DataFrame, *,
-                validated: bool) -> None:
+def log_results(log: RunLogger, result: FitResult, table: pd.DataFrame, per_user: pd.Series,
+                *, validated: bool) -> None:
     """Validation and test results, fit summary and figures (epochs went out as they ended)."""
-    log.log_results(table, "test")
+    log.log_results(table, "test", main=(MODEL, TOWERS), headline=MAIN_METRIC,
+                    per_user=per_user)
     if validated:  # else best_score is the negated training loss, not a validation metric
         valid = pd.DataFrame({MAIN_METRIC: [result.best_score]},
                              index=pd.Index([MODEL], name="method"))
-        log.log_results(valid, "valid")
+        log.log_results(valid, "valid", main=(MODEL,))
     for key, value in {"best_epoch": result.best_epoch, "epochs": len(result.history),
                        "examples": result.examples, "seconds": result.seconds}.items():
         log.client.log_metric(log.run_id, metric_key("fit", key), float(value))

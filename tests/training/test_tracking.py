@@ -31,16 +31,11 @@ from features.spec import parse_spec
 from features.synthetic import generate
 from models.bundle import Bundle, build_bundle
 from models.merchandising import Catalog, arrange, make_plan, pool_size
-from models.registry import (
-    ChampionSawTestData,
-    experiment_name,
-    promote,
-    resolve_model,
-    tracking_uri,
-)
+from models.registry import experiment_name, resolve_model, tracking_uri
 from models.two_tower import TwoTower, TwoTowerConfig
 from tests.helpers import aliases, isolated_store
 from training.fit import TrainConfig
+from training.promotion import ChampionSawTestData, promote
 from training.tracking import (
     RunLogger,
     data_fingerprint,
@@ -49,15 +44,16 @@ from training.tracking import (
     metric_key,
 )
 
-SCORE = "test.tailor.ndcg_at_10"
+SCORE = "test/tailor/ndcg_at_10"
+SHOPPERS = pd.Index([f"u{i:03d}" for i in range(200)], name="user_id")
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- fast: naming --------------------------------------------------------------------------------
 
 def test_metric_names_have_no_at_sign() -> None:
-    assert metric_key("test", "tailor", "hr@10") == "test.tailor.hr_at_10"
-    assert metric_key("epoch", "valid:score") == "epoch.valid_score"
+    assert metric_key("test", "tailor", "hr@10") == "test/tailor/hr_at_10"
+    assert metric_key("epoch", "valid:score") == "epoch/valid_score"
 
 
 def test_flatten_nests_sections_and_fingerprint_renames_hash() -> None:
@@ -114,6 +110,11 @@ def bundle_dir(prepared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> 
     return bundle.save(tmp_path_factory.mktemp("bundle") / "bundle")
 
 
+def shoppers_with_hits(hits: int) -> pd.Series:
+    """Per-shopper ndcg@10 of 200 test shoppers: the first ``hits`` found their item at rank 1."""
+    return pd.Series(np.arange(200) < hits, index=SHOPPERS, dtype=float, name="ndcg@10")
+
+
 def results_table(two_tower: float) -> pd.DataFrame:
     table = pd.DataFrame({"hr@10": [0.3, 0.2, 0.1], "ndcg@10": [two_tower, 0.08, 0.05],
                           "recall@20": [0.4, 0.3, 0.2], "train_seconds": [12.5, 0.1, 0.0]},
@@ -135,7 +136,8 @@ def logged(store: Path, prepared: Prepared, bundle_dir: Path) -> dict[str, Any]:
                                       "train": TrainConfig(epochs=2, progress=False).to_dict()})
         for record in history:
             log.log_epoch(record)
-        log.log_results(results_table(0.10))
+        log.log_results(results_table(0.10), main=("tailor",), headline="ndcg@10",
+                        per_user=shoppers_with_hits(20))
         log.log_figures(history, results_table(0.10))
         version = log.log_bundle(bundle_dir, example)
         run_id = log.run_id
@@ -145,15 +147,20 @@ def logged(store: Path, prepared: Prepared, bundle_dir: Path) -> dict[str, Any]:
     return {"run_id": run_id, "version": version, "decision": decision, "client": client}
 
 
-def other_version(logged: dict[str, Any], score: float | None, data_hash: str = "x",
-                  protocol: str = "temporal") -> ModelVersion:
-    """A registry version with its own run and score; it reuses the first model's artifacts."""
+def other_version(logged: dict[str, Any], score: float | pd.Series | None, data_hash: str = "x",
+                  protocol: str = "temporal", key: str = SCORE) -> ModelVersion:
+    """A registry version with its own run and score (per shopper when a Series); it reuses the
+    first model's artifacts."""
     client: MlflowClient = logged["client"]
     first = client.get_run(logged["run_id"])
     run = client.create_run(first.info.experiment_id,
                             tags={"data.hash": data_hash, "data.protocol": protocol})
+    if isinstance(score, pd.Series):
+        client.log_text(run.info.run_id, score.rename("ndcg_at_10").reset_index().to_csv(
+            index=False), "results/test_per_user.csv")
+        score = float(score.mean())
     if score is not None:
-        client.log_metric(run.info.run_id, SCORE, score)
+        client.log_metric(run.info.run_id, key, score)
     client.set_terminated(run.info.run_id)
     return client.create_model_version("tailor", logged["version"].source,
                                        run_id=run.info.run_id)
@@ -173,11 +180,17 @@ def test_run_records_settings_fingerprint_metrics_and_artifacts(logged: dict[str
     assert params["data.events_by_type.purchase"].isdigit()
     assert tags["data.hash"] == "x" and tags["data.protocol"] == "temporal"
     assert tags["git.commit"] and tags["git.dirty"] in ("true", "false", "unknown")
-    assert metrics["test.tailor.hr_at_10"] == pytest.approx(0.3)
-    assert metrics["test.popular.train_seconds"] == pytest.approx(0.1)
-    curve = client.get_metric_history(logged["run_id"], "epoch.loss")
+    assert metrics["test/tailor/hr_at_10"] == pytest.approx(0.3)
+    assert metrics["test/tailor/train_seconds"] == pytest.approx(12.5)
+    # baselines at cut-off 10 only: the table artifact has the rest
+    assert metrics["test/baseline/popular/ndcg_at_10"] == pytest.approx(0.08)
+    assert "test/baseline/popular/recall_at_20" not in metrics
+    assert "test/baseline/popular/train_seconds" not in metrics
+    assert metrics["test/lift_vs_best_baseline/ndcg_at_10"] == pytest.approx(0.10 / 0.08)
+    assert tags["test.best_baseline"] == "popular"
+    curve = client.get_metric_history(logged["run_id"], "epoch/loss")
     assert [(m.step, m.value) for m in curve] == [(1, 7.0), (2, 6.5)]
-    assert len(client.get_metric_history(logged["run_id"], "epoch.valid_score")) == 2
+    assert len(client.get_metric_history(logged["run_id"], "epoch/valid_score")) == 2
 
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "tailor-synthetic-small"
@@ -185,6 +198,7 @@ def test_run_records_settings_fingerprint_metrics_and_artifacts(logged: dict[str
     files = {a.path for folder in ("", "results", "figures")
              for a in client.list_artifacts(logged["run_id"], folder or None)}
     assert {"data_meta.json", "configs.json", "promotion.json", "results/test.csv",
+            "results/test_per_user.csv",
             "results/test.md", "figures/learning_curves.png",
             "figures/test_comparison.png"} <= files
     local = Path(client.download_artifacts(logged["run_id"], "figures/learning_curves.png"))
@@ -238,26 +252,41 @@ def test_pyfunc_loads_in_a_fresh_process_from_its_own_code(logged: dict[str, Any
 
 
 @pytest.mark.slow
-def test_promotion(logged: dict[str, Any]) -> None:
+def test_promotion_needs_a_lift_beyond_the_bootstrap_margin(logged: dict[str, Any]) -> None:
     client: MlflowClient = logged["client"]
-    first = logged["decision"]
+    first = logged["decision"]     # v1: 20 of the 200 test shoppers hit, ndcg@10 0.10
     assert first["promoted"] and first["reason"] == "no champion yet"
     assert aliases(client) == {"candidate": 1, "champion": 1}
 
-    worse = other_version(logged, 0.05)
+    worse = other_version(logged, shoppers_with_hits(15))
     d = promote(client, worse, score_key=SCORE, data_hash="x", protocol="temporal")
     assert not d["promoted"] and d["comparable"] and d["champion_score"] == pytest.approx(0.10)
+    assert d["lift"]["lift"] == pytest.approx(-0.025)
     assert aliases(client) == {"candidate": worse.version, "champion": 1}
-    run = client.get_run(worse.run_id)
-    assert run.data.tags["promotion.decision"] == "candidate"
+    assert client.get_run(worse.run_id).data.tags["promotion.decision"] == "candidate"
     saved = json.loads(Path(client.download_artifacts(worse.run_id, "promotion.json"))
                        .read_text())
-    assert saved["score"] == pytest.approx(0.05) and saved["promoted"] is False
+    assert saved["score"] == pytest.approx(0.075) and saved["promoted"] is False
 
-    better = other_version(logged, 0.20)
+    # Higher, but two more hits among 200 shoppers is noise: the paired differences are 2 ones
+    # in 200, a standard error of sqrt(0.01 * 0.99 / 200) = 0.0070, a margin of 1.96 x that.
+    noise = other_version(logged, shoppers_with_hits(22))
+    d = promote(client, noise, score_key=SCORE, data_hash="x", protocol="temporal")
+    assert d["score"] > d["champion_score"] and not d["promoted"], d["reason"]
+    lift = d["lift"]
+    assert lift["lift"] == pytest.approx(0.01)
+    assert lift["margin"] == pytest.approx(1.96 * (0.01 * 0.99 / 200) ** 0.5, rel=0.15)
+    assert lift["interval"][0] <= 0 < lift["interval"][1]
+    assert "paired bootstrap over 200 test shoppers" in d["reason"]
+    assert "<= margin" in d["reason"]
+    described = client.get_model_version("tailor", noise.version).description
+    assert "95% bootstrap interval" in described and "Candidate" in described
+
+    better = other_version(logged, shoppers_with_hits(35))
     d = promote(client, better, score_key=SCORE, data_hash="x", protocol="temporal")
-    assert d["promoted"]
+    assert d["promoted"] and d["lift"]["lift"] > d["lift"]["margin"] > 0, d["reason"]
     assert aliases(client) == {"candidate": better.version, "champion": better.version}
+    assert "Champion" in client.get_model_version("tailor", better.version).description
 
     # Other data (or protocol): scores are not comparable, so the champion stays ...
     elsewhere = other_version(logged, 0.90, data_hash="y")
@@ -279,30 +308,30 @@ def test_promotion(logged: dict[str, Any]) -> None:
     d = promote(client, unscored, score_key=SCORE, data_hash="y", protocol="temporal")
     assert not d["promoted"] and "no metric" in d["reason"]
 
-    # A champion trained on other data is scored again on the newcomer's test data (a grown log,
-    # another file) and the two compared there; the champion scorer is asked nothing otherwise.
+    # A champion trained on other data is scored again, per shopper, on the newcomer's test
+    # shoppers (a grown log, another file), and the two compared there, paired.
     asked = []
 
-    def scorer(value: float):
-        def score(champion: ModelVersion) -> float:
+    def scorer(hits: int):
+        def score(champion: ModelVersion) -> pd.Series:
             asked.append(int(champion.version))
-            return value
+            return shoppers_with_hits(hits)
         return score
 
-    newer = other_version(logged, 0.30, data_hash="z")
-    d = promote(client, newer, score_key=SCORE, data_hash="z", protocol="temporal",
-                score_champion=scorer(0.35))
-    assert not d["promoted"] and d["champion_score_here"] == 0.35 and "this run's test" in \
-        d["reason"] and asked == [int(elsewhere.version)]
-    d = promote(client, newer, score_key=SCORE, data_hash="z", protocol="temporal",
-                score_champion=scorer(0.25))
-    assert d["promoted"] and aliases(client)["champion"] == newer.version
-    same_data = other_version(logged, 0.10, data_hash="z")
+    newer = other_version(logged, shoppers_with_hits(30), data_hash="z")
+    for champion_hits, promoted in ((40, False), (29, False), (10, True)):
+        d = promote(client, newer, score_key=SCORE, data_hash="z", protocol="temporal",
+                    score_champion=scorer(champion_hits))
+        assert d["promoted"] is promoted, d["reason"]
+        assert d["champion_score_here"] == pytest.approx(champion_hits / 200)
+        assert "this run's test data" in d["reason"] and "paired" in d["reason"]
+    assert asked == [int(elsewhere.version)] * 3 and aliases(client)["champion"] == newer.version
+    same_data = other_version(logged, shoppers_with_hits(10), data_hash="z")
     d = promote(client, same_data, score_key=SCORE, data_hash="z", protocol="temporal",
-                score_champion=scorer(0.0))
-    assert not d["promoted"] and d["comparable"] and len(asked) == 2   # logged scores compared
+                score_champion=scorer(0))
+    assert not d["promoted"] and d["comparable"] and len(asked) == 3   # its own values compared
 
-    def broken(champion: ModelVersion) -> float:
+    def broken(champion: ModelVersion) -> pd.Series:
         raise OSError("bundle gone")
 
     stranger = other_version(logged, 0.99, data_hash="w")
@@ -311,18 +340,25 @@ def test_promotion(logged: dict[str, Any]) -> None:
     assert not d["promoted"] and "bundle gone" in d["champion_error"]
 
     # A champion refitted on data that covers the newcomer's test window would be graded on what
-    # it trained on: then each one's logged score on its own test fold decides.
-    def saw(champion: ModelVersion) -> float:
+    # it trained on: then each one's values on its own test fold, unpaired (a wider margin).
+    def saw(champion: ModelVersion) -> pd.Series:
         raise ChampionSawTestData("its data ends after this test window starts")
 
-    champion_score = d["champion_score"]
-    for score, promoted in ((champion_score - 0.01, False), (champion_score + 0.01, True)):
-        fresh = other_version(logged, score, data_hash="v")
+    for hits, promoted in ((34, False), (60, True)):   # the champion: 30 hits of 200
+        fresh = other_version(logged, shoppers_with_hits(hits), data_hash="v")
         d = promote(client, fresh, score_key=SCORE, data_hash="v", protocol="temporal",
                     score_champion=saw)
         assert d["promoted"] is promoted, d["reason"]
         assert "own test fold" in d["reason"] and "ends after" in d["reason"]
-        assert d["champion_score_here"] is None
+        assert "unpaired" in d["reason"] and d["champion_score_here"] is None
+
+    # Runs logged before per-shopper values (and metric names with '/') still compare, by their
+    # means alone, and the reason says there was no margin.
+    old = other_version(logged, 0.31, data_hash="v", key=SCORE.replace("/", "."))
+    d = promote(client, old, score_key=SCORE, data_hash="v", protocol="temporal")
+    assert d["score"] == pytest.approx(0.31) and d["lift"]["method"].startswith(
+        "bootstrap of the champion")   # the champion's values alone give a margin
+    assert not d["promoted"]
 
 
 @pytest.mark.slow

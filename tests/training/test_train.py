@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ from training.fit import FitResult, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [*TINY_MODEL, "--epochs", "2"]
-SCORE = "test.tailor.ndcg_at_10"
+SCORE = "test/tailor/ndcg_at_10"
 
 
 # --- fast: flags -------------------------------------------------------------------------------
@@ -183,21 +184,63 @@ def test_run_logs_settings_epochs_and_test_metrics(first: dict[str, Any]) -> Non
     assert params["train.epochs"] == "2" and params["train.valid_users"] == "2000"
     assert params["data.spec"] == "synthetic" and params["data.protocol"] == "temporal"
     assert len(params["data.hash"]) == 64 and tags["git.commit"]
-    epochs = client.get_metric_history(run.info.run_id, "epoch.loss")
+    epochs = client.get_metric_history(run.info.run_id, "epoch/loss")
     assert [m.step for m in epochs] == [1, 2]
-    assert len(client.get_metric_history(run.info.run_id, "epoch.valid_score")) == 2
-    assert metrics["fit.epochs"] == 2 and metrics["fit.best_epoch"] in (1, 2)
-    # temporal data: every baseline, repeat included, next to the model
-    for method in ("tailor", *BASELINES):
+    assert len(client.get_metric_history(run.info.run_id, "epoch/valid_score")) == 2
+    assert metrics["fit/epochs"] == 2 and metrics["fit/best_epoch"] in (1, 2)
+    # the served ranking and the towers at every cut-off ...
+    for method in ("tailor", "towers"):
         for key in ("ndcg_at_10", "recall_at_50", "hr_at_5", "coverage_at_20", "fit_seconds"):
-            assert f"test.{method}.{key}" in metrics, (method, key)
+            assert f"test/{method}/{key}" in metrics, (method, key)
+    # ... and, on temporal data, every baseline (repeat included) at 10; the rest is in the table
+    for method in BASELINES:
+        for key in ("ndcg_at_10", "recall_at_10", "hr_at_10", "coverage_at_10"):
+            assert f"test/baseline/{method}/{key}" in metrics, (method, key)
+        assert f"test/baseline/{method}/recall_at_50" not in metrics
     assert 0 < metrics[SCORE] <= 1
-    assert metrics["valid.tailor.ndcg_at_10"] == pytest.approx(
-        max(m.value for m in client.get_metric_history(run.info.run_id, "epoch.valid_score")))
+    assert metrics["valid/tailor/ndcg_at_10"] == pytest.approx(
+        max(m.value for m in client.get_metric_history(run.info.run_id, "epoch/valid_score")))
     files = {a.path for folder in (None, "results", "figures")
              for a in client.list_artifacts(run.info.run_id, folder)}
-    assert {"results/test.md", "figures/learning_curves.png",
+    assert {"results/test.md", "results/test_per_user.csv", "figures/learning_curves.png",
             "figures/test_comparison.png", "promotion.json"} <= files
+
+
+def test_run_is_readable_by_a_reviewer(first: dict[str, Any]) -> None:
+    client: MlflowClient = first["client"]
+    run = client.get_run(first["run"].info.run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    # the headline: the served ranking over the best baseline, which a tag names
+    best = tags["test.best_baseline"]
+    assert best in BASELINES
+    assert metrics["test/lift_vs_best_baseline/ndcg_at_10"] == pytest.approx(
+        metrics[SCORE] / metrics[f"test/baseline/{best}/ndcg_at_10"])
+    assert all(metrics[f"test/baseline/{m}/ndcg_at_10"] <=
+               metrics[f"test/baseline/{best}/ndcg_at_10"] for m in BASELINES)
+    # lineage: the train fold, the test targets and every event, under the data hash
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "test", "serving"}
+    assert {d.digest for d in inputs.values()} == {run.data.params["data.hash"][:32]}
+    assert inputs["test"].name == "synthetic-small/test"
+    assert json.loads(inputs["serving"].profile)["num_rows"] > \
+        json.loads(inputs["train"].profile)["num_rows"]
+    # system metrics while it ran; a description that states the result and the decision
+    assert any(k.startswith("system/cpu") for k in metrics)
+    note = tags["mlflow.note.content"]
+    assert f"{metrics[SCORE]:.4f}" in note and "v1 is champion" in note
+    # the served ranking's test metrics are the logged model's, on the test data set
+    model = client.search_logged_models([run.info.experiment_id],
+                                        filter_string=f"source_run_id = '{run.info.run_id}'")[0]
+    linked = {m.key: m for m in model.metrics}
+    assert linked[SCORE].value == pytest.approx(metrics[SCORE])
+    assert linked[SCORE].dataset_name == "synthetic-small/test"
+    assert not any(k.startswith("test/baseline") for k in linked)
+    # the registered version says what it was compared with
+    assert "no champion yet" in client.get_model_version("tailor", "1").description
+    per_user = pd.read_csv(client.download_artifacts(run.info.run_id,
+                                                     "results/test_per_user.csv"))
+    assert per_user["ndcg_at_10"].mean() == pytest.approx(metrics[SCORE])
+    assert len(per_user) == metrics["test/tailor/users"]
 
 
 def test_stdout_compares_the_model_with_every_baseline(first: dict[str, Any]) -> None:
@@ -300,17 +343,17 @@ def test_other_ranks_fit_but_neither_print_nor_log(store: Path, first: dict[str,
 @pytest.fixture(scope="module")
 def worse_runs(first: dict[str, Any]) -> dict[str, Any]:
     """Run 2: the first run's settings, its test ndcg@10 halved; run 3: the same, forced."""
-    real = train.evaluate_all
+    real = train.evaluate_all_per_user
 
-    def halved(*args: Any, **kwargs: Any) -> pd.DataFrame:
-        table = real(*args, **kwargs)
+    def halved(*args: Any, **kwargs: Any) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+        table, per_user = real(*args, **kwargs)
         table.loc["tailor", "ndcg@10"] *= 0.5
-        return table
+        return table, {**per_user, "tailor": per_user["tailor"] * 0.5}
 
     client: MlflowClient = first["client"]
     out: dict[str, Any] = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "evaluate_all", halved)
+        mp.setattr(train, "evaluate_all_per_user", halved)
         run_main([*TINY, "--run-name", "worse"])
         out["after_worse"] = aliases(client)
         run_main([*TINY, "--run-name", "forced", "--force-promote", "--epochs", "1"])
@@ -326,7 +369,8 @@ def test_worse_run_is_not_promoted_unless_forced(first: dict[str, Any],
                                                  worse_runs: dict[str, Any]) -> None:
     assert worse_runs["after_worse"] == {"candidate": 2, "champion": 1}
     tags = worse_runs["worse"].data.tags
-    assert tags["promotion.decision"] == "candidate" and "<=" in tags["promotion.reason"]
+    assert tags["promotion.decision"] == "candidate" and "<= margin" in tags["promotion.reason"]
+    assert "paired bootstrap" in tags["promotion.reason"]
     assert worse_runs["after_forced"] == {"candidate": 3, "champion": 3}
     assert worse_runs["forced"].data.tags["promotion.reason"] == "forced"
 
@@ -335,8 +379,8 @@ def test_worse_run_is_not_promoted_unless_forced(first: dict[str, Any],
 def test_same_settings_give_the_same_model(first: dict[str, Any],
                                            worse_runs: dict[str, Any]) -> None:
     a, b = first["run"].data.metrics, worse_runs["worse"].data.metrics
-    for key in ("test.tailor.hr_at_10", "test.tailor.recall_at_50",
-                "valid.tailor.ndcg_at_10", "test.item-knn.ndcg_at_10"):
+    for key in ("test/tailor/hr_at_10", "test/tailor/recall_at_50",
+                "valid/tailor/ndcg_at_10", "test/baseline/item-knn/ndcg_at_10"):
         assert a[key] == b[key], key
     assert b[SCORE] == pytest.approx(a[SCORE] * 0.5)
 
