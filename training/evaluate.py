@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import Histories
+from features.infra import phase
 from features.pipeline import Prepared
 from models.base import Recommender
 from training.metrics import hit_matrix, hit_rate_at_k, ndcg_at_k, recall_at_k
@@ -165,10 +166,11 @@ def evaluate_all(recommenders: Mapping[str, Recommender], prepared: Prepared,
     """
     task = build_task(prepared, fold, max_users)
     rows = {}
-    for name, rec in recommenders.items():
-        started = time.perf_counter()
-        rows[name] = evaluate_task(rec, task, ks, batch_size, progress)
-        rows[name]["seconds"] = round(time.perf_counter() - started, 3)
+    with phase("evaluate", f"{len(recommenders)} methods on {len(task):,} {fold} shoppers"):
+        for name, rec in recommenders.items():
+            started = time.perf_counter()
+            rows[name] = evaluate_task(rec, task, ks, batch_size, progress)
+            rows[name]["seconds"] = round(time.perf_counter() - started, 3)
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "method"
     return frame
