@@ -139,7 +139,7 @@ demo: $(STAMP) ## train a small model on the embedded shop, serve it, send examp
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
 # Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
 .PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-index bench-serve \
-	bench-campaign bench-large bench-soak
+	bench-campaign bench-large bench-soak bench-plots
 bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)
 	$(MAKE) --no-print-directory bench-quality
 	$(MAKE) --no-print-directory bench-cold
@@ -151,6 +151,11 @@ bench: ## every benchmark part: quality, new items, training, index, serving (ov
 	$(MAKE) --no-print-directory bench-soak
 	$(MAKE) --no-print-directory bench-events
 	$(MAKE) --no-print-directory bench-campaign
+	$(MAKE) --no-print-directory bench-plots
+
+# Each part draws its own pictures as it publishes; this redraws all from the results there are.
+bench-plots: $(STAMP) ## redraw every picture of BENCHMARKS.md from benchmarks/results/*.json
+	@$(PY) -m benchmarks.plots $(ARGS)
 
 bench-quality: $(BENCH_STAMP) ## two-tower stack vs every baseline + ALS on every data set
 	@$(PY) -m benchmarks.quality $(ARGS)

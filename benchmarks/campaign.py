@@ -43,7 +43,7 @@ from benchmarks.common import (
 )
 from features.config import add_config_args, config_from_args, setting
 from features.history import Histories
-from features.infra import ROOT, cache_root, run_cli
+from features.infra import ROOT, add_traceback_arg, cache_root, run_cli
 from models.bundle import Bundle
 
 SEGMENT = "returning"
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.campaign",
                                      description=__doc__.split("\n\n")[0])
     add_config_args(parser, CampaignBenchConfig, title="campaign benchmark")
+    add_traceback_arg(parser)
     cfg = config_from_args(CampaignBenchConfig, parser.parse_args(argv))
     runs = []
     sports = {ds.name: ds for ds in real_data_sets()}.get("Sports")

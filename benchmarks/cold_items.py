@@ -43,7 +43,7 @@ from benchmarks.common import (
 )
 from benchmarks.served import last_events, run
 from features.config import add_config_args, config_from_args, setting
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from features.item_attributes import AttributeTable, attribute_tokens
 from features.readers import read_events
 from features.spec import parse_spec
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     add_config_args(parser, ColdBenchConfig, title="cold-start benchmark")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_traceback_arg(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(ColdBenchConfig, args)
     runs = [measure(ds, cfg) for ds in select(real_data_sets(), cfg.data)]

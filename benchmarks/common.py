@@ -5,7 +5,8 @@ A benchmark part (quality, train, index, serve) measures, then calls ``publish``
 * writes ``benchmarks/results/<part>.json`` (replaced atomically): the command, the machine, the
   date, the settings and every figure;
 * rewrites that part's section of ``BENCHMARKS.md`` (between ``<!-- bench:<part> -->`` markers),
-  leaving the other parts' sections as they were, so one part can be re-run on its own;
+  leaving the other parts' sections as they were, so one part can be re-run on its own, with
+  the part's pictures (``benchmarks/plots.py``) drawn from the JSON;
 * logs a run to the MLflow experiment ``tailor-benchmarks`` (params: the settings; metrics: the
   figures; artifacts: the JSON and the markdown section).
 
@@ -182,8 +183,10 @@ def publish(part: str, *, command: str, settings: dict[str, Any], results: dict[
 
     ``markdown``: the part's section body (tables and notes); the header with the command, the
     machine and the date is added here. ``metrics``: flat name -> number for MLflow.
-    ``figures``: artifact name -> matplotlib figure, logged to MLflow.
+    ``figures``: artifact name -> matplotlib figure, logged to MLflow (with the part's pictures
+    from ``benchmarks/plots.py``, which the section shows).
     """
+    from benchmarks import plots  # here, not at the top: plots imports this module
     if part not in PARTS:
         raise ValueError(f"unknown benchmark part {part!r}")
     info = machine()
@@ -192,8 +195,10 @@ def publish(part: str, *, command: str, settings: dict[str, Any], results: dict[
                "settings": settings, "results": results}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{part}.json"
+    payload = _jsonable(payload)
     with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    markdown, pictures = plots.illustrate(part, payload, markdown)
     section = (f"Command: `{command}` · measured {date} on {info['cores']} cores "
                f"({info['cpu']}), {info['memory_gb']} GiB, Python {info['python']}, "
                f"torch {info['packages']['torch']}, faiss {info['packages']['faiss-cpu']}, "
@@ -201,7 +206,8 @@ def publish(part: str, *, command: str, settings: dict[str, Any], results: dict[
                f"`benchmarks/results/{part}.json`\n\n{markdown.strip()}\n")
     update_markdown(part, section)
     if mlflow_log:
-        log_to_mlflow(part, command, settings, metrics or {}, out, section, figures or {})
+        log_to_mlflow(part, command, settings, metrics or {}, out, section,
+                      {**pictures, **(figures or {})})
     return out
 
 
@@ -216,21 +222,34 @@ Measured by `make bench` (or one part: `make bench-quality`, `make bench-cold`,
 project's machines: 2 shared, noisy cores.
 Figures are medians over repeats; compare ratios measured side by side in one run rather than
 absolute times across runs. Each section is rewritten by its own part; the raw figures are in
-`benchmarks/results/<part>.json` and every benchmark run is logged to the MLflow experiment
-`tailor-benchmarks` (`make mlflow-ui`).
+`benchmarks/results/<part>.json`, the pictures are drawn from them (`make bench-plots` redraws
+them all) and every benchmark run is logged to the MLflow experiment `tailor-benchmarks`
+(`make mlflow-ui`).
 """
+
+
+def _markers(part: str) -> tuple[str, str, re.Pattern[str]]:
+    """``part``'s begin and end markers in BENCHMARKS.md and the section between them."""
+    begin, end = f"<!-- bench:{part} -->", f"<!-- /bench:{part} -->"
+    return begin, end, re.compile(re.escape(begin) + r"\n?(.*?)\n?" + re.escape(end), re.S)
+
+
+def current_section(part: str, path: Path | None = None) -> str | None:
+    """``part``'s section of BENCHMARKS.md as written (None when it has no slot yet)."""
+    path = path or BENCH_MD
+    found = _markers(part)[2].search(path.read_text()) if path.exists() else None
+    return found.group(1) if found else None
 
 
 def update_markdown(part: str, section: str, path: Path | None = None) -> None:
     """Replace ``part``'s section of BENCHMARKS.md (created with every part's slot)."""
     path = path or BENCH_MD
     text = path.read_text() if path.exists() else PREAMBLE
-    begin, end = f"<!-- bench:{part} -->", f"<!-- /bench:{part} -->"
+    begin, end, pattern = _markers(part)
     for name in PARTS:  # every part keeps its slot, in a fixed order
         if f"<!-- bench:{name} -->" not in text:
             text = (text.rstrip("\n") + f"\n\n## {TITLES[name]}\n\n<!-- bench:{name} -->\n"
                     f"_Not measured yet: `make bench-{name}`._\n<!-- /bench:{name} -->\n")
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: f"{begin}\n{section.strip()}\n{end}", text, count=1)
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -39,7 +39,7 @@ from benchmarks.common import (
     trained_bundle,
 )
 from features.config import add_config_args, config_from_args, setting
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from models.index import IndexBuildError, IndexConfig, ItemIndex
 from models.index_build import auto_factory, build_index, recall_at_k, stand_in_queries
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "../shared/data; trained first when missing)")
     run.add_argument("--no-mlflow", dest="mlflow", action="store_false",
                      help="do not log the run to MLflow")
+    add_traceback_arg(parser)
     return parser
 
 

@@ -46,7 +46,7 @@ from benchmarks.serve import ServeBenchConfig, run_load, write_requests
 from benchmarks.serve_requests import build_requests
 from features.config import add_config_args, config_from_args, setting
 from features.event_store import URL_ENV, EventStore
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from serving.engine import load_engine
 from serving.process import free_port, served
 
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest",
                                      description=__doc__.split("\n\n")[0])
     add_config_args(parser, IngestBenchConfig, title="ingestion benchmark")
+    add_traceback_arg(parser)
     cfg = config_from_args(IngestBenchConfig, parser.parse_args(argv))
     bundle, _ = trained_bundle(default_data_set())
     engine = load_engine(str(bundle))

@@ -39,7 +39,7 @@ from benchmarks.common import (
 )
 from benchmarks.served import hold_out, score, train_and_recommend
 from features.config import add_config_args, config_from_args, setting
-from features.infra import cache_root, run_cli
+from features.infra import add_traceback_arg, cache_root, run_cli
 from features.item_features import metadata_columns
 from features.spec import parse_spec
 from models.added_items import with_items
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.large_catalog",
                                      description=__doc__.split("\n\n")[0])
     add_config_args(parser, LargeBenchConfig, title="large catalog benchmark")
+    add_traceback_arg(parser)
     cfg = config_from_args(LargeBenchConfig, parser.parse_args(argv))
     torch.set_num_threads(1)   # as a serving worker
     data = [(EMBEDDED.name, EMBEDDED.spec)] + [(d.name, d.spec) for d in real_data_sets()

@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import json
 import math
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,6 +45,7 @@ import httpx
 import numpy as np
 
 from benchmarks.common import percentiles
+from features.infra import add_traceback_arg, run_cli
 
 REQUEST_TIMEOUT_S = 30.0
 HEADERS = {"Content-Type": "application/json"}
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", required=True, help="plan JSON (url, seconds, max_requests, "
                                                       "warmup_s, runs)")
     parser.add_argument("--out", required=True, help="result JSON to write")
+    add_traceback_arg(parser)
     args = parser.parse_args(argv)
     plan = json.loads(Path(args.plan).read_text())
     results = asyncio.run(run_plan(plan))
@@ -232,4 +233,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

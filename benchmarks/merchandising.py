@@ -45,7 +45,7 @@ from benchmarks.common import (
 )
 from benchmarks.served import HoldOut, hold_out, score, train_and_recommend
 from features.config import add_config_args, config_from_args, setting
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from features.readers import read_events
 from features.spec import parse_spec
 from features.split import sort_events
@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.merchandising",
                                      description=__doc__.split("\n\n")[0])
     add_config_args(parser, MerchBenchConfig, title="merchandising benchmark")
+    add_traceback_arg(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(MerchBenchConfig, args)
     data_sets = select([*real_data_sets(), EMBEDDED], cfg.data)

@@ -43,7 +43,7 @@ from benchmarks.common import (
 )
 from benchmarks.served import SERVED, measure_served
 from features.config import FeatureConfig, add_config_args, config_from_args, setting
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from features.pipeline import Prepared, prepare
 from features.spec import parse_spec
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "MLflow (tailor-benchmarks).")
     add_config_args(parser, QualityBenchConfig, title="quality benchmark")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_traceback_arg(parser)
     return parser
 
 

@@ -56,7 +56,7 @@ from benchmarks.serve_report import (
 )
 from benchmarks.serve_requests import Requests, build_requests, in_process
 from features.config import add_config_args, config_from_args, fields_help, setting
-from features.infra import TailorError, run_cli
+from features.infra import TailorError, add_traceback_arg, run_cli
 from serving.process import Server, free_port, served, sigterm_unwinds, tail
 
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "once and reused)")
     group.add_argument("--mlflow", action=argparse.BooleanOptionalAction, default=True,
                        help="log the run to MLflow (default: %(default)s)")
+    add_traceback_arg(parser)
     return parser
 
 

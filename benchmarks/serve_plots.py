@@ -1,12 +1,10 @@
 """The serving benchmark's picture: latency percentiles against the load, and what one request
-costs the cores, by component (``benchmarks/serve.py`` draws it; BENCHMARKS.md shows it).
-
-    python -m benchmarks.serve_plots   # redraw from benchmarks/results/serve.json
+costs the cores, by component (``benchmarks/serve.py`` draws it; BENCHMARKS.md shows it;
+``python -m benchmarks.plots`` redraws it from benchmarks/results/serve.json).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +37,10 @@ def plot_serving(http: list[dict[str, Any]], local: dict[str, dict[str, Any]],
     lat.axhline(TARGET_P99_MS, color="grey", lw=0.8, ls=":")
     lat.text(0, TARGET_P99_MS * 1.08, f"p99 target {TARGET_P99_MS:g} ms", fontsize=7)
     lat.set_yscale("log")
-    lat.set_ylabel("latency ms")
-    lat.set_xlabel("load")
+    lat.set_title("Latency against offered load", fontsize=10)
+    lat.set_ylabel("latency ms (log scale)")
+    lat.set_xlabel("offered load: concurrent clients (closed loop) or a request rate (open loop)",
+                   fontsize=8)
     lat.grid(alpha=0.3)
     lat.legend(fontsize=7)
     names = [n for n in local if any(r["name"] == n for r in http)]
@@ -57,6 +57,7 @@ def plot_serving(http: list[dict[str, Any]], local: dict[str, dict[str, Any]],
     cpu.bar(xs, client, bottom=[a + b for a, b in zip(compute, stack, strict=True)],
             label="load generator")
     cpu.set_xticks(list(xs), [next(r["route"] for r in http if r["name"] == n) for n in names])
+    cpu.set_title("CPU per request by component, at each route's busiest load", fontsize=10)
     cpu.set_ylabel("CPU ms per request")
     cpu.legend(fontsize=7)
     cpu.grid(alpha=0.3, axis="y")
@@ -65,14 +66,3 @@ def plot_serving(http: list[dict[str, Any]], local: dict[str, dict[str, Any]],
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return fig
-
-
-def main() -> int:
-    results = json.loads((common.RESULTS_DIR / "serve.json").read_text())["results"]
-    plot_serving(results["http"], results["in_process"])
-    print(plot_path())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

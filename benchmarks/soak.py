@@ -37,7 +37,7 @@ from benchmarks.common import (
 from benchmarks.serve import ServeBenchConfig, run_load, write_requests
 from benchmarks.serve_requests import build_requests
 from features.config import add_config_args, config_from_args, setting
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from serving.engine import load_engine
 from serving.guard import DEFAULT_MAX_INFLIGHT, INFLIGHT_ENV, env_int
 from serving.process import free_port, served, sigterm_unwinds
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak",
                                      description=__doc__.split("\n\n")[0])
     add_config_args(parser, SoakConfig, title="soak")
+    add_traceback_arg(parser)
     cfg = config_from_args(SoakConfig, parser.parse_args(argv))
     result = soak(cfg)
     publish("soak", command=command_line("soak", argv), settings=cfg.__dict__,

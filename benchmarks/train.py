@@ -38,7 +38,7 @@ from benchmarks.common import (
     table,
 )
 from features.config import FeatureConfig, add_config_args, config_from_args, setting
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from features.pipeline import prepare
 from features.spec import parse_spec
 from training.tracking import metric_key
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "write benchmarks/results/train.json and BENCHMARKS.md, log to MLflow.")
     add_config_args(parser, TrainBenchConfig, title="training benchmark")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_traceback_arg(parser)
     return parser
 
 

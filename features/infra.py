@@ -1,16 +1,21 @@
 """What every Tailor package shares and nothing else owns: the user-facing error, the command-line
-runner that turns it into one line and exit code 2, writes that replace a file or folder only
-once complete, and the cache root."""
+runner that turns it into one line and exit code 2 (``--traceback`` keeps the traceback), the
+start / end lines of long steps, writes that replace a file or folder only once complete, and
+the cache root."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import shutil
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,28 +44,101 @@ class DataError(TailorError):
 
 
 DEBUG_ENV = "TAILOR_DEBUG"
+TRACEBACK_FLAG = "--traceback"
+# MLflow draws its own tqdm bars (artifact downloads while logging a model): a log file would
+# get one carriage-return-separated line per refresh.
+MLFLOW_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+PHASE_LOGGER = "tailor.phase"
+
+
+def debugging() -> bool:
+    """``TAILOR_DEBUG=1`` (or ``--traceback``, which sets it): errors keep their traceback."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class _Traceback(argparse.Action):
+    """``--traceback``: the same as ``TAILOR_DEBUG=1``. It sets the variable rather than a flag
+    of its own, so ``run_cli`` sees it and so do the processes this one starts (the benchmarks'
+    training runs, torchrun's ranks, the demo's server)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the full traceback of an error instead of one line (the "
+                              f"same as {DEBUG_ENV}=1; for a report of what looks like a bug)")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def add_traceback_arg(parser: argparse.ArgumentParser) -> None:
+    """``--traceback`` on a command-line parser (every entry point run by ``run_cli`` has it)."""
+    parser.add_argument(TRACEBACK_FLAG, action=_Traceback)
 
 
 def run_cli(main: Callable[[], int]) -> None:
     """Run ``main``; a user's mistake becomes one line on stderr and exit code 2, never a
-    traceback; Ctrl-C exits 130. With ``TAILOR_DEBUG=1`` errors keep their full traceback (a
-    ValueError from inside numpy or torch looks like a user's mistake otherwise)."""
-    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes"):
-        sys.exit(main())
+    traceback; Ctrl-C exits 130. With ``TAILOR_DEBUG=1`` or ``--traceback`` errors keep their
+    full traceback (a ValueError from inside numpy or torch looks like a user's mistake
+    otherwise). Long steps' start / end lines (``phase``) go to stderr; progress bars only to a
+    terminal."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault(MLFLOW_PROGRESS_ENV, "false")   # a setting of the user's wins
+    _show_phases()
     try:
         code = main()
-    except TailorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
-        code = 2
-    except ValueError as exc:  # settings that fail a dataclass check
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
     except KeyboardInterrupt:
+        if debugging():
+            raise
         code = 130
+    except (TailorError, FileNotFoundError, PermissionError, IsADirectoryError,
+            ValueError) as exc:
+        # Asked at the error, not before main: --traceback is only parsed inside it.
+        if debugging():
+            raise
+        if isinstance(exc, OSError):
+            print(f"error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        else:   # a TailorError, or a ValueError of settings that fail a dataclass check
+            print(f"error: {exc}", file=sys.stderr)
+        code = 2
     sys.exit(code)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a line is logged (tests and
+    ``contextlib.redirect_stderr`` replace it after the handler exists)."""
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
+def _show_phases() -> None:
+    """Phase lines on stderr, bare like the commands' other status lines (once per process)."""
+    log = logging.getLogger(PHASE_LOGGER)
+    log.setLevel(logging.INFO)
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.propagate = False   # a root handler (some libraries add one) must not print them twice
+
+
+@contextmanager
+def phase(label: str, what: str) -> Iterator[None]:
+    """A start line and an end line with the wall time around a step that is long and says
+    nothing meanwhile (evaluation, tuning, batch ranking), so a log shows what is running and
+    what took the time. Logged (``tailor.phase``, INFO): a command run by ``run_cli`` shows them
+    on stderr; a library user sees them only when it sets up logging."""
+    log = logging.getLogger(PHASE_LOGGER)
+    log.info("%-9s %s ...", label, what)
+    started = time.perf_counter()
+    yield
+    log.info("%-9s %s: done in %.1f s", label, what, time.perf_counter() - started)
 
 
 @contextmanager

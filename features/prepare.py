@@ -7,7 +7,7 @@ import json
 
 from features.cli import add_data_args, spec_from_args
 from features.config import add_feature_args, feature_config_from_args
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from features.pipeline import Prepared, prepare
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cache", action="store_true",
                         help="recompute even if the cache holds this exact input, write nothing")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_traceback_arg(parser)
     return parser
 
 

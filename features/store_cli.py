@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.event_store import EventStore, store_url
-from features.infra import atomic_path, run_cli
+from features.infra import add_traceback_arg, atomic_path, run_cli
 
 EXPORT_COLUMNS = ("user_id", "item_id", "event", "timestamp", "event_id", "request_id",
                   "received_at")
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "columns plus event_id, request_id, received_at")
     export.add_argument("--out", default="events.parquet", help="Parquet file to write "
                                                                 "(default: %(default)s)")
+    for each in (parser, forget, consent, export):   # before or after the command
+        add_traceback_arg(each)
     return parser
 
 

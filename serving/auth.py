@@ -31,7 +31,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from features.infra import ROOT, DataError, read_toml, run_cli
+from features.infra import ROOT, DataError, add_traceback_arg, read_toml, run_cli
 from serving.api import RequestError
 from serving.guard import reject
 
@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--role", required=True, choices=list(ROLES),
                      help="read: recommendations; write: also POST /events; admin: also /admin/*")
     new.add_argument("--file", help=f"keys file (default: ${FILE_ENV} or api_keys.toml)")
+    for each in (parser, new):   # before or after the command
+        add_traceback_arg(each)
     args = parser.parse_args(argv)
     path = Path(args.file) if args.file else (keys_file() or DEFAULT_FILE)
     key = new_key(args.name, args.role, path)

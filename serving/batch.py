@@ -28,11 +28,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+from tqdm import tqdm
 
 from features.cli import add_data_args, spec_from_args
 from features.config import add_config_args, config_from_args, setting
 from features.history import build_histories
-from features.infra import DataError, atomic_path, run_cli
+from features.infra import DataError, add_traceback_arg, atomic_path, phase, run_cli
 from features.readers import read_events
 from features.rules import NO_RULES, Rules
 from features.split import sort_events
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--users", metavar="FILE",
                      help="only these shoppers, one id a line (ids without events in DATA get "
                           "the popular items)")
+    add_traceback_arg(parser)
     return parser
 
 
@@ -138,8 +140,12 @@ def batch_recommend(engine: Engine, events: pd.DataFrame, users: np.ndarray | No
     # Threads: torch, scipy and numpy release the GIL in the heavy parts, and a single chunk
     # leaves cores idle in its single-threaded numpy passes.
     workers = cfg.workers or min(os.cpu_count() or 1, MAX_WORKERS)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(ranked, range(0, len(users), chunk)))
+    starts = range(0, len(users), chunk)
+    with phase("recs", f"ranking {len(users):,} shoppers, top {cfg.k}, {workers} threads"), \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        # disable=None: a bar on a terminal only; a log gets the phase's two lines
+        done = list(tqdm(pool.map(ranked, starts), total=len(starts), desc="ranking",
+                         unit="chunk", leave=False, disable=None))
     rows = [r.rows for r in done]
     scores = [r.scores for r in done]
     personal = sum(int(r.personal.sum()) for r in done)

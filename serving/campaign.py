@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features.config import add_config_args, config_from_args, setting
-from features.infra import DataError, atomic_path, run_cli
+from features.infra import DataError, add_traceback_arg, atomic_path, run_cli
 from features.segments import evaluate
 from models.ranking import MAX_K, exclusions, rank
 from serving.batch import CELLS_PER_CHUNK
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_args(parser, CampaignConfig, title="campaign")
     add_config_args(parser, SegmentConfig, title="segments")
+    add_traceback_arg(parser)
     return parser
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.event_store import URL_ENV
-from features.infra import ROOT, TailorError, run_cli
+from features.infra import ROOT, TailorError, add_traceback_arg, run_cli
 from features.schema import EVENT_TYPES
 from features.synthetic import generate_with_truth
 from models.bundle import Bundle
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "instead of training one; it should be trained on the embedded shop")
     parser.add_argument("--once", action="store_true",
                         help="stop the server after the examples instead of serving on")
+    add_traceback_arg(parser)
     return parser
 
 

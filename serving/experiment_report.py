@@ -37,7 +37,7 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from features.event_store import EventStore
 from features.experiments import Experiment
-from features.infra import DataError, run_cli
+from features.infra import DataError, add_traceback_arg, run_cli
 from serving.experiments import experiment_files, load_experiment
 
 SRM_P = 0.001
@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=".cache/experiment-report",
                         help="folder for the report's CSV (default: %(default)s)")
     parser.add_argument("--no-mlflow", action="store_true", help="print only")
+    add_traceback_arg(parser)
     args = parser.parse_args(argv)
     experiment = find_experiment(args.experiment)
     prices = None if args.model == "none" else model_prices(args.model)

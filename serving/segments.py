@@ -26,7 +26,7 @@ import pandas as pd
 
 from features.config import add_config_args, config_from_args, setting
 from features.history import Histories
-from features.infra import ROOT, atomic_path, run_cli
+from features.infra import ROOT, add_traceback_arg, atomic_path, run_cli
 from features.segments import SegmentRule, check_categories, evaluate, load_rules
 from models.segments import LearnedSegments, describe, learn_segments
 from serving.api import Segment, SegmentRequest, ShopperSegments
@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder (replaced when complete)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     add_config_args(parser, SegmentConfig, title="segments")
+    add_traceback_arg(parser)
     return parser
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 
 from features.event_store import URL_ENV, EventStore
 from features.experiments import load_experiment
-from features.infra import ROOT, TailorError, run_cli
+from features.infra import ROOT, TailorError, add_traceback_arg, run_cli
 from features.synthetic import generate_with_truth
 from serving.experiment_report import build_report, format_table, log_report, model_prices
 from serving.experiments import EXPERIMENTS_ENV, FLUSH_SECONDS
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / ".cache" / "simulate"),
                         help="folder for the model, the store and the server log "
                              "(default: %(default)s)")
+    add_traceback_arg(parser)
     args = parser.parse_args(argv)
     folder = Path(args.work)
     folder.mkdir(parents=True, exist_ok=True)

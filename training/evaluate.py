@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.history import Histories
+from features.infra import phase
 from features.pipeline import Prepared
 from models.base import Recommender
 from training.metrics import hit_matrix, hit_rate_at_k, ndcg_at_k, recall_at_k
@@ -194,12 +195,13 @@ def evaluate_all_per_user(recommenders: Mapping[str, Recommender], prepared: Pre
     """``evaluate_all``, and each method's per-shopper ``per_user`` metric (``score_task``)."""
     task = build_task(prepared, fold, max_users)
     rows, values = {}, {}
-    for name, rec in recommenders.items():
-        started = time.perf_counter()
-        rows[name], kept = score_task(rec, task, ks, batch_size, progress, per_user)
-        rows[name]["seconds"] = round(time.perf_counter() - started, 3)
-        if kept is not None:
-            values[name] = kept
+    with phase("evaluate", f"{len(recommenders)} methods on {len(task):,} {fold} shoppers"):
+        for name, rec in recommenders.items():
+            started = time.perf_counter()
+            rows[name], kept = score_task(rec, task, ks, batch_size, progress, per_user)
+            rows[name]["seconds"] = round(time.perf_counter() - started, 3)
+            if kept is not None:
+                values[name] = kept
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "method"
     return frame, values

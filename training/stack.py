@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from features.history import Histories
+from features.infra import phase
 from features.pipeline import Prepared
 from models.baselines import Baseline
 from models.blend import BlendConfig, BlendWeights, fit_source, signal
@@ -27,9 +28,11 @@ def tune_blend(model: TwoTower, prepared: Prepared, valid_features: pd.DataFrame
     task = build_task(prepared, "valid", max_users=cfg.max_users, seed=seed)
     if len(task) == 0 or not cfg.sources:
         return BlendWeights({name: 0.0 for name in cfg.sources})
-    towers = TwoTowerRecommender(model, compute_item_vectors(model, valid_features))
-    sources = {name: fit_source(name, prepared, "valid") for name in cfg.sources}
-    return choose_weights(towers, sources, task.histories, task.targets, task.exclude, cfg)
+    with phase("stack", f"choosing {len(cfg.sources)} weights on {len(task):,} validation "
+                        "shoppers"):
+        towers = TwoTowerRecommender(model, compute_item_vectors(model, valid_features))
+        sources = {name: fit_source(name, prepared, "valid") for name in cfg.sources}
+        return choose_weights(towers, sources, task.histories, task.targets, task.exclude, cfg)
 
 
 def sources_for_test(prepared: Prepared, cfg: BlendConfig,

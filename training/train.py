@@ -33,7 +33,7 @@ from features.config import (
     config_from_args,
     feature_config_from_args,
 )
-from features.infra import run_cli
+from features.infra import add_traceback_arg, run_cli
 from features.item_features import item_features
 from features.pipeline import Prepared, prepare
 from models.base import Recommender
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-mlflow", action="store_true",
                      help="log nothing to MLflow and register nothing (a quick experiment; "
                           "with --out the bundle is still saved)")
+    add_traceback_arg(parser)
     return parser
 
 
