@@ -95,6 +95,17 @@ serve: $(STAMP) ## serve MODEL (default champion) with BentoML at HOST:PORT (127
 	TAILOR_MODEL="$(MODEL)" TAILOR_SERVE_HOST="$(HOST)" $(VENV)/bin/bentoml serve serving.service:Tailor \
 		--host $(HOST) --port $(SERVE_PORT) $(ARGS)
 
+# A Bento (serving/bento.py, bentofile.yaml): MODEL's bundle in BentoML's model store and the
+# service that serves it, for `bentoml serve tailor:latest`, a container or BentoCloud.
+# BENTOML_HOME (default ~/bentoml) is the store. BENTO: which Bento to containerize.
+BENTO ?= tailor:latest
+.PHONY: bento containerize
+bento: $(STAMP) ## MODEL (default champion) into BentoML's model store + `bentoml build`: the Bento tailor:<version> (ARGS=--help)
+	@$(PY) -m serving.bento --model "$(MODEL)" $(ARGS)
+
+containerize: $(STAMP) ## OCI image of BENTO (default tailor:latest) by `bentoml containerize`; needs Docker or ARGS="--backend podman"
+	$(VENV)/bin/bentoml containerize "$(BENTO)" $(ARGS)
+
 api-key: $(STAMP) ## make an API key: NAME=who ROLE=read|write|admin (printed once; its hash goes to api_keys.toml)
 	@$(PY) -m serving.auth new --name "$(NAME)" --role "$(ROLE)" $(ARGS)
 

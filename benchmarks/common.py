@@ -261,8 +261,9 @@ def log_to_mlflow(part: str, command: str, settings: dict[str, Any], metrics: di
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    from features.infra import git_state
     from models.registry import configure, ensure_experiment
-    from training.tracking import flatten, git_state, metric_key
+    from training.tracking import flatten, metric_key
 
     client = MlflowClient(configure())
     experiment_id = ensure_experiment(EXPERIMENT, client)

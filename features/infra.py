@@ -1,7 +1,7 @@
 """What every Tailor package shares and nothing else owns: the user-facing error, the command-line
 runner that turns it into one line and exit code 2 (``--traceback`` keeps the traceback), the
-start / end lines of long steps, writes that replace a file or folder only once complete, and
-the cache root."""
+start / end lines of long steps, writes that replace a file or folder only once complete, the
+cache root and the checkout's git commit."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 import tomllib
@@ -181,6 +182,21 @@ def read_toml(path: str | Path, what: str) -> tuple[dict, str]:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         raise DataError(f"not valid TOML ({exc})", path=str(path)) from exc
+
+
+def git_state(cwd: Path = ROOT) -> dict[str, str]:
+    """Commit and dirty flag of the checkout, 'unknown' outside git (e.g. an unpacked copy):
+    what a training run and a Bento record of the code that made them."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower(),
+            "mlflow.source.git.commit": commit}
 
 
 def cache_root() -> Path:

@@ -28,6 +28,7 @@ STORE_DIR = ROOT / "mlflow"  # never a Python package: it would shadow the `mlfl
 DEFAULT_URI = f"sqlite:///{STORE_DIR / 'mlflow.db'}"
 MODEL_NAME = "tailor"
 CANDIDATE, CHAMPION = "candidate", "champion"
+ALIAS = r"[A-Za-z_][\w-]*"   # how a registry alias is spelled (champion, candidate, ...)
 
 
 # --- store -------------------------------------------------------------------------------------
@@ -112,6 +113,22 @@ def resolve_model(ref: str, *, name: str = MODEL_NAME) -> Path:
     return _bundle_of_source(client, source, ref)
 
 
+def registered_version(ref: str, *, name: str = MODEL_NAME) -> int | None:
+    """The version of registered model ``name`` that ``ref`` names when it is an alias
+    (``champion``) or a version number; None for anything else (a bundle folder, a run id, an
+    alias or version the registry does not have)."""
+    ref = str(ref)
+    if Path(ref).expanduser().is_dir() or not (ref.isdigit() or re.fullmatch(ALIAS, ref)):
+        return None
+    client = MlflowClient(configure())
+    try:
+        mv = client.get_model_version(name, ref) if ref.isdigit() else \
+            client.get_model_version_by_alias(name, ref)
+    except MlflowException:
+        return None
+    return int(mv.version)
+
+
 def _registry_source(client: MlflowClient, ref: str, name: str) -> str | None:
     """``models:/...`` source of ``ref`` read as 3, champion, models:/tailor/3, models:/tailor@x."""
     if ref.startswith("models:/"):
@@ -124,7 +141,7 @@ def _registry_source(client: MlflowClient, ref: str, name: str) -> str | None:
     try:
         if ref.isdigit():
             return client.get_model_version(name, ref).source
-        if re.fullmatch(r"[A-Za-z_][\w-]*", ref):
+        if re.fullmatch(ALIAS, ref):
             return client.get_model_version_by_alias(name, ref).source
     except MlflowException:  # no such model, version or alias
         return None

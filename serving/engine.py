@@ -6,14 +6,11 @@ Nothing a request changes lives here: session events go into a copy for that req
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from features.event_store import EventStore, now_ms
 from features.history import NAT_MS, Histories, append_events, epoch_ms
@@ -26,7 +23,7 @@ from models.bundle import Bundle
 from models.index import DEFAULT_CONFIG, IndexConfig, ItemIndex
 from models.merchandising import item_strings
 from models.ranking import Ranker
-from models.registry import MODEL_NAME, configure, resolve_model
+from models.registry import MODEL_NAME, registered_version, resolve_model
 from models.retrieval import TWO_STAGE_MIN_ITEMS
 from serving.api import RequestError, ScoredItem, SessionEvent, not_found
 from serving.merchandise import RulesFile
@@ -186,12 +183,14 @@ def ignored(engine: Engine, shown: list[list[str]], interacted: np.ndarray) -> n
 
 
 def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG, rules: Path | None = None,
-                store: EventStore | None = None) -> Engine:
+                store: EventStore | None = None, path: Path | None = None) -> Engine:
     """The engine of model ``ref`` (alias, version, run id or bundle folder; see
     ``models.registry.resolve_model``), its index loaded from the bundle or built; ``rules``: the
     merchandising rules file (``serving.merchandise.rules_path()`` in the service); with the
-    items added to the store's catalog that the bundle does not know."""
-    path = resolve_model(ref)
+    items added to the store's catalog that the bundle does not know. ``path``: the bundle
+    folder when the caller found it itself (a Bento's model: ``ref`` is then its BentoML tag,
+    which answers name instead of a host path)."""
+    path = resolve_model(ref) if path is None else path
     bundle = Bundle.load(path)
     index, source = bundle.item_index(cfg)
     engine = Engine(bundle, index, version=model_version(ref, path), ref=ref,
@@ -218,17 +217,10 @@ def with_added_items(engine: Engine) -> Engine:
 
 
 def model_version(ref: str, path: Path) -> str:
-    """``tailor/3`` for a registry alias or version number, else the reference as given."""
-    if Path(ref).expanduser().is_dir() or not (ref.isdigit() or re.fullmatch(r"[A-Za-z_][\w-]*",
-                                                                              ref)):
-        return str(ref)
-    client = MlflowClient(configure())
-    try:
-        mv = client.get_model_version(MODEL_NAME, ref) if ref.isdigit() else \
-            client.get_model_version_by_alias(MODEL_NAME, ref)
-    except MlflowException:   # resolve_model found it some other way (e.g. a run id)
-        return str(ref)
-    return f"{MODEL_NAME}/{mv.version}"
+    """``tailor/3`` for a registry alias or version number, else the reference as given (a run
+    id, a bundle folder, a BentoML model tag)."""
+    version = registered_version(ref)
+    return str(ref) if version is None else f"{MODEL_NAME}/{version}"
 
 
 # --- helpers ----------------------------------------------------------------------------------

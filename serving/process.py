@@ -78,15 +78,16 @@ class Server:
 
 
 @contextlib.contextmanager
-def served(model: str | Path, port: int, log: Path, *, port_hint: str = "--port",
+def served(model: str | Path | None, port: int, log: Path, *, port_hint: str = "--port",
            service: str = "serving.service:Tailor") -> Iterator[Server]:
     """``make serve``'s command for ``model`` (a bundle folder or a registry reference) on
     ``port``, ready; stopped afterwards with all its workers. ``port_hint``: how the caller's
-    user picks another port (the busy-port error names it)."""
+    user picks another port (the busy-port error names it). ``service``: what ``bentoml serve``
+    serves, ``tailor:latest`` for the newest Bento (``model`` None: the one it was built with)."""
     if not port_is_free(port):
         raise TailorError(f"port {port} is in use; choose another with {port_hint}")
     bentoml = Path(sys.executable).parent / "bentoml"
-    env = {**os.environ, "TAILOR_MODEL": str(model)}
+    env = {**os.environ, **({} if model is None else {"TAILOR_MODEL": str(model)})}
     cmd = [str(bentoml), "serve", service, "--host", "127.0.0.1", "--port", str(port)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,

@@ -3,7 +3,9 @@
     TAILOR_MODEL=champion bentoml serve serving.service:Tailor --port 3000
 
 The model (``$TAILOR_MODEL``: an alias such as ``champion``, a version, a run id or a bundle
-folder) is loaded once by each worker, when it starts. APIs follow BentoML's JSON POST convention:
+folder) is loaded once by each worker, when it starts. The same service runs from a Bento
+(``make bento``, then ``bentoml serve tailor:latest``): it serves the BentoML model the Bento was
+built with instead (serving/bento.py). APIs follow BentoML's JSON POST convention:
 the body's fields are the request model's fields. Bad input gets a 4xx JSON body whose ``detail``
 names the field: BentoML answers malformed JSON and invalid fields (400) from the pydantic
 models; unknown items or categories are answered here (404); a wrong Host, content type or body
@@ -20,6 +22,7 @@ import math
 import os
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -50,6 +53,7 @@ from serving.api import (
     SimilarRequest,
 )
 from serving.auth import ApiKeyMiddleware
+from serving.bento import bento_model_tag
 from serving.cart import complete_cart
 from serving.catalog import ItemsAdded, ItemsRequest, post_items
 from serving.engine import Engine, load_engine
@@ -67,6 +71,8 @@ from serving.swap import EngineHolder, ModelWatcher, request_reload
 
 MODEL_ENV = "TAILOR_MODEL"
 DEFAULT_MODEL = "champion"
+# Set when the service runs from a Bento (`make bento`; serving/bento.py), or is built into one.
+BENTO_MODEL = bento_model_tag()
 # Serving on few, shared cores (measured by benchmarks/serve.py on 2 cores):
 # - one request is a few small tensor ops (one history, one catalog-wide product): split over
 #   intra-op threads it only adds hand-offs, each waiting for a busy core (a request took ~6x
@@ -118,27 +124,41 @@ ACCESS_LOG = os.environ.get("TAILOR_ACCESS_LOG", "1") != "0"
 @bentoml.service(name="tailor", traffic={"timeout": 30}, workers=WORKERS, tracing=TRACING,
                  logging={"access": {"enabled": ACCESS_LOG}})
 class Tailor:
+    if BENTO_MODEL is not None:
+        # A BentoModel class attribute is what `bentoml build` packs into the Bento, and what
+        # the running Bento reads its bundle from (its own model store, in a container too).
+        bento_model = bentoml.models.BentoModel(BENTO_MODEL)
+
     def __init__(self) -> None:
         torch.set_num_threads(THREADS)
         faiss.omp_set_num_threads(THREADS)
         self.store = open_store()   # None with TAILOR_EVENTS_URL=none
         rules = rules_path()
-        ref = os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-        self.holder = EngineHolder(load_engine(ref, rules=rules, store=self.store), ref)
+        ref, path = self.served_model()
+
+        def load(target: str) -> Engine:
+            return load_engine(target, rules=rules, store=self.store,
+                               path=path if target == ref else None)
+
+        self.holder = EngineHolder(load(ref), ref)
         # A new champion (or POST /admin/reload) is loaded beside the served model and switched
         # to between requests: serving/swap.py.
-        self.watcher = ModelWatcher(
-            self.holder, lambda target: load_engine(target, rules=rules, store=self.store),
-            self.store)
+        self.watcher = ModelWatcher(self.holder, load, self.store)
         self.watcher.start()
         # Experiments (experiments/*.toml or $TAILOR_EXPERIMENTS): checked now; each model
         # variant's bundle is loaded now too.
-        self.runner = runner_for_service(
-            self.store, lambda target: load_engine(target, rules=rules, store=self.store),
-            {ref: self.holder.engine})
+        self.runner = runner_for_service(self.store, load, {ref: self.holder.engine})
         # The segments file is checked at start; learned segments are learned on first use, and
         # again for a swapped-in model.
         self._segmenter = segmenter_for_service(self.holder.engine)
+
+    def served_model(self) -> tuple[str, Path | None]:
+        """The model reference and, for a Bento's model, its bundle folder: the BentoML model
+        (its tag names it in answers), else ``$TAILOR_MODEL`` as ``make serve`` sets it."""
+        if BENTO_MODEL is not None:
+            stored = self.bento_model   # resolved in the model store BentoML serves from
+            return str(stored.tag), Path(stored.path)
+        return os.environ.get(MODEL_ENV) or DEFAULT_MODEL, None
 
     @property
     def engine(self) -> Engine:

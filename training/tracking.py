@@ -36,7 +36,6 @@ import json
 import math
 import numbers
 import re
-import subprocess
 import time
 import warnings
 from importlib import metadata
@@ -56,6 +55,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
+from features.infra import git_state
 from models.registry import (
     CANDIDATE,
     MODEL_NAME,
@@ -100,20 +100,6 @@ def data_fingerprint(meta: dict[str, Any]) -> dict[str, str]:
     kept = {("hash" if k == "data_hash" else k): v for k, v in meta.items()
             if k not in NOT_FINGERPRINT}
     return flatten(kept, "data")
-
-
-def git_state(cwd: Path = ROOT) -> dict[str, str]:
-    """Commit and dirty flag of the checkout, 'unknown' outside git (e.g. an unpacked copy)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {"git.commit": "unknown", "git.dirty": "unknown"}
-    return {"git.commit": commit, "git.dirty": str(dirty).lower(),
-            "mlflow.source.git.commit": commit}
 
 
 # --- the run -----------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ from training.run_summary import (
     run_name,
 )
 from training.stack import sources_for_test, tune_blend
-from training.tracking import RunLogger, git_state, metric_key
+from training.tracking import RunLogger, metric_key
 
 SCORE_KEY = metric_key("test", MODEL, MAIN_METRIC)
 VALID_USERS = 2000                 # validation sample: cheap enough to score every epoch
