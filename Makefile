@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
@@ -16,29 +17,59 @@ ARGS ?=
 help: ## list targets and their variables
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-16s %s\n", $$1, $$2}'
 
-# Re-runs only when the lock or the project metadata change, so a second `make install` does nothing.
-$(STAMP): requirements.lock pyproject.toml
+# The CPU build of torch: PyPI's torch is the CUDA build (gigabytes), so the lock's
+# torch==2.13.0+cpu comes from pip's find-links (a local wheel folder) or from TORCH_INDEX_URL,
+# passed to pip as an extra index (e.g. https://download.pytorch.org/whl/cpu). The lock's hashes
+# pin every file, so an extra index can only supply the very same wheels.
+TORCH_INDEX_URL ?=
+PIP_INDEX = $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check
+
+# Re-runs only when a lock or the project metadata change, so a second `make install` does nothing.
+$(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	# torchrec declares fbgemm-gpu (the CUDA build); fbgemm-gpu-cpu from the lock stands in for it.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps torchrec==1.8.0
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP_INSTALL) --require-hashes $(PIP_INDEX) -r requirements.lock
+	# torchrec without its dependencies (its fbgemm-gpu is the CUDA build): requirements-nodeps.in
+	$(PIP_INSTALL) --require-hashes --no-deps -r requirements-nodeps.lock
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	$(PY) -c "import torchrec, faiss, mlflow, bentoml, pandas"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the pinned environment (idempotent)
+install: $(STAMP) ## create .venv and install the pinned environment (idempotent; TORCH_INDEX_URL)
 
 # Benchmark and test extras (ALS from `implicit`, the py-spy profiler, schemathesis for the
 # fuzz test); the tests cover them too.
-$(BENCH_STAMP): $(STAMP) requirements-bench.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+$(BENCH_STAMP): $(STAMP) requirements-bench.lock
+	$(PIP_INSTALL) --require-hashes -r requirements-bench.lock
 	@touch $(BENCH_STAMP)
 
 install-bench: $(BENCH_STAMP) ## install the benchmark extras (implicit, py-spy) into .venv
 
+# The locks, from the requirements*.in files: every package with its version and sha256 hashes.
+# pip-compile keeps the versions a lock already has (upgrade one: ARGS="--upgrade-package NAME")
+# and runs from a venv of its own, so pip-tools' own dependencies never join .venv. It always
+# follows dependencies, so requirements-nodeps.lock (torchrec alone) is hashed from pip download.
+LOCK_VENV := .cache/lock-venv
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	--no-emit-trusted-host $(PIP_INDEX) $(ARGS)
+.PHONY: lock
+lock: ## regenerate the hashed locks from requirements*.in (versions kept; TORCH_INDEX_URL, ARGS)
+	@test -x $(LOCK_VENV)/bin/pip-compile || { rm -rf $(LOCK_VENV) && $(PYTHON_SYS) -m venv $(LOCK_VENV) \
+		&& $(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check pip-tools==7.6.2; }
+	$(PIP_COMPILE) --output-file requirements.lock requirements.in
+	$(PIP_COMPILE) --output-file requirements-bench.lock requirements-bench.in
+	@rm -rf $(LOCK_VENV)/nodeps && $(LOCK_VENV)/bin/pip download --quiet --disable-pip-version-check \
+		--no-deps --only-binary :all: --dest $(LOCK_VENV)/nodeps -r requirements-nodeps.in
+	@{ echo "# Written by make lock from requirements-nodeps.in (see there); install with --no-deps."; \
+		for whl in $(LOCK_VENV)/nodeps/*.whl; do \
+			echo "$$(basename $$whl | cut -d- -f1-2 | sed 's/-/==/') \\"; \
+			echo "    --hash=sha256:$$(sha256sum $$whl | cut -d' ' -f1)"; \
+		done; } > requirements-nodeps.lock
+
 lint: $(STAMP) ## ruff, and the import-linter contracts (layers point down; pyproject.toml)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports --no-cache
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 test: $(BENCH_STAMP) lint ## lint, then every test (slow ones included)
 	$(PY) -m pytest -q $(ARGS)
@@ -47,14 +78,15 @@ test-fast: $(BENCH_STAMP) ## the fast tests only
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 prepare: $(STAMP) ## read, validate and featurize DATA; print a summary (DATA=spec, ARGS=extra flags)
-	@$(PY) -m features.prepare --data "$(DATA)" $(ARGS)
+	@$(BIN)/tailor-prepare --data "$(DATA)" $(ARGS)
 
 # NPROC > 1: one process per rank under torchrun (rank 0 prints, logs and saves; fit shards the
-# tables with TorchRec DMP). training.distributed is torchrun minus its traceback on a failed rank.
-TRAIN_RUN = $(if $(filter-out 0 1,$(NPROC)),$(PY) -m training.distributed --standalone --nproc_per_node=$(NPROC),$(PY))
+# tables with TorchRec DMP), each rank `python -m training.train`. tailor-torchrun
+# (training.distributed) is torchrun minus its traceback on a failed rank.
+TRAIN_RUN = $(if $(filter-out 0 1,$(NPROC)),$(BIN)/tailor-torchrun --standalone --nproc_per_node=$(NPROC) -m training.train,$(BIN)/tailor-train)
 .PHONY: train
 train: $(STAMP) ## train on DATA, compare with baselines, log + register in MLflow (EPOCHS, NPROC, ARGS=--help)
-	@$(TRAIN_RUN) -m training.train --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+	@$(TRAIN_RUN) --data "$(DATA)" $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 clean-cache: ## delete the processed-data cache (.cache/tailor)
 	rm -rf .cache/tailor
@@ -67,7 +99,7 @@ MLFLOW_STORE = $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow/mlflow.db)
 .PHONY: mlflow-ui mlflow-screenshot install-browser
 mlflow-ui: $(STAMP) ## browse runs, metrics and registered models at 127.0.0.1 (PORT=5000)
 	@mkdir -p mlflow/artifacts
-	$(VENV)/bin/mlflow ui --backend-store-uri "$(MLFLOW_STORE)" \
+	$(BIN)/mlflow ui --backend-store-uri "$(MLFLOW_STORE)" \
 		--default-artifact-root "$(CURDIR)/mlflow/artifacts" \
 		--artifacts-destination "$(CURDIR)/mlflow/artifacts" \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
@@ -91,9 +123,7 @@ SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),3000
 .PHONY: serve api-key recommend-batch segments campaign forget export-events experiment-report simulate
 HOST ?= 127.0.0.1
 serve: $(STAMP) ## serve MODEL (default champion) with BentoML at HOST:PORT (127.0.0.1:3000; another HOST needs API keys)
-	@$(PY) -m serving.model_check "$(MODEL)" "$(HOST)"
-	TAILOR_MODEL="$(MODEL)" TAILOR_SERVE_HOST="$(HOST)" $(VENV)/bin/bentoml serve serving.service:Tailor \
-		--host $(HOST) --port $(SERVE_PORT) $(ARGS)
+	$(BIN)/tailor-serve --model "$(MODEL)" --host "$(HOST)" --port $(SERVE_PORT) $(ARGS)
 
 # A Bento (serving/bento.py, bentofile.yaml): MODEL's bundle in BentoML's model store and the
 # service that serves it, for `bentoml serve tailor:latest`, a container or BentoCloud.
@@ -101,16 +131,16 @@ serve: $(STAMP) ## serve MODEL (default champion) with BentoML at HOST:PORT (127
 BENTO ?= tailor:latest
 .PHONY: bento containerize
 bento: $(STAMP) ## MODEL (default champion) into BentoML's model store + `bentoml build`: the Bento tailor:<version> (ARGS=--help)
-	@$(PY) -m serving.bento --model "$(MODEL)" $(ARGS)
+	@$(BIN)/tailor-bento --model "$(MODEL)" $(ARGS)
 
 containerize: $(STAMP) ## OCI image of BENTO (default tailor:latest) by `bentoml containerize`; needs Docker or ARGS="--backend podman"
-	$(VENV)/bin/bentoml containerize "$(BENTO)" $(ARGS)
+	$(BIN)/bentoml containerize "$(BENTO)" $(ARGS)
 
 api-key: $(STAMP) ## make an API key: NAME=who ROLE=read|write|admin (printed once; its hash goes to api_keys.toml)
-	@$(PY) -m serving.auth new --name "$(NAME)" --role "$(ROLE)" $(ARGS)
+	@$(BIN)/tailor-api-key new --name "$(NAME)" --role "$(ROLE)" $(ARGS)
 
 recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by MODEL -> OUT (EXCLUDE_SEEN=1, DIVERSITY, RULES)
-	@$(PY) -m serving.batch --data "$(DATA)" --model "$(MODEL)" --k "$(K)" --out "$(OUT)" \
+	@$(BIN)/tailor-recommend-batch --data "$(DATA)" --model "$(MODEL)" --k "$(K)" --out "$(OUT)" \
 		$(if $(USERS),--users "$(USERS)") \
 		$(if $(DIVERSITY),--diversity "$(DIVERSITY)") $(if $(RULES),--rules "$(RULES)") \
 		$(if $(filter 1 yes true,$(EXCLUDE_SEEN)),--exclude-seen) $(ARGS)
@@ -119,36 +149,37 @@ recommend-batch: $(STAMP) ## top-K items for every shopper in DATA (or USERS) by
 USER_ID = $(if $(filter command line,$(origin USER)),$(USER))
 forget: $(STAMP) ## forget shopper USER: delete their events, audit it; serving and training leave them out
 	@test -n "$(USER_ID)" || { echo "error: name the shopper: make forget USER=<user id>" >&2; exit 2; }
-	@$(PY) -m features.store_cli forget --user "$(USER_ID)" $(ARGS)
+	@$(BIN)/tailor-store forget --user "$(USER_ID)" $(ARGS)
 
 export-events: $(STAMP) ## every event the shop posted (the event store) -> OUT (Parquet, default events.parquet)
-	@$(PY) -m features.store_cli export --out "$(if $(filter command line environment,$(origin OUT)),$(OUT),events.parquet)" $(ARGS)
+	@$(BIN)/tailor-store export --out "$(if $(filter command line environment,$(origin OUT)),$(OUT),events.parquet)" $(ARGS)
 
 experiment-report: $(STAMP) ## per-variant CTR, cart rate, conversion, revenue with 95% CIs and lift vs control for EXPERIMENT; logged to MLflow
 	@test -n "$(EXPERIMENT)" || { echo "error: name the experiment: make experiment-report EXPERIMENT=<name>" >&2; exit 2; }
-	@$(PY) -m serving.experiment_report --experiment "$(EXPERIMENT)" $(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") $(ARGS)
+	@$(BIN)/tailor-experiment-report --experiment "$(EXPERIMENT)" $(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") $(ARGS)
 
 simulate: $(STAMP) ## the embedded shop's shoppers against a server in a control/popular/model experiment, then its report (MODEL: one trained on it)
 	@case "$(if $(filter command line environment,$(origin DATA)),$(DATA),synthetic)" in synthetic*) ;; \
 		*) echo "error: the simulation needs the embedded shop's hidden tastes: DATA=synthetic" >&2; exit 2;; esac
-	@$(PY) -m serving.simulate $(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") $(ARGS)
+	@$(BIN)/tailor-simulate $(if $(filter command line environment,$(origin MODEL)),--model "$(MODEL)") $(ARGS)
 
 segments: $(STAMP) ## every shopper's segments (segments.toml + learned) by MODEL -> OUT folder, logged to MLflow
-	@$(PY) -m serving.segments --model "$(MODEL)" \
+	@$(BIN)/tailor-segments --model "$(MODEL)" \
 		--out "$(if $(filter command line environment,$(origin OUT)),$(OUT),segments)" $(ARGS)
 
 campaign: $(STAMP) ## top-K items (with reasons) for every shopper of SEGMENT by MODEL -> OUT folder (Parquet + CSV; RULES)
-	@$(PY) -m serving.campaign --model "$(MODEL)" --segment "$(SEGMENT)" $(if $(RULES),--merch-rules "$(RULES)") \
+	@$(BIN)/tailor-campaign --model "$(MODEL)" --segment "$(SEGMENT)" $(if $(RULES),--merch-rules "$(RULES)") \
 		--k "$(if $(filter command line environment,$(origin K)),$(K),10)" \
 		--out "$(if $(filter command line environment,$(origin OUT)),$(OUT),campaign)" $(ARGS)
 
 # Trains unless MODEL is given on the command line (then serves that model).
 demo: $(STAMP) ## train a small model on the embedded shop, serve it, send example requests (PORT)
-	@$(PY) -m serving.demo --port $(SERVE_PORT) \
+	@$(BIN)/tailor-demo --port $(SERVE_PORT) \
 		$(if $(filter command line,$(origin MODEL)),--model "$(MODEL)") $(ARGS)
 
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
-# Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them).
+# Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them). The benchmarks are
+# not part of the installed package (no console commands): they run from the checkout.
 .PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-index bench-serve \
 	bench-campaign bench-large bench-soak bench-plots
 bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)

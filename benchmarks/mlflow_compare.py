@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from features.infra import ROOT, TailorError, run_cli
+from features.infra import ROOT, TailorError, add_traceback_arg, run_cli
 from serving.process import Server, free_port, stop, tail
 
 HEADLINE = "test/lift_vs_best_baseline/ndcg_at_10"
@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the screenshot goes (default: %(default)s)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary store (its path is printed)")
+    add_traceback_arg(parser)
     return parser
 
 

@@ -142,6 +142,16 @@ def phase(label: str, what: str) -> Iterator[None]:
     log.info("%-9s %s: done in %.1f s", label, what, time.perf_counter() - started)
 
 
+def command(main: Callable[[], int]) -> Callable[[], None]:
+    """``main`` as a command without arguments: what ``python -m`` and the ``tailor-*`` console
+    commands (pyproject.toml, ``[project.scripts]``) run, both through ``run_cli``, so an installed
+    command fails as ``make`` does (one line, exit 2) where ``main`` itself would raise."""
+    def run() -> None:
+        run_cli(main)
+
+    return run
+
+
 @contextmanager
 def atomic_path(target: str | Path, *, keep_existing: bool = False) -> Iterator[Path]:
     """A temporary sibling of ``target`` to write (a file or a folder); it replaces ``target``

@@ -7,13 +7,13 @@ import json
 
 from features.cli import add_data_args, spec_from_args
 from features.config import add_feature_args, feature_config_from_args
-from features.infra import add_traceback_arg, run_cli
+from features.infra import add_traceback_arg, command
 from features.pipeline import Prepared, prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m features.prepare",
+        prog="tailor-prepare",
         description="Read a shop's events, validate them, split them for evaluation, build the "
                     "vocabulary, item features and bought-together table, cache the result as "
                     "Parquet and print a summary.",
@@ -63,5 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+cli = command(main)  # `tailor-prepare` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -1,8 +1,8 @@
 """The event store from the command line: `make forget USER=...`, `make export-events OUT=...`.
 
-    python -m features.store_cli forget --user u000042 [--by alice]
-    python -m features.store_cli consent --user u000042 --opt-out | --opt-in
-    python -m features.store_cli export --out events.parquet
+    tailor-store forget --user u000042 [--by alice]
+    tailor-store consent --user u000042 --opt-out | --opt-in
+    tailor-store export --out events.parquet
 
 The store is ``$TAILOR_EVENTS_URL`` or the SQLite file ``events/events.db`` (``--url`` picks
 another). A running service sees a forget or a consent change on its next request; every later
@@ -19,14 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.event_store import EventStore, store_url
-from features.infra import add_traceback_arg, atomic_path, run_cli
+from features.infra import add_traceback_arg, atomic_path, command
 
 EXPORT_COLUMNS = ("user_id", "item_id", "event", "timestamp", "event_id", "request_id",
                   "received_at")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m features.store_cli",
+    parser = argparse.ArgumentParser(prog="tailor-store",
                                      description="Forget a shopper, set their consent, or "
                                                  "export the stored events.")
     parser.add_argument("--url", help="the store's SQLAlchemy URL (default: $TAILOR_EVENTS_URL, "
@@ -73,5 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+cli = command(main)  # `tailor-store` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

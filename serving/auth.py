@@ -12,7 +12,7 @@ Keys have a role: ``read`` (recommendations, segments, the model card), ``write`
 
 * and/or ``$TAILOR_API_KEYS``: ``name:role:sha256`` entries, comma-separated.
 
-``python -m serving.auth new --name shop-backend --role write`` (``make api-key``) makes a key,
+``tailor-api-key new --name shop-backend --role write`` (``make api-key``) makes a key,
 prints it once and appends its hash to the file. A request sends its key as
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. With keys configured, every route but
 health, readiness, metrics and the OpenAPI page needs one; a missing and a wrong key get the same
@@ -31,7 +31,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from features.infra import ROOT, DataError, add_traceback_arg, read_toml, run_cli
+from features.infra import ROOT, DataError, add_traceback_arg, command, read_toml
 from serving.api import RequestError
 from serving.guard import reject
 
@@ -161,7 +161,7 @@ def new_key(name: str, role: str, path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.auth",
+    parser = argparse.ArgumentParser(prog="tailor-api-key",
                                      description="Make an API key for the service.")
     commands = parser.add_subparsers(dest="command", required=True)
     new = commands.add_parser("new", help="make a key, print it once, store its hash")
@@ -178,5 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+cli = command(main)  # `tailor-api-key` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

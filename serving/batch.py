@@ -1,6 +1,6 @@
 """`make recommend-batch`: top-k recommendations for every shopper of a data set, as CSV.
 
-    python -m serving.batch --data SPEC --model champion --k 50 --out recs.csv \\
+    tailor-recommend-batch --data SPEC --model champion --k 50 --out recs.csv \\
         [--users FILE] [--exclude-seen | --no-exclude-purchased]
 
 Each shopper's input is their full history in DATA (the last L events, like training); ranking
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from features.cli import add_data_args, spec_from_args
 from features.config import add_config_args, config_from_args, setting
 from features.history import build_histories
-from features.infra import DataError, add_traceback_arg, atomic_path, phase, run_cli
+from features.infra import DataError, add_traceback_arg, atomic_path, command, phase
 from features.readers import read_events
 from features.rules import NO_RULES, Rules
 from features.split import sort_events
@@ -83,7 +83,7 @@ class BatchConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.batch",
+        prog="tailor-recommend-batch",
         description="Top-k recommendations for every shopper in DATA (or the ids in --users), "
                     "from each shopper's history in DATA, ranked like the /recommend endpoint; "
                     "writes user_id,item_id,rank,score (rank from 1).")
@@ -215,5 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+cli = command(main)  # `tailor-recommend-batch` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

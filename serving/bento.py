@@ -33,7 +33,7 @@ import bentoml
 import yaml
 from bentoml.exceptions import NotFound
 
-from features.infra import ROOT, TailorError, git_state, run_cli
+from features.infra import ROOT, TailorError, add_traceback_arg, command, git_state
 from models.registry import MODEL_NAME, registered_version, resolve_model
 
 BENTO_MODEL_ENV = "TAILOR_BENTO_MODEL"
@@ -143,7 +143,7 @@ def build_bento(model: bentoml.Model, version: str | None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.bento",
+        prog="tailor-bento",
         description="Import a Tailor model's bundle into the BentoML model store ($BENTOML_HOME, "
                     "default ~/bentoml) and build a Bento (bentofile.yaml) whose service serves "
                     "it: `bentoml serve tailor:latest` then answers as `make serve` does, and "
@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", metavar="VERSION",
                         help="the Bento's version (letters, digits, '.', '-', '_'); default: "
                              "one BentoML generates, unique to this build")
+    add_traceback_arg(parser)
     return parser
 
 
@@ -170,5 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+cli = command(main)  # `tailor-bento` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -1,6 +1,6 @@
 """`make campaign`: top-k items for every shopper of one segment, ready for an email tool.
 
-    python -m serving.campaign --model champion --segment "cart abandoner" --k 10 --out campaign
+    tailor-campaign --model champion --segment "cart abandoner" --k 10 --out campaign
 
 The segment is a rule of the segments file or a learned segment (``serving/segments.py``);
 its shoppers are the model's stored shoppers who are in it. Each shopper's list comes from the
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features.config import add_config_args, config_from_args, setting
-from features.infra import DataError, add_traceback_arg, atomic_path, run_cli
+from features.infra import DataError, add_traceback_arg, atomic_path, command
 from features.segments import evaluate
 from models.ranking import MAX_K, exclusions, rank
 from serving.batch import CELLS_PER_CHUNK
@@ -146,7 +146,7 @@ def export(engine: Engine, segmenter: Segmenter, cfg: CampaignConfig, out: Path,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.campaign",
+        prog="tailor-campaign",
         description="Top-k items for every stored shopper of a segment, as Parquet and CSV "
                     "for an email tool.")
     parser.add_argument("--model", default="champion",
@@ -180,5 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+cli = command(main)  # `tailor-campaign` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from features.event_store import URL_ENV
-from features.infra import ROOT, TailorError, add_traceback_arg, run_cli
+from features.infra import ROOT, TailorError, add_traceback_arg, command
 from features.schema import EVENT_TYPES
 from features.synthetic import generate_with_truth
 from models.bundle import Bundle
@@ -42,7 +42,7 @@ RULE = "─" * 78
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.demo",
+        prog="tailor-demo",
         description="Train a small two-tower model on the embedded shop, register it, serve it "
                     "with BentoML, send example requests and print them, then keep serving "
                     "until Ctrl-C.")
@@ -300,5 +300,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+cli = command(main)  # `tailor-demo` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

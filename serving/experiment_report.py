@@ -1,7 +1,7 @@
 """`make experiment-report EXPERIMENT=name`: does personalization pay? Per variant, from the
 event store, with 95% confidence intervals and the lift against control.
 
-    python -m serving.experiment_report --experiment NAME [--model champion] [--no-mlflow]
+    tailor-experiment-report --experiment NAME [--model champion] [--no-mlflow]
 
 Per variant:
 - shoppers assigned, impressions (answers served);
@@ -37,7 +37,7 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from features.event_store import EventStore
 from features.experiments import Experiment
-from features.infra import DataError, add_traceback_arg, run_cli
+from features.infra import DataError, add_traceback_arg, command
 from serving.experiments import experiment_files, load_experiment
 
 SRM_P = 0.001
@@ -227,7 +227,7 @@ def log_report(experiment: Experiment, table: pd.DataFrame, checks: dict,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.experiment_report",
+    parser = argparse.ArgumentParser(prog="tailor-experiment-report",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", required=True, help="the experiment's name")
     parser.add_argument("--model", default="champion",
@@ -267,5 +267,7 @@ def model_prices(ref: str) -> dict[str, float] | None:
     return dict(zip(items["item_id"].astype(str), items["price"].astype(float), strict=True))
 
 
+cli = command(main)  # `tailor-experiment-report` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -19,6 +19,7 @@ import httpx
 
 from features.infra import ROOT, TailorError
 
+SERVICE = "serving.service:Tailor"
 READY_TIMEOUT_S = 240.0
 STOP_TIMEOUT_S = 30.0
 
@@ -77,18 +78,28 @@ class Server:
         return total
 
 
+def serve_command(model: str | Path | None, host: str, port: int, *flags: str,
+                  service: str = SERVICE) -> tuple[list[str], dict[str, str]]:
+    """``make serve``'s command line and environment: ``bentoml serve`` (this environment's) of
+    ``service`` for ``model`` on ``host``:``port``, plus extra ``bentoml serve`` ``flags``. The
+    service reads the model and the address it answers for from the environment
+    (serving/service.py, serving/guard.py); ``model`` None: a Bento's own model."""
+    bentoml = Path(sys.executable).parent / "bentoml"
+    env = {**os.environ, **({} if model is None else {"TAILOR_MODEL": str(model)}),
+           "TAILOR_SERVE_HOST": host}
+    return [str(bentoml), "serve", service, "--host", host, "--port", str(port), *flags], env
+
+
 @contextlib.contextmanager
 def served(model: str | Path | None, port: int, log: Path, *, port_hint: str = "--port",
-           service: str = "serving.service:Tailor") -> Iterator[Server]:
+           service: str = SERVICE) -> Iterator[Server]:
     """``make serve``'s command for ``model`` (a bundle folder or a registry reference) on
     ``port``, ready; stopped afterwards with all its workers. ``port_hint``: how the caller's
     user picks another port (the busy-port error names it). ``service``: what ``bentoml serve``
     serves, ``tailor:latest`` for the newest Bento (``model`` None: the one it was built with)."""
     if not port_is_free(port):
         raise TailorError(f"port {port} is in use; choose another with {port_hint}")
-    bentoml = Path(sys.executable).parent / "bentoml"
-    env = {**os.environ, **({} if model is None else {"TAILOR_MODEL": str(model)})}
-    cmd = [str(bentoml), "serve", service, "--host", "127.0.0.1", "--port", str(port)]
+    cmd, env = serve_command(model, "127.0.0.1", port, service=service)
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,7 +2,7 @@
 (``features/segments.py``; default ``segments.toml`` at the project root, ``$TAILOR_SEGMENTS``
 for the service) and learned ones (``models/segments.py``: k-means over the user vectors).
 
-    python -m serving.segments --model champion --out segments/ [--rules FILE] [--learned 8]
+    tailor-segments --model champion --out segments/ [--rules FILE] [--learned 8]
 
 ``make segments`` writes ``shopper_segments.parquet`` and ``.csv`` (user_id, segment, kind),
 ``profiles.json`` (each segment's size, rule or top categories and items) and
@@ -26,7 +26,7 @@ import pandas as pd
 
 from features.config import add_config_args, config_from_args, setting
 from features.history import Histories
-from features.infra import ROOT, add_traceback_arg, atomic_path, run_cli
+from features.infra import ROOT, add_traceback_arg, atomic_path, command
 from features.segments import SegmentRule, check_categories, evaluate, load_rules
 from models.segments import LearnedSegments, describe, learn_segments
 from serving.api import Segment, SegmentRequest, ShopperSegments
@@ -234,7 +234,7 @@ def log_to_mlflow(out: Path, profiles: dict, cfg: SegmentConfig) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.segments",
+        prog="tailor-segments",
         description="Write every stored shopper's segments (rule-based and learned), the "
                     "segment profiles and a picture of them; log them to MLflow.")
     parser.add_argument("--model", default="champion",
@@ -263,5 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+cli = command(main)  # `tailor-segments` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -2,7 +2,7 @@
 control group, then the experiment's report. The test of the whole experiment machinery, with
 a known answer.
 
-    python -m serving.simulate [--model REF] [--shoppers 2500] [--visits 2] [--no-mlflow]
+    tailor-simulate [--model REF] [--shoppers 2500] [--visits 2] [--no-mlflow]
 
 1. A model: ``--model`` (trained on the embedded shop), else a small one trained here (a minute
    or two, into ``.cache/simulate/bundle``, no registry).
@@ -37,7 +37,7 @@ import pandas as pd
 
 from features.event_store import URL_ENV, EventStore
 from features.experiments import load_experiment
-from features.infra import ROOT, TailorError, add_traceback_arg, run_cli
+from features.infra import ROOT, TailorError, add_traceback_arg, command
 from features.synthetic import generate_with_truth
 from serving.experiment_report import build_report, format_table, log_report, model_prices
 from serving.experiments import EXPERIMENTS_ENV, FLUSH_SECONDS
@@ -134,7 +134,7 @@ def simulate(url: str, shoppers: list[str], tastes: dict, catalog: dict, organic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.simulate",
+    parser = argparse.ArgumentParser(prog="tailor-simulate",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="a model trained on the embedded shop (default: train "
                                         "a small one here)")
@@ -222,5 +222,7 @@ def train(out: Path) -> Path:
     return out
 
 
+cli = command(main)  # `tailor-simulate` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -33,7 +33,7 @@ from features.config import (
     config_from_args,
     feature_config_from_args,
 )
-from features.infra import add_traceback_arg, run_cli
+from features.infra import add_traceback_arg, command, git_state
 from features.item_features import item_features
 from features.pipeline import Prepared, prepare
 from models.base import Recommender
@@ -77,7 +77,7 @@ MODEL_FROM_DATA = ("n_items", "n_categories", "n_attributes", "history_len")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training.train",
+        prog="tailor-train",
         description="Train the two-tower model on a data set, compare it with the baselines on "
                     "the test fold, print the comparison and log the run to MLflow: settings, "
                     "data fingerprint, per-epoch metrics, test metrics, figures and the serving "
@@ -363,5 +363,7 @@ def log_results(log: RunLogger, result: FitResult, table: pd.DataFrame, per_user
     log.log_figures(result.history, table[[c for c in table.columns if "@" in c]], "test")
 
 
+cli = command(main)  # `tailor-train` (pyproject.toml [project.scripts])
+
 if __name__ == "__main__":
-    run_cli(main)
+    cli()

@@ -30,10 +30,7 @@ NOT_RUN_CLI = {
     # torchrun minus its traceback: every rank runs `training.train`, which has run_cli
     "training/distributed.py",
 }
-NO_TRACEBACK_FLAG = {
-    # `make serve`'s model check takes REF and HOST as they come (TAILOR_DEBUG=1 still works)
-    "serving/model_check.py",
-}
+NO_TRACEBACK_FLAG: set[str] = set()
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +64,10 @@ def test_every_entry_point_goes_through_run_cli_and_takes_traceback() -> None:
     for name, text in found.items():
         if name in NOT_RUN_CLI:
             continue
-        assert re.search(r'__name__ == "__main__":\n\s+run_cli\(main\)', text), name
+        # run_cli itself, or the console command's `cli = command(main)` (which runs run_cli)
+        assert re.search(r'__name__ == "__main__":\n\s+run_cli\(main\)', text) or (
+            re.search(r'__name__ == "__main__":\n\s+cli\(\)', text)
+            and "cli = command(main)" in text), name
         if name not in NO_TRACEBACK_FLAG:
             assert "add_traceback_arg(" in text, name
 
