@@ -17,14 +17,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 from features.infra import ROOT, TailorError, add_traceback_arg, run_cli
-from serving.process import Server, free_port, stop, tail
+from serving.process import free_port, started
 
 HEADLINE = "test/lift_vs_best_baseline/ndcg_at_10"
 PARAMS_SELECT, METRICS_SELECT = "dubois-select-1", "dubois-select-2"  # the plot's two pickers
@@ -90,27 +87,9 @@ def mlflow_ui(store: Path, log: Path) -> Iterator[str]:
     """`make mlflow-ui` over the store at ``store`` on a free port; yields its URL."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(["make", "-s", "mlflow-ui", f"PORT={port}"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        with httpx.Client(base_url=server.url, timeout=5, trust_env=False) as client:
-            while True:
-                if proc.poll() is not None:
-                    raise TailorError(f"make mlflow-ui exited (exit {proc.returncode}):\n"
-                                      f"{tail(log)}")
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get("/health").status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TailorError(f"make mlflow-ui not up after {READY_TIMEOUT_S:.0f} s:\n"
-                                      f"{tail(log)}")
-                time.sleep(0.5)
+    with started(["make", "-s", "mlflow-ui", f"PORT={port}"], env, port, log, ready="/health",
+                 what="make mlflow-ui", timeout_s=READY_TIMEOUT_S) as server:
         yield server.url
-    finally:
-        stop(server)
 
 
 def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:

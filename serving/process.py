@@ -100,23 +100,32 @@ def served(model: str | Path | None, port: int, log: Path, *, port_hint: str = "
     if not port_is_free(port):
         raise TailorError(f"port {port} is in use; choose another with {port_hint}")
     cmd, env = serve_command(model, "127.0.0.1", port, service=service)
+    with started(cmd, env, port, log, ready="/readyz", what="the server") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], env: dict[str, str], port: int, log: Path, *, ready: str,
+            what: str, timeout_s: float = READY_TIMEOUT_S) -> Iterator[Server]:
+    """``cmd`` (a server on loopback ``port``, output to ``log``) once ``ready`` answers 200;
+    stopped afterwards with every process it started. ``what`` names it in errors."""
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(proc, f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         with httpx.Client(base_url=server.url, timeout=10, trust_env=False) as client:
             while True:
                 if proc.poll() is not None:
-                    raise TailorError(f"the server exited while starting (exit {proc.returncode})"
-                                    f":\n{tail(log)}")
+                    raise TailorError(f"{what} exited while starting (exit {proc.returncode})"
+                                      f":\n{tail(log)}")
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/readyz").status_code == 200:
+                    if client.get(ready).status_code == 200:
                         break
                 if time.monotonic() > deadline:
-                    raise TailorError(f"the server was not ready after {READY_TIMEOUT_S:.0f} s:"
-                                    f"\n{tail(log)}")
+                    raise TailorError(f"{what} was not ready after {timeout_s:.0f} s:"
+                                      f"\n{tail(log)}")
                 time.sleep(0.5)
         yield server
     finally:
