@@ -56,7 +56,7 @@ def test_quality_bench_compares_every_method_on_one_split(
     exp = client.get_experiment_by_name("tailor-benchmarks")
     (logged,) = client.search_runs([exp.experiment_id])
     assert logged.data.tags["bench.part"] == "quality"
-    key = "quality.synthetic.als.ndcg_at_10"
+    key = "quality/synthetic/als/ndcg_at_10"
     assert logged.data.metrics[key] == pytest.approx(methods["als"]["ndcg@10"])
 
 
