@@ -163,6 +163,9 @@ def first(store: Path) -> dict[str, Any]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "build_bundle", keep)
+        # System metrics are sampled every 10 s by default: this run is shorter than that.
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
         stdout = run_main([*TINY, "--out", str(store / "bundle"), "--run-name", "first"])
     client = MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name("tailor-synthetic-small")
