@@ -71,7 +71,7 @@ lint: $(STAMP) ## ruff, and the import-linter contracts (layers point down; pypr
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 
-test: $(BENCH_STAMP) lint ## lint, then every test (slow ones included)
+test: $(BENCH_STAMP) install-browser lint ## lint, then every test (slow ones included; installs Debian's chromium for the MLflow page check)
 	$(PY) -m pytest -q $(ARGS)
 
 test-fast: $(BENCH_STAMP) ## the fast tests only

@@ -16,7 +16,7 @@ from benchmarks import mlflow_compare
 @pytest.mark.slow
 def test_compare_page_shows_both_runs_headline_metric(tmp_path: Path) -> None:
     if mlflow_compare.chromium() is None:
-        message = "Debian's chromium is not installed: `make install-browser` (CI installs it)"
+        message = "Debian's chromium is not installed: `make install-browser` (make test does)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
