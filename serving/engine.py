@@ -6,6 +6,7 @@ Nothing a request changes lives here: session events go into a copy for that req
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +194,7 @@ def load_engine(ref: str, cfg: IndexConfig = DEFAULT_CONFIG, rules: Path | None 
     path = resolve_model(ref) if path is None else path
     bundle = Bundle.load(path)
     index, source = bundle.item_index(cfg)
-    engine = Engine(bundle, index, version=model_version(ref, path), ref=ref,
+    engine = Engine(bundle, index, version=model_version(ref, path), ref=public_ref(ref, path),
                     index_source=source, rules=rules, store=store)
     return with_added_items(engine)
 
@@ -217,10 +218,23 @@ def with_added_items(engine: Engine) -> Engine:
 
 
 def model_version(ref: str, path: Path) -> str:
-    """``tailor/3`` for a registry alias or version number, else the reference as given (a run
-    id, a bundle folder, a BentoML model tag)."""
+    """``tailor/3`` for a registry alias or version number; a bundle folder's label
+    (``bundle_label``); else the reference as given (a run id, a BentoML model tag)."""
     version = registered_version(ref)
-    return str(ref) if version is None else f"{MODEL_NAME}/{version}"
+    return f"{MODEL_NAME}/{version}" if version is not None else public_ref(ref, path)
+
+
+def public_ref(ref: str, path: Path) -> str:
+    """``ref`` as answers may show it: a bundle folder by its label, never by the host's path
+    (``/model``, every answer's ``model_ref``, the impressions); anything else as given."""
+    return bundle_label(path) if Path(ref).expanduser().is_dir() else str(ref)
+
+
+def bundle_label(path: Path) -> str:
+    """``bundle-<12 hex>``: sha256 of the bundle's ``bundle.json`` (its training time, data hash
+    and commit), the same for every copy of one bundle and different for another."""
+    digest = hashlib.sha256((Path(path) / "bundle.json").read_bytes()).hexdigest()
+    return f"bundle-{digest[:12]}"
 
 
 # --- helpers ----------------------------------------------------------------------------------

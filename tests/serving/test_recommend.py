@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from models.index import INDEX_FILE
 from models.merchandising import Plan, make_plan
 from models.ranking import PURCHASE, popular_items, rank
 from serving.api import ItemRequest, RecommendRequest, RequestError, SimilarRequest
-from serving.engine import Engine, model_version
+from serving.engine import Engine, bundle_label, model_version
 from serving.recommend import also_bought, model_card, similar_items
 from serving.recommend import recommend as serve_recommend
 from tests.helpers import history_events, make_events
@@ -328,8 +330,11 @@ def test_valid_requests_are_normalized() -> None:
 def test_model_card_reports_version_training_and_test_metrics(engine: Engine) -> None:
     card = model_card(engine)
     assert card.model_version == engine.version
-    # a registered model's card names no host path (a bundle folder served as MODEL is named
-    # by the reference the operator gave)
+    # no host path on the card: a bundle folder served as MODEL is named by its label, a
+    # registered model by its version and alias
+    shown = model_card(engine).model_dump_json()
+    assert str(engine.bundle.path) not in shown and "bundle_path" not in shown
+    assert card.model_version == card.model_ref == bundle_label(engine.bundle.path)
     registered = Engine(engine.bundle, engine.index, version="tailor/1", ref="champion")
     shown = model_card(registered).model_dump_json()
     assert str(engine.bundle.path) not in shown and "bundle_path" not in shown
@@ -347,7 +352,10 @@ def test_model_version_names_registry_versions_else_the_reference(
     # configure() sets MLflow's process-wide URI; put it back for the tests after this one.
     monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", None,
                         raising=False)
-    assert model_version(str(bundle_dir), bundle_dir) == str(bundle_dir)
+    label = model_version(str(bundle_dir), bundle_dir)
+    assert label == bundle_label(bundle_dir) and re.fullmatch(r"bundle-[0-9a-f]{12}", label)
+    copied = shutil.copytree(bundle_dir, tmp_path / "elsewhere")   # one bundle, one label
+    assert model_version(str(copied), copied) == label
     assert model_version("champion", bundle_dir) == "champion"   # no such alias in this store
     assert model_version("0123456789abcdef0123456789abcdef", bundle_dir) == \
         "0123456789abcdef0123456789abcdef"

@@ -13,7 +13,7 @@ import pytest
 
 from features.event_store import URL_ENV, EventStore
 from serving.api import RecommendRequest, ReloadRequest, RequestError
-from serving.engine import Engine, load_engine
+from serving.engine import Engine, bundle_label, load_engine
 from serving.process import free_port, served
 from serving.recommend import recommend
 from serving.swap import EngineHolder, ModelWatcher, request_reload
@@ -35,7 +35,9 @@ def test_a_reload_request_swaps_the_engine(bundle_dir: Path, second_bundle: Path
     done = request_reload(store, ReloadRequest(model=str(second_bundle)))
     assert done.generation == 1
     assert watcher.check() and holder.engine is not first
-    assert holder.engine.version == str(second_bundle) and holder.ref == str(second_bundle)
+    # the answers name the bundle by its label, the holder keeps the operator's reference
+    assert holder.engine.version == bundle_label(second_bundle)
+    assert holder.ref == str(second_bundle)
     assert not watcher.check()                       # handled once
     # a model that does not load leaves the served one in place
     store.bump("reload", str(bundle_dir / "missing"))
@@ -59,9 +61,10 @@ def test_a_restarted_worker_keeps_a_reload_asked_since_the_server_started(
                             server_started_ms=started_ms)
 
     restarted = watcher(asked - 60_000)   # the server started before the reload was asked
-    assert restarted.check() and restarted.holder.engine.version == str(second_bundle)
+    assert restarted.check() and \
+        restarted.holder.engine.version == bundle_label(second_bundle)
     fresh = watcher(asked + 1)             # a server started after it: the old ask is history
-    assert not fresh.check() and fresh.holder.engine.version == str(bundle_dir)
+    assert not fresh.check() and fresh.holder.engine.version == bundle_label(bundle_dir)
 
 
 @pytest.mark.slow
@@ -75,8 +78,9 @@ def test_swap_under_load_fails_no_request_and_mixes_no_answers(
     for path in (bundle_dir, second_bundle):
         engine: Engine = load_engine(str(path))
         answer = recommend(engine, RecommendRequest(user_id=user, k=5, recent_events=session))
-        expected[str(path)] = [i.item_id for i in answer.items]
-    assert expected[str(bundle_dir)] != expected[str(second_bundle)]
+        expected[engine.version] = [i.item_id for i in answer.items]
+    new = bundle_label(second_bundle)
+    assert expected[bundle_label(bundle_dir)] != expected[new]
 
     answers: list[tuple[int, str, list[str]]] = []
     stop = threading.Event()
@@ -104,7 +108,7 @@ def test_swap_under_load_fails_no_request_and_mixes_no_answers(
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             recent = [version for _, version, _ in answers[-30:]]
-            if len(recent) == 30 and set(recent) == {str(second_bundle)}:
+            if len(recent) == 30 and set(recent) == {new}:
                 break
             time.sleep(0.5)
         stop.set()
@@ -116,12 +120,12 @@ def test_swap_under_load_fails_no_request_and_mixes_no_answers(
         while time.monotonic() < deadline:
             shown = [httpx.post(f"{server.url}/model", timeout=30).json()["model_version"]
                      for _ in range(8)]
-            if set(shown) == {str(second_bundle)}:
+            if set(shown) == {new}:
                 break
             time.sleep(0.5)
-    assert set(shown) == {str(second_bundle)}
+    assert set(shown) == {new}
     assert answers and all(status == 200 for status, _, _ in answers)
     versions = {version for _, version, _ in answers}
-    assert versions == {str(bundle_dir), str(second_bundle)}
+    assert versions == {bundle_label(bundle_dir), new}
     for _, version, items in answers:   # each answer wholly from one model
         assert items == expected[version]
