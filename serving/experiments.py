@@ -32,7 +32,7 @@ from features.experiments import Experiment, Variant, check_overlaps, load_exper
 from features.infra import ROOT, DataError
 from models.registry import resolve_model
 from serving.api import ItemNeighbours, ItemRequest, Recommendations, RecommendRequest
-from serving.engine import Engine, session_history
+from serving.engine import Engine, session_history, with_added_items
 from serving.recommend import also_bought, recommend
 
 EXPERIMENTS_ENV = "TAILOR_EXPERIMENTS"
@@ -86,6 +86,13 @@ class Runner:
                                        daemon=True)
         if store is not None:
             self.writer.start()
+
+    def grow_catalog(self) -> None:
+        """Place the items added to the catalog since in every variant's own engine (the served
+        model's follows its holder), as the served engine just did."""
+        for ref, engine in list(self.engines.items()):
+            if ref not in self.served_refs:
+                self.engines[ref] = with_added_items(engine)
 
     def engine_for(self, variant: Variant, served: Engine) -> Engine:
         """A model variant's engine: the served one (as swapped in now) when it names the

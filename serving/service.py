@@ -148,6 +148,7 @@ class Tailor:
         # Experiments (experiments/*.toml or $TAILOR_EXPERIMENTS): checked now; each model
         # variant's bundle is loaded now too.
         self.runner = runner_for_service(self.store, load, {ref: self.holder.engine})
+        self.watcher.on_catalog_grew.append(self.runner.grow_catalog)
         # The segments file is checked at start; learned segments are learned on first use, and
         # again for a swapped-in model.
         self._segmenter = segmenter_for_service(self.holder.engine)

@@ -53,6 +53,9 @@ class ModelWatcher(threading.Thread):
             self.generation = generation if asked_ms < started else 0
         self.stopped = threading.Event()
         self.lock = threading.Lock()
+        # Called after the served engine took in newly added items: the experiment's other
+        # model variants (``serving.experiments.Runner.grow_catalog``) place them too.
+        self.on_catalog_grew: list[Callable[[], None]] = []
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
@@ -84,6 +87,8 @@ class ModelWatcher(threading.Thread):
             self.holder.engine = grown
             log.warning("catalog grew: %d items added to %s", grown.bundle.info["added_items"],
                         grown.version)
+            for follow in self.on_catalog_grew:
+                follow()
             return True
         engine = self.load(target)   # with the added items (serving.engine.load_engine)
         old = self.holder.engine.version

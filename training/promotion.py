@@ -160,10 +160,9 @@ def _lift(score: float, mine: pd.Series | None, theirs: pd.Series | None, d: dic
     if mine is not None and theirs is not None:
         return bootstrap_lift(mine.to_numpy(), theirs.to_numpy(), paired=False, seed=seed)
     # One side's values (or none): the other is taken as a fixed number.
-    lift = bootstrap_lift(mine.to_numpy() if mine is not None else None,
+    return bootstrap_lift(mine.to_numpy() if mine is not None else None,
                           theirs.to_numpy() if theirs is not None else None, paired=False,
                           seed=seed, candidate_mean=score, champion_mean=base)
-    return lift
 
 
 def _decide(d: dict[str, Any], already: bool) -> tuple[bool, str]:

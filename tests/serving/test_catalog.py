@@ -4,8 +4,10 @@ are refused whole, naming the field."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -14,11 +16,13 @@ import pandas as pd
 import pytest
 
 from features.event_store import URL_ENV, EventStore
+from features.experiments import Experiment, Variant
 from features.item_features import metadata_columns
 from features.item_store import added_items
 from serving.api import RecommendRequest, RequestError, SimilarRequest
 from serving.catalog import ItemsRequest, post_items
 from serving.engine import Engine, load_engine
+from serving.experiments import Runner
 from serving.process import free_port, served
 from serving.recommend import recommend, similar_items
 from serving.swap import EngineHolder, ModelWatcher
@@ -132,3 +136,28 @@ def test_a_real_server_places_a_posted_item_on_every_worker(
                 break
             time.sleep(0.5)
         assert set(found) == {200}
+
+
+def test_an_experiments_other_model_places_a_posted_item_too(bundle_dir: Path, tmp_path: Path,
+                                                              store: EventStore) -> None:
+    # The experiment's second model is another bundle (here a copy under another path); the
+    # served model's variant follows the served engine itself.
+    other = str(shutil.copytree(bundle_dir, tmp_path / "other-model"))
+    first = worker(bundle_dir, store)
+    now = datetime.now(UTC)
+    test = Experiment("exp", "recommend", now - timedelta(hours=1), now + timedelta(days=1),
+                      (Variant("served", "model", 0.5, str(bundle_dir)),
+                       Variant("other", "model", 0.5, other)))
+    runner = Runner([test], store, lambda ref: load_engine(ref, store=store),
+                    {str(bundle_dir): first.holder.engine})
+    first.on_catalog_grew.append(runner.grow_catalog)
+    twin = twin_of(first.holder.engine, 3, "new-soap")
+    assert "new-soap" not in runner.engines[other].item_rows
+    assert post_items(first, ItemsRequest(items=[twin])).placed == ["new-soap"]
+    for variant in test.variants:
+        assert "new-soap" in runner.engine_for(variant, first.holder.engine).item_rows
+    carted = recommend(runner.engines[other], RecommendRequest(
+        user_id="new-visitor", k=10, recent_events=[{"item_id": "new-soap", "event": "view"},
+                                                     {"item_id": "new-soap",
+                                                      "event": "addtocart"}]))
+    assert "new-soap" in [i.item_id for i in carted.items]
