@@ -96,7 +96,7 @@ class Runner:
 
     def engine_for(self, variant: Variant, served: Engine) -> Engine:
         """A model variant's engine: the served one (as swapped in now) when it names the
-        served model's reference, else the one loaded at start."""
+        served model's reference, else its own (loaded at start, grown with the catalog)."""
         return served if variant.model in self.served_refs else self.engines[variant.model]
 
     def running(self, endpoint: str, at: datetime | None = None) -> Experiment | None:

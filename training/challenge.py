@@ -65,13 +65,6 @@ def per_user_on(bundle: Bundle, prepared: Prepared, metric: str, fold: str = "te
     return values
 
 
-def score_bundle_on(bundle: Bundle, prepared: Prepared, metric: str, fold: str = "test"
-                    ) -> float:
-    """``metric`` of ``bundle`` on ``prepared``'s ``fold``, the mean over its shoppers."""
-    values = per_user_on(bundle, prepared, metric, fold)
-    return float(values.mean()) if len(values) else float("nan")
-
-
 def champion_scorer(prepared: Prepared, metric: str) -> Callable[[ModelVersion], pd.Series]:
     """How promotion scores a champion trained on other data: per shopper of this run's test
     fold, so the lift's bootstrap pairs each shopper's two values."""

@@ -18,7 +18,7 @@ from features.spec import parse_spec
 from models.bundle import Bundle
 from tests.conftest import TINY
 from tests.models.recommender_contract import empty_histories
-from training.challenge import InThisVocabulary, champion_saw, score_bundle_on
+from training.challenge import InThisVocabulary, champion_saw, per_user_on
 
 
 class Fixed:
@@ -51,7 +51,9 @@ def test_a_bundle_scored_on_its_own_data_matches_its_logged_test_metric(
     bundle = Bundle.load(folder)
     prepared = prepare(parse_spec("synthetic"), FeatureConfig(**bundle.info["features"]))
     logged = json.loads((folder / "bundle.json").read_text())["metrics"]["test"]
-    got = score_bundle_on(bundle, prepared, "ndcg@10")
+    values = per_user_on(bundle, prepared, "ndcg@10")   # what promotion's bootstrap pairs
+    assert len(values) == logged["tailor"]["users"]
+    got = float(values.mean())
     assert got == pytest.approx(logged["tailor"]["ndcg@10"], abs=1e-6)
     assert 0.1 < got < 1.0
 
