@@ -22,8 +22,10 @@ from pathlib import Path
 
 from features.infra import ROOT, TailorError, add_traceback_arg, run_cli
 from serving.process import free_port, started
+from training.run_summary import MAIN_METRIC
+from training.tracking import metric_key
 
-HEADLINE = "test/lift_vs_best_baseline/ndcg_at_10"
+HEADLINE = metric_key("test", "lift_vs_best_baseline", MAIN_METRIC)   # as training logs it
 PARAMS_SELECT, METRICS_SELECT = "dubois-select-1", "dubois-select-2"  # the plot's two pickers
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 READY_TIMEOUT_S = 120.0

@@ -27,9 +27,8 @@ from typing import Any
 
 from benchmarks import common
 from features.infra import add_traceback_arg, run_cli
+from training.run_summary import MODEL  # the model's row in quality.json
 
-MODEL = "tailor"              # the model's row in quality.json (benchmarks/quality.py)
-SERVED = "tailor (served)"    # the served model's row (benchmarks/served.py)
 METRICS = ("ndcg@10", "hr@10")
 DPI = 110
 

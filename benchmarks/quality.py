@@ -48,9 +48,8 @@ from features.pipeline import Prepared, prepare
 from features.spec import parse_spec
 from training.evaluate import DEFAULT_KS, build_task, evaluate_all, evaluate_task
 from training.plots import comparison_chart
+from training.run_summary import MODEL  # the model's row, as training names it
 from training.tracking import metric_key
-
-MODEL = "tailor"
 
 SERVED_METRICS = ("hr@10", "ndcg@10", "recall@20")
 
