@@ -1,4 +1,4 @@
-"""The serving benchmark's load generator: a bounded asyncio + httpx client, run as its own process.
+"""The serving benchmark's load generator: a bounded asyncio client, run as its own process.
 
     python -m benchmarks.load --plan plan.json --out result.json
 
@@ -6,9 +6,11 @@ The plan (written by ``benchmarks.serve``) holds the server URL and the runs: ea
 (a route, a file of pre-built request bodies, one JSON document a line, and their ``kind``
 tags in a file beside it) and either
 
-* a ``concurrency`` (closed loop): that many workers, each with its own ``httpx.AsyncClient``
-  holding one keep-alive connection, each sending the next body as soon as its previous answer
-  is in. Latency is send to answer; throughput is what the server sustains.
+* a ``concurrency`` (closed loop): that many workers, each with its own keep-alive connection
+  (``benchmarks.http_client``: requests built once, answers read with little more than the
+  framing, so the client takes as little of the shared cores as it can), each sending the
+  next body as soon as its previous answer is in. Latency is send to answer; throughput is
+  what the server sustains.
 * a ``rate`` (open loop): requests are due at a fixed rate, whatever the answers, and go out on
   a pool of ``clients`` keep-alive connections. Latency counts from when a request was due, so
   time spent waiting for a free connection (the server falling behind) is latency too; requests
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -41,14 +42,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 
 from benchmarks.common import percentiles
+from benchmarks.http_client import Connection, HTTPError
 from features.infra import add_traceback_arg, run_cli
 
 REQUEST_TIMEOUT_S = 30.0
-HEADERS = {"Content-Type": "application/json"}
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 Record = tuple[float, int, str, str | None]   # latency s, HTTP status (0: none), kind, error
@@ -66,33 +66,35 @@ class Endpoint:
 
     def __init__(self, route: str, bodies: list[bytes], kinds: list[str], offset: int = 0):
         self.route, self.bodies, self.kinds, self.cursor = route, bodies, kinds, offset
+        self._requests: list[bytes] | None = None
 
-    async def call(self, client: httpx.AsyncClient, since: float | None = None) -> Record:
+    async def call(self, client: Connection, since: float | None = None) -> Record:
         """POST the next body; latency from ``since`` (default: now)."""
+        if self._requests is None:   # every connection goes to the same host and port
+            self._requests = [client.head("POST", self.route, len(b)) + b for b in self.bodies]
         i = self.cursor % len(self.bodies)
         self.cursor += 1
         started = time.perf_counter() if since is None else since
         try:
-            response = await client.post(self.route, content=self.bodies[i], headers=HEADERS)
-            await response.aread()
-            status, error = response.status_code, None
+            response = await client.request(self._requests[i])
+            status, error = response.status, None
             # A 503 with Retry-After is the server shedding load as designed (serving/guard.py):
             # counted as shed, not as an error.
             if not 200 <= status < 300 and not (status == 503 and "retry-after" in
                                                  response.headers):
                 error = f"HTTP {status}: {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            status, error = 0, f"{type(exc).__name__}: {exc}"[:200]
+        except HTTPError as exc:
+            status, error = 0, str(exc)[:200]
         return time.perf_counter() - started, status, self.kinds[i], error
 
 
-async def closed_loop(endpoint: Endpoint, clients: list[httpx.AsyncClient], duration: float,
+async def closed_loop(endpoint: Endpoint, clients: list[Connection], duration: float,
                       budget: int | None, record: list[Record] | None) -> None:
     """Each client sends its next request as soon as its previous answer is in."""
     deadline = time.perf_counter() + duration
     issued = [0]
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: Connection) -> None:
         while time.perf_counter() < deadline and (budget is None or issued[0] < budget):
             issued[0] += 1
             result = await endpoint.call(client)
@@ -102,11 +104,11 @@ async def closed_loop(endpoint: Endpoint, clients: list[httpx.AsyncClient], dura
     await asyncio.gather(*(worker(c) for c in clients))
 
 
-async def open_loop(endpoint: Endpoint, clients: list[httpx.AsyncClient], rate: float,
+async def open_loop(endpoint: Endpoint, clients: list[Connection], rate: float,
                     duration: float, budget: int | None, record: list[Record] | None) -> int:
     """Requests due every 1/rate s on a pool of ``clients``; returns how many were dropped
     (still waiting for a connection at the deadline)."""
-    idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
     for client in clients:
         idle.put_nowait(client)
     waiting: set[asyncio.Task] = set()
@@ -141,7 +143,7 @@ async def open_loop(endpoint: Endpoint, clients: list[httpx.AsyncClient], rate: 
     return dropped
 
 
-async def run_one(endpoint: Endpoint, clients: list[httpx.AsyncClient], run: dict[str, Any],
+async def run_one(endpoint: Endpoint, clients: list[Connection], run: dict[str, Any],
                   seconds: float, max_requests: int, warmup_s: float) -> dict[str, Any]:
     """Warm-up, then the bounded measured phase; the figures."""
     rate = run.get("rate")
@@ -183,7 +185,7 @@ async def run_one(endpoint: Endpoint, clients: list[httpx.AsyncClient], run: dic
 
 async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
     base = plan["url"].rstrip("/")
-    host = urlsplit(base).hostname
+    host, port = urlsplit(base).hostname, urlsplit(base).port or 80
     if host not in LOOPBACK:
         raise ValueError(f"the load generator only calls loopback addresses, not {host!r}")
     results = []
@@ -192,17 +194,15 @@ async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
         kinds = json.loads(Path(run["kinds"]).read_text())
         if len(bodies) != len(kinds) or not bodies:
             raise ValueError(f"{run['bodies']}: {len(bodies)} bodies, {len(kinds)} kinds")
-        endpoint = Endpoint(run["route"], bodies, kinds, int(run.get("offset", 0)))
+        route = urlsplit(base).path + run["route"]
+        endpoint = Endpoint(route, bodies, kinds, int(run.get("offset", 0)))
         n = int(run.get("clients") or run["concurrency"])
-        # A client per connection: one shared pool of n connections costs the client more CPU
-        # per request as n grows (httpcore scans its pool on every request).
-        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with contextlib.AsyncExitStack() as stack:
-            clients = [await stack.enter_async_context(httpx.AsyncClient(
-                base_url=base, limits=one, timeout=REQUEST_TIMEOUT_S, trust_env=False))
-                for _ in range(n)]
+        clients = [Connection(host, port, REQUEST_TIMEOUT_S) for _ in range(n)]
+        try:
             result = await run_one(endpoint, clients, run, float(plan["seconds"]),
                                    int(plan["max_requests"]), float(plan["warmup_s"]))
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
         result["name"] = run["name"]
         results.append(result)
         if plan.get("verbose"):
@@ -217,7 +217,7 @@ async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.load",
-        description="Bounded asyncio + httpx load against a loopback HTTP server: runs the plan "
+        description="Bounded asyncio load against a loopback HTTP server: runs the plan "
                     "written by benchmarks.serve (closed loop at a concurrency, or open loop at "
                     "a rate) and writes per-run requests/s, latency percentiles and errors as "
                     "JSON.")

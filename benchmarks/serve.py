@@ -13,9 +13,9 @@ Steps:
    before the server starts.
 3. HTTP: exactly what ``make serve`` starts (``bentoml serve serving.service:Tailor`` with
    ``TAILOR_MODEL`` set to the bundle folder) on a loopback port, loaded by ``benchmarks.load``
-   (asyncio + httpx, one keep-alive connection per client) in a process of its own: per
-   endpoint, closed loop at each concurrency level, then open loop at ``rate`` requests/s (the
-   direct check of the target); each run a warm-up, then at most ``seconds`` and at most
+   (asyncio, one keep-alive connection per client, requests pre-built) in a process of its own:
+   per endpoint, closed loop at each concurrency level, then open loop at ``rate`` requests/s
+   (the direct check of the target); each run a warm-up, then at most ``seconds`` and at most
    ``max_requests``. Per run, the CPU time the server's processes and the load generator spent
    per request is measured too: on two shared cores that is what bounds requests/s. The server
    and its workers are stopped afterwards, also on errors, Ctrl-C and SIGTERM.
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serve",
         description="Serving benchmark: `bentoml serve serving.service:Tailor` under load from a "
-                    "separate process (asyncio + httpx) at several concurrency levels, "
+                    "separate process (asyncio, pre-built requests) at several concurrency levels, "
                     "/recommend (returning, session and unknown shoppers) and /also_bought; the "
                     "same calls in-process for the serving overhead; py-spy where the target "
                     f"({TARGET_RPS:.0f} req/s with p99 < {TARGET_P99_MS:.0f} ms) is missed.")
