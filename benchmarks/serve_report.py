@@ -13,10 +13,18 @@ from benchmarks.common import table
 if TYPE_CHECKING:
     from benchmarks.serve import ServeBenchConfig
 
-TARGET_RPS = 300.0
+# The targets, per endpoint: /recommend 300 req/s, /also_bought (cheaper, and on every product
+# page) 600 req/s, each with p99 under TARGET_P99_MS.
+TARGET_RPS = {"recommend": 300.0, "also_bought": 600.0}
 TARGET_P99_MS = 25.0
 SPORTS_SIZED = 15_000   # items; the Amazon Sports catalog has ~18k
 ENDPOINTS = {"recommend": "/recommend", "also_bought": "/also_bought"}
+
+
+def target_text() -> str:
+    """``/recommend >= 300 req/s, /also_bought >= 600 req/s, p99 < 25 ms``"""
+    rates = ", ".join(f"{ENDPOINTS[n]} >= {rps:.0f} req/s" for n, rps in TARGET_RPS.items())
+    return f"{rates}, each with p99 < {TARGET_P99_MS:g} ms"
 
 
 def load_label(r: dict[str, Any]) -> str:
@@ -37,7 +45,7 @@ def meets_target(r: dict[str, Any]) -> bool:
     rate = r["rate"] if r.get("rate") else r["rps"]
     # Shed requests (fast 503s) are not answers: a run that sheds any did not serve the load.
     return (r["errors"] == 0 and not r.get("dropped") and not r.get("shed")
-            and r["p99_ms"] < TARGET_P99_MS and rate >= TARGET_RPS)
+            and r["p99_ms"] < TARGET_P99_MS and rate >= TARGET_RPS[r["name"]])
 
 
 def target_verdict(http: list[dict[str, Any]]) -> tuple[bool, str, dict[str, Any]]:
@@ -80,7 +88,7 @@ def target_verdict(http: list[dict[str, Any]]) -> tuple[bool, str, dict[str, Any
         pick = rated[0] if rated else max(closed, key=lambda r: r["rps"])
         best[name] = {"met": False, "load": {k: pick.get(k) for k in ("concurrency", "rate")}}
     word = "met" if met_all else "missed"
-    line = (f"Target (>= {TARGET_RPS:.0f} req/s with {bound} on a Sports-sized catalog): "
+    line = (f"Target ({target_text()} on a Sports-sized catalog): "
             f"**{word}** — " + "; ".join(parts) + ".")
     return met_all, line, best
 
@@ -106,9 +114,10 @@ def report(info: dict[str, Any], cfg: ServeBenchConfig, http: list[dict[str, Any
     cols = ["endpoint", "load", "requests", "rps", "p50", "p95", "p99", "errors", "shed",
             "server_cpu",
             "client_cpu", "other"]
-    rate = (f" Open loop: requests due at {cfg.rate:g}/s whatever the answers, over "
-            f"{cfg.rate_clients} connections; latency counts from when each was due."
-            if cfg.rate else "")
+    rates = [f"{ENDPOINTS[n]} {r:g}/s" for n, r in cfg.rates().items() if r]
+    rate = (f" Open loop: requests due at a fixed rate ({', '.join(rates)}) whatever the "
+            f"answers, over {cfg.rate_clients} connections; latency counts from when each was "
+            f"due." if rates else "")
     lines = [
         f"Bundle `{info['bundle']}` ({info['data']}): {info['items']:,} items, "
         f"{info['shoppers']:,} known shoppers, ranking {info['ranking']}. Server: "
@@ -151,8 +160,8 @@ def report(info: dict[str, Any], cfg: ServeBenchConfig, http: list[dict[str, Any
         for name, b in budget.items():
             lines.append(f"- {ENDPOINTS[name]}: {b['server_ms']:.2f} + {b['client_ms']:.2f} = "
                          f"{b['ms']:.2f} ms ({b['load']}): at most {b['ceiling_rps']:.0f} req/s "
-                         f"with the cores to ourselves; {TARGET_RPS:.0f} req/s keeps them "
-                         f"{b['busy_at_target']:.0%} busy.")
+                         f"with the cores to ourselves; {TARGET_RPS[name]:.0f} req/s keeps "
+                         f"them {b['busy_at_target']:.0%} busy.")
         lines.append("")
     note = "" if info["items"] >= SPORTS_SIZED else (
         f" This run's catalog holds {info['items']:,} items, not Sports' ~18k: the line above is "
@@ -193,7 +202,7 @@ def cpu_budget(http: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         ms = r["server_cpu_ms"] + r["client_cpu_ms"]
         out[name] = {"server_ms": r["server_cpu_ms"], "client_ms": r["client_cpu_ms"], "ms": ms,
                      "load": load_label(r), "ceiling_rps": 1000.0 * cores / ms,
-                     "busy_at_target": TARGET_RPS * ms / (1000.0 * cores)}
+                     "busy_at_target": TARGET_RPS[name] * ms / (1000.0 * cores)}
     return out
 
 

@@ -67,7 +67,7 @@ from serving.guard import RequestGuard
 from serving.merchandise import rules_path
 from serving.recommend import model_card, similar_items
 from serving.segments import Segmenter, segmenter_for_service, shopper_segments
-from serving.swap import EngineHolder, ModelWatcher, request_reload
+from serving.swap import EngineHolder, ModelWatcher, request_reload, settle_heap
 
 MODEL_ENV = "TAILOR_MODEL"
 DEFAULT_MODEL = "champion"
@@ -152,6 +152,7 @@ class Tailor:
         # The segments file is checked at start; learned segments are learned on first use, and
         # again for a swapped-in model.
         self._segmenter = segmenter_for_service(self.holder.engine)
+        settle_heap()
 
     def served_model(self) -> tuple[str, Path | None]:
         """The model reference and, for a Bento's model, its bundle folder: the BentoML model

@@ -16,6 +16,7 @@ request ends. A model that fails to load is logged and the old one stays.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -29,6 +30,21 @@ from serving.engine import Engine, model_version, with_added_items
 
 CHECK_SECONDS = 2.0
 log = logging.getLogger("tailor.swap")
+
+
+def settle_heap() -> None:
+    """Keep Python's cyclic garbage collector off the served model.
+
+    A loaded engine is about half a million long-lived Python objects (the Sports bundle): each
+    full collection walks all of them, about 200 ms on one core, during which the worker answers
+    nothing. Under load those pauses were the p99 (and the 503s of a full in-flight queue).
+    ``gc.freeze`` moves everything alive now out of the collector's generations; reference
+    counting still frees it. Called once the worker has loaded what it serves, and after each
+    swap (one pause then), unfreezing first so that what the swap left unreachable is collected.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class EngineHolder:
@@ -89,11 +105,13 @@ class ModelWatcher(threading.Thread):
                         grown.version)
             for follow in self.on_catalog_grew:
                 follow()
+            settle_heap()
             return True
         engine = self.load(target)   # with the added items (serving.engine.load_engine)
         old = self.holder.engine.version
         self.holder.engine, self.holder.ref = engine, target
         log.warning("model swapped: %s -> %s", old, engine.version)
+        settle_heap()
         return True
 
 

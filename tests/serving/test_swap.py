@@ -3,8 +3,10 @@ the new model beside the old one and switch between requests."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,15 @@ from serving.api import RecommendRequest, ReloadRequest, RequestError
 from serving.engine import Engine, bundle_label, load_engine
 from serving.process import free_port, served
 from serving.recommend import recommend
-from serving.swap import EngineHolder, ModelWatcher, request_reload
+from serving.swap import EngineHolder, ModelWatcher, request_reload, settle_heap
+
+
+@pytest.fixture(autouse=True)
+def unfrozen() -> Iterator[None]:
+    """A swap freezes the heap (``settle_heap``); the rest of the test session must not
+    inherit that."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
@@ -34,7 +44,9 @@ def test_a_reload_request_swaps_the_engine(bundle_dir: Path, second_bundle: Path
     assert not watcher.check()                       # nothing asked: nothing loads
     done = request_reload(store, ReloadRequest(model=str(second_bundle)))
     assert done.generation == 1
+    assert gc.get_freeze_count() == 0
     assert watcher.check() and holder.engine is not first
+    assert gc.get_freeze_count() > 0                 # the new engine is settled (settle_heap)
     # the answers name the bundle by its label, the holder keeps the operator's reference
     assert holder.engine.version == bundle_label(second_bundle)
     assert holder.ref == str(second_bundle)
@@ -48,6 +60,37 @@ def test_a_reload_request_swaps_the_engine(bundle_dir: Path, second_bundle: Path
     with pytest.raises(RequestError) as err:
         request_reload(store, ReloadRequest(model="no-such-alias-or-path/x"))
     assert (err.value.status, err.value.field) == (404, "model")
+
+
+class _Node:
+    """An object in a reference cycle, which only the cyclic collector frees."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_settled_heap_keeps_the_engine_out_of_the_collector(bundle_dir: Path) -> None:
+    engine = load_engine(str(bundle_dir))
+    old = _Node()
+    old_alive = weakref.ref(old)
+    settle_heap()
+    # the engine's objects are no longer among those a collection walks
+    assert gc.get_freeze_count() > 10_000
+    walked = {id(o) for o in gc.get_objects()}
+    assert id(engine.__dict__) not in walked and id(old.__dict__) not in walked
+    # a cycle made unreachable after the freeze (a swapped-out engine) survives collections...
+    del old
+    gc.collect()
+    assert old_alive() is not None
+    # ... until the next settle, which every swap runs
+    settle_heap()
+    assert old_alive() is None
+    # and what is created afterwards is collected as usual
+    new = _Node()
+    new_alive = weakref.ref(new)
+    del new
+    gc.collect()
+    assert new_alive() is None
 
 
 def test_a_restarted_worker_keeps_a_reload_asked_since_the_server_started(
