@@ -12,6 +12,15 @@ In order, a request is refused with the project's error shape (``RequestError.bo
 * a POST's body is not JSON (415, ``content-type``): BentoML would parse a form instead;
 * its body is larger than ``$TAILOR_MAX_BODY_BYTES`` (413, ``body``), by ``Content-Length``
   before it is read, or counted while a chunked body streams in.
+A full worker (its 503s, and its answers given while ``max_inflight`` requests are in flight)
+closes the connection after the answer (``Connection: close``): the client's next request opens
+a new one, and the worker that accepts it is one waiting for work, not this busy one. Workers
+share one listening socket and keep-alive connections stay where they were accepted; a worker
+that happened to accept a burst of them (8 clients' connections on one of 2 workers, in `make
+bench-serve`) would otherwise keep refusing them while the other core idled. Only a full worker
+does it: closing whenever requests queue cost more in reconnects than it balanced (at 300
+req/s, p50 7 -> 47 ms).
+
 Probes (``/healthz``, ``/readyz``, ``/livez``) and ``/metrics`` are never counted nor refused,
 whatever their ``Host``: Kubernetes and Prometheus call them with the pod's IP as ``Host``, and a
 busy worker must still say it is alive.
@@ -44,6 +53,7 @@ HOSTS_ENV, SERVE_HOST_ENV = "TAILOR_ALLOWED_HOSTS", "TAILOR_SERVE_HOST"
 # admitted behind 3 others still answers in about 25 ms, a 5th would wait past the target, so
 # it is better refused at once (another replica, or a retry a second later, does better).
 DEFAULT_MAX_INFLIGHT = 4
+CLOSE = (b"connection", b"close")
 # The largest legitimate body is /events with 1000 events: with 64-character ids and full
 # timestamps it is about 400 KB (tests/serving/test_guard.py checks it fits); only a batch whose
 # every id is near the 256-character cap passes 1 MiB (such a client sends smaller batches).
@@ -133,7 +143,7 @@ class RequestGuard:
             return await reject(scope, send, RequestError(
                 503, "server", f"the server is overloaded ({self.inflight} requests in flight "
                                f"on this worker); retry after {RETRY_AFTER_S} s", "overloaded"),
-                headers=[(b"retry-after", str(RETRY_AFTER_S).encode())])
+                headers=[(b"retry-after", str(RETRY_AFTER_S).encode()), CLOSE])
         self.inflight += 1
         try:
             # Requests that arrived while the worker computed start as tasks together, and an
@@ -141,9 +151,19 @@ class RequestGuard:
             # see the count back at 0. One yield first lets all of them count themselves (and
             # those past the limit be refused) before any of them computes.
             await asyncio.sleep(0)
-            await self._admitted(scope, receive, send, headers)
+            await self._admitted(scope, receive, self._rebalancing(send), headers)
         finally:
             self.inflight -= 1
+
+    def _rebalancing(self, send: Send) -> Send:
+        """``send`` that closes the connection after an answer given while the worker is full."""
+
+        async def rebalancing(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.inflight >= self.max_inflight:
+                message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
+            await send(message)
+
+        return rebalancing
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send,
                         headers: dict[str, str]) -> None:

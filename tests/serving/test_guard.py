@@ -133,6 +133,30 @@ def test_past_the_limit_a_request_gets_503_at_once_and_probes_still_answer() -> 
     assert "overloaded" in json.loads(body)["error"]
     assert probe[0] == 200 and [h[0] for h in held] == [200, 200]
     assert guard.inflight == 0 and run(guard)[0] == 200   # the slots come back
+    # a refused client is sent away from this busy worker: its next connection may land on
+    # another one
+    assert headers["connection"] == "close"
+
+
+def test_answers_of_a_full_worker_close_the_connection() -> None:
+    stub = Stub()
+    guard = RequestGuard(stub, max_inflight=3, hosts=["127.0.0.1"])
+
+    async def with_in_flight(n: int) -> dict[str, str]:
+        """The headers of an answer given while ``n`` - 1 other requests are in flight."""
+        stub.hold = asyncio.Event()
+        held = [asyncio.create_task(call(guard)) for _ in range(n - 1)]
+        await asyncio.sleep(0.01)
+        stub.hold = None
+        answer = await call(guard)
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        return answer[1]
+
+    assert "connection" not in run(guard)[1]   # alone: the connection stays open
+    assert "connection" not in asyncio.run(with_in_flight(2))
+    assert asyncio.run(with_in_flight(3))["connection"] == "close"   # 3 of 3 slots taken
 
 
 @pytest.mark.parametrize(("content_type", "ok"), [
