@@ -40,6 +40,9 @@ from models.two_tower import TwoTower, TwoTowerConfig
 
 # 2: histories.parquet holds Histories (item rows, event codes, ms); 1: raw events (read too).
 BUNDLE_VERSION = 2
+# Model settings added after bundles were already saved, with the behaviour those bundles were
+# trained with (a bundle that lacks the key predates the setting).
+TRAINED_BEFORE = {"mask_padding": False}
 FILES = ("bundle.json", "model.pt", "item_vocab.parquet", "items.parquet", "item_vectors.npy",
          "bought_together.parquet", "histories.parquet")
 
@@ -109,7 +112,8 @@ class Bundle:
             raise DataError(f"not a Tailor bundle (missing {', '.join(missing)})",
                             path=str(folder))
         info = json.loads((folder / "bundle.json").read_text())
-        model = TwoTower(TwoTowerConfig(**info["model"]))
+        # Settings added since a bundle was saved take the value it was trained with.
+        model = TwoTower(TwoTowerConfig(**{**TRAINED_BEFORE, **info["model"]}))
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
         model.eval()
         vocab = Vocabulary.from_frame(pd.read_parquet(folder / "item_vocab.parquet"))

@@ -60,6 +60,10 @@ class TwoTowerConfig:
         "(weighted mean)")
     n_layers: int = setting(2, "transformer layers")
     n_heads: int = setting(2, "attention heads per transformer layer")
+    mask_padding: bool = setting(
+        True,
+        "transformer: keep the padding left of a short history out of attention (bundles "
+        "saved before this setting load with it off, as they were trained)")
     dropout: float = setting(0.2, "dropout in the user tower")
     temperature: float = setting(0.05, "softmax temperature over cosine scores")
     interest: bool = setting(
@@ -241,13 +245,24 @@ class TwoTower(nn.Module):
         x = x + self.pos_emb(positions + (self.cfg.history_len - length))
         x = self.dropout(self.input_norm(x)) * mask.unsqueeze(-1)
         if self.encoder is not None:
-            causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
-            h = self.encoder(x, mask=causal)
+            h = self.encoder(x, mask=self._attention_mask(mask) if self.cfg.mask_padding else
+                             torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1))
         else:
             h = self._pool(x, mask, all_positions)
         h = h * mask.unsqueeze(-1)
         vec = F.normalize(self.user_out(h) + h, dim=-1)
         return vec if all_positions else vec[:, -1]
+
+    def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Blocked (True) query/key pairs, (B * heads, L, L): later positions (causal) and the
+        padding left of a short history. Unmasked, the padding's identical keys took a share of
+        attention that grew with the number of pads, so the shorter the history, the less its
+        own events counted. Each position still sees itself, so a padding row is never empty."""
+        b, length = mask.shape
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        blocked = causal.unsqueeze(0) | ~mask.unsqueeze(1)
+        blocked &= ~torch.eye(length, dtype=torch.bool).unsqueeze(0)
+        return blocked.repeat_interleave(self.cfg.n_heads, dim=0)
 
     def _pool(self, x: torch.Tensor, mask: torch.Tensor, all_positions: bool) -> torch.Tensor:
         """Attention-weighted mean of the events up to each position (causal, like the encoder)."""

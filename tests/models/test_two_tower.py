@@ -3,7 +3,10 @@ plus what is particular to it: user vectors, the interest term and ``recommender
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 from features.item_attributes import TOKENS_COLUMN, AttributeTable
 from features.pipeline import Prepared
 from models.base import Recommender
+from models.bundle import Bundle
 from models.inputs import ItemTable
 from models.scoring import (
     TwoTowerRecommender,
@@ -232,3 +236,38 @@ def test_serving_looks_up_the_same_rows_as_the_keyed_jagged_path() -> None:
     assert set(direct) == set(jagged) == {"hist_item", "cand_item", "cand_category"}
     for key in direct:
         torch.testing.assert_close(direct[key], jagged[key])
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_the_transformer_reads_a_short_history_alike_whatever_its_padding(
+        mask_padding: bool) -> None:
+    """The same 3 events, right-aligned in a window of 3 and of 10: with the padding masked the
+    user vector is the same; attended (the behaviour of bundles from before the setting) the 7
+    pads change it."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=20, dim=16, history_len=10, encoder="transformer",
+                                    n_layers=2, mask_padding=mask_padding)).eval()
+
+    def user(width: int) -> torch.Tensor:
+        items = torch.full((1, width), 0, dtype=torch.long)
+        items[0, -3:] = torch.tensor([4, 7, 2])
+        events = torch.zeros((1, width), dtype=torch.long)
+        gaps = torch.full((1, width), float("nan"))
+        mask = torch.zeros((1, width), dtype=torch.bool)
+        mask[0, -3:] = True
+        with torch.no_grad():
+            return model.user_embed(items, events, gaps, mask)
+
+    same = torch.allclose(user(3), user(10), atol=1e-5)
+    assert same == mask_padding
+
+
+def test_a_bundle_saved_before_mask_padding_loads_with_it_off(tiny_bundle: Path,
+                                                             tmp_path: Path) -> None:
+    assert Bundle.load(tiny_bundle).model.cfg.mask_padding   # saved now: on
+    old = tmp_path / "before"
+    shutil.copytree(tiny_bundle, old)
+    info = json.loads((old / "bundle.json").read_text())
+    del info["model"]["mask_padding"]
+    (old / "bundle.json").write_text(json.dumps(info))
+    assert not Bundle.load(old).model.cfg.mask_padding
