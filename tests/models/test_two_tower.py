@@ -69,6 +69,13 @@ class TestTwoTower(RecommenderContract):
         return recommender_for(train(prepared), prepared.item_features)
 
 
+class TestTransformerTwoTower(TestTwoTower):
+    """The same contract and planted answers with the causal transformer as user tower."""
+
+    def make_recommender(self, prepared: Prepared) -> Recommender:
+        return recommender_for(train(prepared, encoder="transformer"), prepared.item_features)
+
+
 @pytest.fixture(scope="module")
 def trained() -> tuple[Prepared, TwoTowerRecommender]:
     p = pairs_prepared()
