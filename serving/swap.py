@@ -32,18 +32,21 @@ CHECK_SECONDS = 2.0
 log = logging.getLogger("tailor.swap")
 
 
-def settle_heap() -> None:
+def settle_heap(*, full: bool = True) -> None:
     """Keep Python's cyclic garbage collector off the served model.
 
     A loaded engine is about half a million long-lived Python objects (the Sports bundle): each
     full collection walks all of them, about 200 ms on one core, during which the worker answers
     nothing. Under load those pauses were the p99 (and the 503s of a full in-flight queue).
-    ``gc.freeze`` moves everything alive now out of the collector's generations; reference
-    counting still frees it. Called once the worker has loaded what it serves, and after each
-    swap (one pause then), unfreezing first so that what the swap left unreachable is collected.
+    ``gc.freeze`` moves everything alive now out of the collector's generations for good.
+    Reference counting still frees frozen objects, and an engine holds no reference cycles
+    (tests/serving/test_swap.py; a dropped Sports engine left 0 objects for the collector), so
+    a replaced engine is freed when its last request ends, frozen or not.
+
+    ``full``: collect everything first (once the worker has loaded what it serves); after a
+    swap only the young generations, so that swapping pauses no request for a full collection.
     """
-    gc.unfreeze()
-    gc.collect()
+    gc.collect(2 if full else 1)
     gc.freeze()
 
 
@@ -105,13 +108,13 @@ class ModelWatcher(threading.Thread):
                         grown.version)
             for follow in self.on_catalog_grew:
                 follow()
-            settle_heap()
+            settle_heap(full=False)
             return True
         engine = self.load(target)   # with the added items (serving.engine.load_engine)
         old = self.holder.engine.version
         self.holder.engine, self.holder.ref = engine, target
         log.warning("model swapped: %s -> %s", old, engine.version)
-        settle_heap()
+        settle_heap(full=False)
         return True
 
 
