@@ -12,6 +12,7 @@ In order, a request is refused with the project's error shape (``RequestError.bo
 * a POST's body is not JSON (415, ``content-type``): BentoML would parse a form instead;
 * its body is larger than ``$TAILOR_MAX_BODY_BYTES`` (413, ``body``), by ``Content-Length``
   before it is read, or counted while a chunked body streams in.
+
 A full worker (its 503s, and its answers given while ``max_inflight`` requests are in flight)
 closes the connection after the answer (``Connection: close``): the client's next request opens
 a new one, and the worker that accepts it is one waiting for work, not this busy one. Workers
