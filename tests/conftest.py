@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,15 @@ def own_event_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(URL_ENV, url)
         yield url
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_heap() -> Iterator[None]:
+    """A model swap freezes the heap (``serving.swap.settle_heap``), in a test process too:
+    thaw it after each test, so no test inherits another's frozen objects."""
+    yield
+    gc.unfreeze()
+
 
 # A tiny real model on the embedded shop: small, pooling, big batches (the shared flags), and the
 # one-epoch run without MLflow most tests use.
