@@ -245,8 +245,7 @@ class TwoTower(nn.Module):
         x = x + self.pos_emb(positions + (self.cfg.history_len - length))
         x = self.dropout(self.input_norm(x)) * mask.unsqueeze(-1)
         if self.encoder is not None:
-            h = self.encoder(x, mask=self._attention_mask(mask) if self.cfg.mask_padding else
-                             torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1))
+            h = self.encoder(x, mask=self._attention_mask(mask))
         else:
             h = self._pool(x, mask, all_positions)
         h = h * mask.unsqueeze(-1)
@@ -254,12 +253,15 @@ class TwoTower(nn.Module):
         return vec if all_positions else vec[:, -1]
 
     def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """Blocked (True) query/key pairs, (B * heads, L, L): later positions (causal) and the
-        padding left of a short history. Unmasked, the padding's identical keys took a share of
-        attention that grew with the number of pads, so the shorter the history, the less its
-        own events counted. Each position still sees itself, so a padding row is never empty."""
-        b, length = mask.shape
+        """Blocked (True) query/key pairs: later positions (causal), (L, L); with
+        ``mask_padding`` also the padding left of a short history, (B * heads, L, L). Unmasked,
+        the padding's identical keys took a share of attention that grew with the number of
+        pads, so the shorter the history, the less its own events counted. Each position still
+        sees itself, so a padding row is never empty."""
+        length = mask.shape[1]
         causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        if not self.cfg.mask_padding:   # bundles saved before the setting
+            return causal
         blocked = causal.unsqueeze(0) | ~mask.unsqueeze(1)
         blocked &= ~torch.eye(length, dtype=torch.bool).unsqueeze(0)
         return blocked.repeat_interleave(self.cfg.n_heads, dim=0)
