@@ -46,23 +46,23 @@ class Connection:
     _reader: asyncio.StreamReader | None = field(default=None, repr=False)
     _writer: asyncio.StreamWriter | None = field(default=None, repr=False)
 
-    def head(self, method: str, path: str, body_len: int,
-             content_type: str = "application/json") -> bytes:
-        """The request line and headers of a request; build it once, send it many times."""
+    def message(self, method: str, path: str, body: bytes = b"",
+                content_type: str = "application/json") -> bytes:
+        """A whole request to this connection's server: build it once, send it many times."""
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                 f"Content-Length: {body_len}"]
-        if body_len:
+                 f"Content-Length: {len(body)}"]
+        if body:
             lines.append(f"Content-Type: {content_type}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-    async def request(self, head: bytes, body: bytes = b"") -> Response:
-        """Send ``head`` + ``body`` and read the whole answer."""
+    async def request(self, message: bytes) -> Response:
+        """Send ``message`` (from ``message()``) and read the whole answer."""
         try:
             async with asyncio.timeout(self.timeout):
                 if self._writer is None:
                     self._reader, self._writer = await asyncio.open_connection(
                         self.host, self.port)
-                self._writer.write(head + body if body else head)
+                self._writer.write(message)
                 return await self._read()
         except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 TimeoutError, ValueError) as exc:

@@ -64,19 +64,17 @@ def summary(latencies: list[float]) -> dict[str, float]:
 class Endpoint:
     """One route's bodies, a shared cursor over them, and the POST that records an answer."""
 
-    def __init__(self, route: str, bodies: list[bytes], kinds: list[str], offset: int = 0):
-        self.route, self.bodies, self.kinds, self.cursor = route, bodies, kinds, offset
-        self._requests: list[bytes] | None = None
+    def __init__(self, route: str, requests: list[bytes], kinds: list[str], offset: int = 0):
+        """``requests``: whole HTTP requests (``Connection.message``), one per body."""
+        self.route, self.requests, self.kinds, self.cursor = route, requests, kinds, offset
 
     async def call(self, client: Connection, since: float | None = None) -> Record:
         """POST the next body; latency from ``since`` (default: now)."""
-        if self._requests is None:   # every connection goes to the same host and port
-            self._requests = [client.head("POST", self.route, len(b)) + b for b in self.bodies]
-        i = self.cursor % len(self.bodies)
+        i = self.cursor % len(self.requests)
         self.cursor += 1
         started = time.perf_counter() if since is None else since
         try:
-            response = await client.request(self._requests[i])
+            response = await client.request(self.requests[i])
             status, error = response.status, None
             # A 503 with Retry-After is the server shedding load as designed (serving/guard.py):
             # counted as shed, not as an error.
@@ -184,8 +182,8 @@ async def run_one(endpoint: Endpoint, clients: list[Connection], run: dict[str, 
 
 
 async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    base = plan["url"].rstrip("/")
-    host, port = urlsplit(base).hostname, urlsplit(base).port or 80
+    url = urlsplit(plan["url"].rstrip("/"))
+    host, port = url.hostname, url.port or 80
     if host not in LOOPBACK:
         raise ValueError(f"the load generator only calls loopback addresses, not {host!r}")
     results = []
@@ -194,10 +192,11 @@ async def run_plan(plan: dict[str, Any]) -> list[dict[str, Any]]:
         kinds = json.loads(Path(run["kinds"]).read_text())
         if len(bodies) != len(kinds) or not bodies:
             raise ValueError(f"{run['bodies']}: {len(bodies)} bodies, {len(kinds)} kinds")
-        route = urlsplit(base).path + run["route"]
-        endpoint = Endpoint(route, bodies, kinds, int(run.get("offset", 0)))
         n = int(run.get("clients") or run["concurrency"])
         clients = [Connection(host, port, REQUEST_TIMEOUT_S) for _ in range(n)]
+        route = url.path + run["route"]
+        endpoint = Endpoint(route, [clients[0].message("POST", route, b) for b in bodies],
+                            kinds, int(run.get("offset", 0)))
         try:
             result = await run_one(endpoint, clients, run, float(plan["seconds"]),
                                    int(plan["max_requests"]), float(plan["warmup_s"]))

@@ -48,8 +48,8 @@ def test_framings_keep_alive_and_reconnect() -> None:
     async def go() -> list:
         server, port = await _serve(answers, seen)
         conn = Connection("127.0.0.1", port)
-        head = conn.head("POST", "/recommend", 9)
-        out = [await conn.request(head, b'{"k": 10}') for _ in range(4)]
+        message = conn.message("POST", "/recommend", b'{"k": 10}')
+        out = [await conn.request(message) for _ in range(4)]
         await conn.close()
         server.close()
         return out
@@ -71,7 +71,7 @@ def test_transport_errors_are_http_errors() -> None:
 
     async def refused() -> None:
         conn = Connection("127.0.0.1", port, timeout=2)
-        await conn.request(conn.head("GET", "/", 0))
+        await conn.request(conn.message("GET", "/"))
 
     with pytest.raises(HTTPError, match="Error"):
         asyncio.run(refused())
@@ -80,7 +80,7 @@ def test_transport_errors_are_http_errors() -> None:
         server, live = await _serve([b"SMTP ready\r\n\r\n"], [])
         conn = Connection("127.0.0.1", live, timeout=2)
         try:
-            await conn.request(conn.head("GET", "/", 0))
+            await conn.request(conn.message("GET", "/"))
         finally:
             server.close()
 
