@@ -9,7 +9,7 @@ One store behind one interface, written with SQLAlchemy Core:
   serving replicas or machines sharing one store.
 
 The tables are in ``features/store_schema.py``. The schema version is checked at start: a store
-of an older version whose upgrade only adds tables gets them; any other version is a clear
+of an older version whose upgrade only adds tables and indexes gets them; any other version is a clear
 error, never a silent migration. Times are epoch milliseconds (UTC).
 """
 
@@ -41,6 +41,7 @@ from features.store_schema import (
     events_table,
     impressions_table,
     latest_rows,
+    migrate,
     metadata,
     privacy_table,
     schema_table,
@@ -155,8 +156,8 @@ class EventStore:
         with self.engine.begin() as conn:
             if sa.inspect(conn).has_table("tailor_schema"):
                 version = conn.execute(sa.select(schema_table.c.version)).scalar()
-                if version in MIGRATABLE:   # later versions only add tables
-                    metadata.create_all(conn)
+                if version in MIGRATABLE:   # later versions only add tables and indexes
+                    migrate(conn)
                     conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
                     return SCHEMA_VERSION
                 return version

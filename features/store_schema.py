@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-# 2 added ``catalog_items``; a version-1 store gets the table when it is opened (MIGRATIONS).
-SCHEMA_VERSION = 2
-MIGRATABLE = (1,)
+# 2 added ``catalog_items``; 3 indexes impressions by (user_id, ts_ms) instead of user_id. An
+# older store gets both when it is opened (``migrate``).
+SCHEMA_VERSION = 3
+MIGRATABLE = (1, 2)
+# Indexes that a later version replaced: dropped by ``migrate``.
+REPLACED_INDEXES = ("impressions_user",)
 
 metadata = sa.MetaData()
 events_table = sa.Table(
@@ -59,7 +62,10 @@ impressions_table = sa.Table(   # what an answer showed: the unit outcomes are a
     sa.Column("items", sa.Text, nullable=False),      # JSON list of item ids, in slot order
     sa.Column("ts_ms", sa.BigInteger, nullable=False),
     sa.Index("impressions_experiment", "experiment"),
-    sa.Index("impressions_user", "user_id"),
+    # Serving reads a shopper's latest impressions on every request: by (user_id, ts_ms) that is
+    # a range of at most the limit's rows, where by user_id alone it read and sorted every
+    # impression the shopper ever had, so a frequent shopper's answers slowed down over time.
+    sa.Index("impressions_user_time", "user_id", "ts_ms"),
 )
 control_table = sa.Table(   # requests every worker of every replica acts on (a model reload)
     "tailor_control", metadata,
@@ -78,6 +84,17 @@ schema_table = sa.Table(
     "tailor_schema", metadata,
     sa.Column("version", sa.Integer, nullable=False),
 )
+
+
+def migrate(conn: sa.Connection) -> None:
+    """Bring a store of a ``MIGRATABLE`` version to this schema: the tables and indexes it
+    lacks are created, replaced indexes dropped; the stored rows stay as they are."""
+    metadata.create_all(conn)   # missing tables, with their indexes
+    for table in metadata.sorted_tables:
+        for index in table.indexes:   # create_all leaves an existing table's indexes alone
+            index.create(conn, checkfirst=True)
+    for name in REPLACED_INDEXES:
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS {name}"))
 
 
 # The per-request reads, built once (SQLAlchemy caches their compiled form).

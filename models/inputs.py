@@ -116,10 +116,16 @@ class HistoryBatch:
         return len(self.inputs)
 
 
-def history_batch(hist: Histories, history_len: int) -> HistoryBatch:
-    """Vectorized: the last ``history_len`` events of each history, right-aligned."""
+def history_batch(hist: Histories, history_len: int, *, trim: bool = False) -> HistoryBatch:
+    """Vectorized: the last ``history_len`` events of each history, right-aligned. ``trim``: as
+    wide as the longest of them rather than ``history_len``, for a tower whose output ignores the
+    padding (``TwoTower.ignores_padding``); the positions keep their ids, counted from the right."""
     lengths = np.minimum(hist.lengths, history_len)
     n = len(hist)
+    if trim:
+        # A served history is short (Sports: 8 events on average): the tower's work per request
+        # is mostly padding at the full width.
+        history_len = max(int(lengths.max(initial=0)), 1)
     ends = hist.offsets[1:]
     starts = ends - lengths
     take = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + \

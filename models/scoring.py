@@ -14,7 +14,7 @@ from features.history import Histories
 from features.item_attributes import TOKENS_COLUMN, AttributeTable
 from features.item_features import new_item_rows
 from models.base import Recommender
-from models.inputs import ItemTable, history_batch
+from models.inputs import HistoryBatch, ItemTable, history_batch
 from models.two_tower import TwoTower, score_matrix
 
 
@@ -62,13 +62,17 @@ class TwoTowerRecommender(Recommender):
         added = histories.item_idx >= self.model.cfg.n_items
         return histories.keep(~added) if added.any() else histories
 
+    def _batch(self, histories: Histories) -> HistoryBatch:
+        return history_batch(histories, self.model.cfg.history_len,
+                             trim=self.model.ignores_padding)
+
     @torch.no_grad()
     def user_vectors(self, histories: Histories) -> np.ndarray:
         """Normalized user vectors (n, dim); empty histories give zero vectors."""
         histories = self._trained_items(histories)
         if len(histories) == 0:  # TorchRec cannot split a KeyedJaggedTensor of batch size 0
             return np.zeros((0, self.model.cfg.dim), dtype=np.float32)
-        batch = history_batch(histories, self.model.cfg.history_len)
+        batch = self._batch(histories)
         vecs = self.model.user_embed(*batch.inputs)
         vecs = vecs * batch.inputs.mask.any(dim=1, keepdim=True)
         return vecs.numpy().astype(np.float32)
@@ -78,7 +82,7 @@ class TwoTowerRecommender(Recommender):
         histories = self._trained_items(histories)
         if len(histories) == 0:
             return np.zeros((0, self.n_items), dtype=np.float32)
-        batch = history_batch(histories, self.model.cfg.history_len)
+        batch = self._batch(histories)
         users = self.model.user_embed(*batch.inputs)
         users = users * batch.inputs.mask.any(dim=1, keepdim=True)
         interest = self.model.interest(batch.hist_items, batch.hist_events, batch.steps_back,
@@ -92,7 +96,7 @@ class TwoTowerRecommender(Recommender):
         histories = self._trained_items(histories)
         if len(histories) == 0 or not len(rows):
             return np.zeros((len(histories), len(rows)), dtype=np.float32)
-        batch = history_batch(histories, self.model.cfg.history_len)
+        batch = self._batch(histories)
         users = self.model.user_embed(*batch.inputs)
         users = users * batch.inputs.mask.any(dim=1, keepdim=True)
         interest = None

@@ -252,6 +252,13 @@ class TwoTower(nn.Module):
         vec = F.normalize(self.user_out(h) + h, dim=-1)
         return vec if all_positions else vec[:, -1]
 
+    @property
+    def ignores_padding(self) -> bool:
+        """The user vector of a history is the same however much padding is left of it, so a
+        batch can be as wide as its longest history: pooling weighs padding 0, and the masked
+        transformer never attends to it (the unmasked one of older bundles does)."""
+        return self.encoder is None or self.cfg.mask_padding
+
     def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Blocked (True) query/key pairs: later positions (causal), (L, L); with
         ``mask_padding`` also the padding left of a short history, (B * heads, L, L). Unmasked,

@@ -49,6 +49,11 @@ def event(user: str, item: str, kind: str = "view", event_id: str | None = None,
             "ts_ms": ts_ms}
 
 
+def impression(request_id: str, user: str, items: list[str], ts_ms: int) -> dict:
+    return {"request_id": request_id, "experiment": None, "variant": None, "user_id": user,
+            "endpoint": "recommend", "items": items, "ts_ms": ts_ms}
+
+
 def test_a_retried_batch_is_stored_once(store: EventStore) -> None:
     batch = [event("u1", "i1", event_id="a", ts_ms=1000), event("u1", "i2", event_id="a"),
              event("u1", "i3", "addtocart", ts_ms=2000)]
@@ -114,6 +119,30 @@ def test_a_store_of_another_schema_version_is_a_clear_error(store: EventStore) -
         conn.execute(sa.text(f"UPDATE tailor_schema SET version = {SCHEMA_VERSION}"))
 
 
+def test_a_version_2_store_gets_the_impressions_index_by_shopper_and_time(
+        store: EventStore) -> None:
+    """Version 2 indexed impressions by user_id alone, so a shopper's latest impressions were
+    found by reading and sorting all of theirs; opened now, the store is indexed by
+    (user_id, ts_ms) instead, and its impressions stay."""
+    store.add_impressions([impression(f"r{n}", "u1", [f"i{n}"], ts_ms=1000 + n)
+                           for n in range(30)])
+    with store.engine.begin() as conn:   # the store as version 2 wrote it
+        conn.execute(sa.text("DROP INDEX impressions_user_time"))
+        conn.execute(sa.text("CREATE INDEX impressions_user ON impressions (user_id)"))
+        conn.execute(sa.text("UPDATE tailor_schema SET version = 2"))
+    upgraded = EventStore(store.url)
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM tailor_schema")).scalar() == \
+            SCHEMA_VERSION
+        indexes = {i["name"]: i["column_names"] for i in sa.inspect(conn).get_indexes(
+            "impressions")}
+    assert indexes.get("impressions_user_time") == ["user_id", "ts_ms"]
+    assert "impressions_user" not in indexes
+    shown = upgraded.shopper("u1", None, 0, shown_limit=3).shown
+    assert shown == [["i29"], ["i28"], ["i27"]]   # the latest, newest first
+    upgraded.close()
+
+
 def test_a_version_1_store_gets_the_catalog_table_and_keeps_its_events(
         store: EventStore) -> None:
     store.add([event("u1", "i1", event_id="kept", ts_ms=1000)])
@@ -122,7 +151,8 @@ def test_a_version_1_store_gets_the_catalog_table_and_keeps_its_events(
         conn.execute(sa.text("UPDATE tailor_schema SET version = 1"))
     upgraded = EventStore(store.url)
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM tailor_schema")).scalar() == 2
+        assert conn.execute(sa.text("SELECT version FROM tailor_schema")).scalar() == \
+            SCHEMA_VERSION
         assert sa.inspect(conn).has_table("catalog_items")
     assert upgraded.count() == 1
     assert add_items(upgraded, [{"item_id": "n1"}]) == 1

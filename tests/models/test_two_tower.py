@@ -17,7 +17,7 @@ from features.item_attributes import TOKENS_COLUMN, AttributeTable
 from features.pipeline import Prepared
 from models.base import Recommender
 from models.bundle import Bundle
-from models.inputs import ItemTable
+from models.inputs import ItemTable, history_batch
 from models.scoring import (
     TwoTowerRecommender,
     compute_item_vectors,
@@ -30,6 +30,7 @@ from tests.models.recommender_contract import (
     Planted,
     RecommenderContract,
     empty_histories,
+    fold_histories,
     pairs_prepared,
     query,
 )
@@ -267,6 +268,30 @@ def test_the_transformer_reads_a_short_history_alike_whatever_its_padding(
 
     same = torch.allclose(user(3), user(10), atol=1e-5)
     assert same == mask_padding
+
+
+@pytest.mark.parametrize(("encoder", "mask_padding", "trims"), [
+    ("pooling", True, True), ("transformer", True, True), ("transformer", False, False)])
+def test_served_batches_are_as_wide_as_their_longest_history_where_padding_is_ignored(
+        encoder: str, mask_padding: bool, trims: bool) -> None:
+    """Serving right-aligns histories only as wide as the longest one, not ``history_len``,
+    where the tower ignores padding: the user vectors and scores are those of the full width.
+    The unmasked transformer of older bundles attends to padding, so it keeps the full width."""
+    torch.manual_seed(0)
+    p = pairs_prepared()
+    model = TwoTower(tiny_config(p, encoder=encoder, mask_padding=mask_padding)).eval()
+    rec = TwoTowerRecommender(model, compute_item_vectors(model, p.item_features))
+    assert model.ignores_padding == trims
+    hist = fold_histories(p)
+    assert hist.lengths.max() < model.cfg.history_len   # padding left of every history
+    batch = rec._batch(hist)
+    assert batch.inputs.items.shape[1] == (hist.lengths.max() if trims else 10)
+    full = history_batch(hist, model.cfg.history_len)
+    with torch.no_grad():
+        want = model.user_embed(*full.inputs) * full.inputs.mask.any(dim=1, keepdim=True)
+    np.testing.assert_allclose(rec.user_vectors(hist), want.numpy(), atol=1e-6)
+    rows = np.arange(5)
+    np.testing.assert_allclose(rec.score_items(hist, rows), rec.score(hist)[:, rows], atol=1e-5)
 
 
 def test_a_bundle_saved_before_mask_padding_loads_with_it_off(tiny_bundle: Path,
