@@ -9,8 +9,8 @@ One store behind one interface, written with SQLAlchemy Core:
   serving replicas or machines sharing one store.
 
 The tables are in ``features/store_schema.py``. The schema version is checked at start: a store
-of an older version whose upgrade only adds tables and indexes gets them; any other version is a clear
-error, never a silent migration. Times are epoch milliseconds (UTC).
+of an older version whose upgrade only adds tables and indexes gets them; any other version is a
+clear error, never a silent migration. Times are epoch milliseconds (UTC).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from features.store_schema import (
     events_table,
     impressions_table,
     latest_rows,
-    migrate,
     metadata,
+    migrate,
     privacy_table,
     schema_table,
 )
