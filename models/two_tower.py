@@ -233,24 +233,33 @@ class TwoTower(nn.Module):
         """Encode right-aligned histories (B, L): item rows, event codes, hours to the next
         event (NaN without time) and a validity mask. Returns normalized (B, dim) vectors of the
         last position, or (B, L, dim) for every position when ``all_positions`` (training)."""
-        b, length = items.shape
-        lengths = mask.sum(1)
-        out = self._lookup(items[mask], lengths, torch.zeros(0, dtype=torch.long),
-                           torch.zeros(0, dtype=torch.long) if self.cfg.n_categories else None)
-        flat = out["hist_item"]
-        x = torch.zeros(b, length, self.cfg.dim, dtype=flat.dtype)
-        x[mask] = flat
-        positions = torch.arange(length).unsqueeze(0).expand(b, length)
+        length = items.shape[1]
+        x = self._history_items(items, mask)
         x = x + self.event_emb(events.clamp(min=0)) + self.gap_emb(log_bucket(gaps, GAP_BUCKETS))
-        x = x + self.pos_emb(positions + (self.cfg.history_len - length))
+        # Positions are counted from the right: the newest event is always the last id.
+        x = x + self.pos_emb.weight[self.cfg.history_len - length:]
         x = self.dropout(self.input_norm(x)) * mask.unsqueeze(-1)
         if self.encoder is not None:
             h = self.encoder(x, mask=self._attention_mask(mask))
+            h = h if all_positions else h[:, -1]
         else:
             h = self._pool(x, mask, all_positions)
-        h = h * mask.unsqueeze(-1)
-        vec = F.normalize(self.user_out(h) + h, dim=-1)
-        return vec if all_positions else vec[:, -1]
+        # Only the last position is served: the output layer runs on it alone, (B, dim).
+        h = h * (mask.unsqueeze(-1) if all_positions else mask[:, -1:])
+        return F.normalize(self.user_out(h) + h, dim=-1)
+
+    def _history_items(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The item vectors of right-aligned histories, (B, L, dim), zero where padded."""
+        if not self.training and type(self.embeddings) is EmbeddingCollection:
+            # Serving (unsharded table): the (B, L) grid indexed at once, padding masked after.
+            weight = self.embeddings.embeddings["item"].weight
+            return weight[items] * mask.unsqueeze(-1)
+        flat = self._lookup(items[mask], mask.sum(1), torch.zeros(0, dtype=torch.long),
+                            torch.zeros(0, dtype=torch.long) if self.cfg.n_categories
+                            else None)["hist_item"]
+        x = torch.zeros(*items.shape, self.cfg.dim, dtype=flat.dtype)
+        x[mask] = flat
+        return x
 
     @property
     def ignores_padding(self) -> bool:
@@ -274,8 +283,13 @@ class TwoTower(nn.Module):
         return blocked.repeat_interleave(self.cfg.n_heads, dim=0)
 
     def _pool(self, x: torch.Tensor, mask: torch.Tensor, all_positions: bool) -> torch.Tensor:
-        """Attention-weighted mean of the events up to each position (causal, like the encoder)."""
+        """Attention-weighted mean of the events up to each position (causal, like the encoder):
+        (B, L, dim) for every position, else (B, dim) for the last, which is the same softmax
+        over the whole history without the running sums."""
         logits = self.pool_score(x).squeeze(-1).masked_fill(~mask, -1e9)
+        if not all_positions:
+            weights = torch.softmax(logits, dim=1)   # padding: exp(-1e9) is exactly 0
+            return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
         weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * mask
         num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
         den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)

@@ -36,10 +36,14 @@ def shoppers(events: pd.DataFrame, n: int = 25) -> list[str]:
     return [str(u) for u in long_ + short]
 
 
-def test_training_and_serving_encode_a_history_alike(shop) -> None:
+@pytest.mark.parametrize("encoder", ["pooling", "transformer"])
+def test_training_and_serving_encode_a_history_alike(shop, encoder: str) -> None:
+    """The same tensors, and the same user vector: training's at the window's last position
+    (every position encoded), serving's of the last position alone."""
     events, vocab = shop
     torch.manual_seed(0)
-    model = TwoTower(TwoTowerConfig(n_items=len(vocab), dim=16, history_len=L)).eval()
+    model = TwoTower(TwoTowerConfig(n_items=len(vocab), dim=16, history_len=L,
+                                    encoder=encoder)).eval()
     checked = 0
     for user in shoppers(events):
         mine = events[events["user_id"] == user]
