@@ -119,6 +119,20 @@ def test_a_store_of_another_schema_version_is_a_clear_error(store: EventStore) -
         conn.execute(sa.text(f"UPDATE tailor_schema SET version = {SCHEMA_VERSION}"))
 
 
+def reopened_as(store: EventStore, version: int, *statements: str) -> EventStore:
+    """``store`` turned into what schema ``version`` wrote (``statements`` undo what came
+    later), then opened anew: upgraded to this schema."""
+    with store.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+        conn.execute(sa.text(f"UPDATE tailor_schema SET version = {version}"))
+    upgraded = EventStore(store.url)
+    with upgraded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version FROM tailor_schema")).scalar() == \
+            SCHEMA_VERSION
+    return upgraded
+
+
 def test_a_version_2_store_gets_the_impressions_index_by_shopper_and_time(
         store: EventStore) -> None:
     """Version 2 indexed impressions by user_id alone, so a shopper's latest impressions were
@@ -126,14 +140,9 @@ def test_a_version_2_store_gets_the_impressions_index_by_shopper_and_time(
     (user_id, ts_ms) instead, and its impressions stay."""
     store.add_impressions([impression(f"r{n}", "u1", [f"i{n}"], ts_ms=1000 + n)
                            for n in range(30)])
-    with store.engine.begin() as conn:   # the store as version 2 wrote it
-        conn.execute(sa.text("DROP INDEX impressions_user_time"))
-        conn.execute(sa.text("CREATE INDEX impressions_user ON impressions (user_id)"))
-        conn.execute(sa.text("UPDATE tailor_schema SET version = 2"))
-    upgraded = EventStore(store.url)
+    upgraded = reopened_as(store, 2, "DROP INDEX impressions_user_time",
+                           "CREATE INDEX impressions_user ON impressions (user_id)")
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM tailor_schema")).scalar() == \
-            SCHEMA_VERSION
         indexes = {i["name"]: i["column_names"] for i in sa.inspect(conn).get_indexes(
             "impressions")}
     assert indexes.get("impressions_user_time") == ["user_id", "ts_ms"]
@@ -146,13 +155,8 @@ def test_a_version_2_store_gets_the_impressions_index_by_shopper_and_time(
 def test_a_version_1_store_gets_the_catalog_table_and_keeps_its_events(
         store: EventStore) -> None:
     store.add([event("u1", "i1", event_id="kept", ts_ms=1000)])
-    with store.engine.begin() as conn:   # the store as version 1 wrote it
-        conn.execute(sa.text("DROP TABLE catalog_items"))
-        conn.execute(sa.text("UPDATE tailor_schema SET version = 1"))
-    upgraded = EventStore(store.url)
+    upgraded = reopened_as(store, 1, "DROP TABLE catalog_items")
     with upgraded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM tailor_schema")).scalar() == \
-            SCHEMA_VERSION
         assert sa.inspect(conn).has_table("catalog_items")
     assert upgraded.count() == 1
     assert add_items(upgraded, [{"item_id": "n1"}]) == 1
