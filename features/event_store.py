@@ -32,7 +32,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from features.infra import ROOT, TailorError
 from features.store_schema import (
     ASSIGNED,
-    MIGRATABLE,
     PRIVACY_OF,
     SCHEMA_VERSION,
     SHOWN_TO,
@@ -41,10 +40,8 @@ from features.store_schema import (
     events_table,
     impressions_table,
     latest_rows,
-    metadata,
-    migrate,
+    open_schema,
     privacy_table,
-    schema_table,
 )
 
 URL_ENV = "TAILOR_EVENTS_URL"
@@ -154,18 +151,10 @@ class EventStore:
 
     def _schema_version(self, create: bool) -> int:
         with self.engine.begin() as conn:
-            if sa.inspect(conn).has_table("tailor_schema"):
-                version = conn.execute(sa.select(schema_table.c.version)).scalar()
-                if version in MIGRATABLE:   # later versions only add tables and indexes
-                    migrate(conn)
-                    conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
-                    return SCHEMA_VERSION
-                return version
-            if not create:
-                raise StoreError(f"no event store at {self.safe_url}")
-            metadata.create_all(conn)
-            conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
-            return SCHEMA_VERSION
+            version = open_schema(conn, create)
+        if version is None:
+            raise StoreError(f"no event store at {self.safe_url}")
+        return version
 
     # --- writing ----------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The event store's schema (``features/event_store.py``): its tables, the version the store
-checks at start, and the statements serving runs on every request, built once so SQLAlchemy
+checks at start and how a store is opened at it (``open_schema``: created, or an older one
+upgraded), and the statements serving runs on every request, built once so SQLAlchemy
 compiles each a single time.
 
 Tables: ``events`` (the canonical columns plus ``event_id``, unique, so a retried post is stored
@@ -84,6 +85,24 @@ schema_table = sa.Table(
     "tailor_schema", metadata,
     sa.Column("version", sa.Integer, nullable=False),
 )
+
+
+def open_schema(conn: sa.Connection, create: bool) -> int | None:
+    """The store's schema version as opened: a ``MIGRATABLE`` one is brought to this version
+    (``migrate``), a missing schema is created when ``create`` (else None); any other version is
+    returned as it is, for the caller to refuse."""
+    if sa.inspect(conn).has_table("tailor_schema"):
+        version = conn.execute(sa.select(schema_table.c.version)).scalar()
+        if version not in MIGRATABLE:
+            return version
+        migrate(conn)   # later versions only add tables and indexes
+        conn.execute(schema_table.update().values(version=SCHEMA_VERSION))
+        return SCHEMA_VERSION
+    if not create:
+        return None
+    metadata.create_all(conn)
+    conn.execute(schema_table.insert().values(version=SCHEMA_VERSION))
+    return SCHEMA_VERSION
 
 
 def migrate(conn: sa.Connection) -> None:
