@@ -122,19 +122,18 @@ def history_batch(hist: Histories, history_len: int, *, trim: bool = False) -> H
     padding (``TwoTower.ignores_padding``); the positions keep their ids, counted from the right."""
     lengths = np.minimum(hist.lengths, history_len)
     n = len(hist)
-    if trim:
-        # A served history is short (Sports: 8 events on average): the tower's work per request
-        # is mostly padding at the full width.
-        history_len = max(int(lengths.max(initial=0)), 1)
+    # A served history is short (Sports: 8 events on average): at the full width the tower's
+    # work per request is mostly padding.
+    width = max(int(lengths.max(initial=0)), 1) if trim else history_len
     ends = hist.offsets[1:]
     starts = ends - lengths
     take = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + \
         np.arange(lengths.sum())
     rows = np.repeat(np.arange(n), lengths)
-    cols = history_len - np.repeat(lengths, lengths) + (np.arange(lengths.sum()) -
+    cols = width - np.repeat(lengths, lengths) + (np.arange(lengths.sum()) -
                                                          np.repeat(np.cumsum(lengths) - lengths,
                                                                    lengths))
-    shape = (n, history_len)
+    shape = (n, width)
     items = np.full(shape, -1, dtype=np.int64)
     events = np.zeros(shape, dtype=np.int64)
     times = np.full(shape, np.nan)

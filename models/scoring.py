@@ -65,9 +65,12 @@ class TwoTowerRecommender(Recommender):
         added = histories.item_idx >= self.model.cfg.n_items
         return histories.keep(~added) if added.any() else histories
 
-    def _batch(self, histories: Histories) -> HistoryBatch:
-        return history_batch(histories, self.model.cfg.history_len,
-                             trim=self.model.ignores_padding)
+    def _encode(self, histories: Histories) -> tuple[HistoryBatch, torch.Tensor]:
+        """The histories' batch and their user vectors (zero for an empty history)."""
+        batch = history_batch(histories, self.model.cfg.history_len,
+                              trim=self.model.ignores_padding)
+        users = self.model.user_embed(*batch.inputs)
+        return batch, users * batch.inputs.mask.any(dim=1, keepdim=True)
 
     @torch.inference_mode()
     def user_vectors(self, histories: Histories) -> np.ndarray:
@@ -75,19 +78,14 @@ class TwoTowerRecommender(Recommender):
         histories = self._trained_items(histories)
         if len(histories) == 0:  # TorchRec cannot split a KeyedJaggedTensor of batch size 0
             return np.zeros((0, self.model.cfg.dim), dtype=np.float32)
-        batch = self._batch(histories)
-        vecs = self.model.user_embed(*batch.inputs)
-        vecs = vecs * batch.inputs.mask.any(dim=1, keepdim=True)
-        return vecs.numpy().astype(np.float32)
+        return self._encode(histories)[1].numpy().astype(np.float32)
 
     @torch.inference_mode()
     def score(self, histories: Histories) -> np.ndarray:
         histories = self._trained_items(histories)
         if len(histories) == 0:
             return np.zeros((0, self.n_items), dtype=np.float32)
-        batch = self._batch(histories)
-        users = self.model.user_embed(*batch.inputs)
-        users = users * batch.inputs.mask.any(dim=1, keepdim=True)
+        batch, users = self._encode(histories)
         interest = self.model.interest(batch.hist_items, batch.hist_events, batch.steps_back,
                                        batch.age_days, batch.query) \
             if self.model.cfg.interest and batch.query.numel() else None
@@ -99,9 +97,7 @@ class TwoTowerRecommender(Recommender):
         histories = self._trained_items(histories)
         if len(histories) == 0 or not len(rows):
             return np.zeros((len(histories), len(rows)), dtype=np.float32)
-        batch = self._batch(histories)
-        users = self.model.user_embed(*batch.inputs)
-        users = users * batch.inputs.mask.any(dim=1, keepdim=True)
+        batch, users = self._encode(histories)
         interest = None
         if self.model.cfg.interest and batch.query.numel():
             query, item, boost = self.model.interest(batch.hist_items, batch.hist_events,

@@ -150,12 +150,18 @@ class TwoTower(nn.Module):
                                            requires_grad=cfg.interest)
 
     # ---- sparse look-ups (one KeyedJaggedTensor per call, as TorchRec shards them) ----
+    @property
+    def _serving_tables(self) -> bool:
+        """Serving from unsharded tables: look-ups index the tables directly, without the
+        KeyedJaggedTensor that training and sharded (DistributedModelParallel) tables need."""
+        return not self.training and type(self.embeddings) is EmbeddingCollection
+
     def _lookup(self, hist_items: torch.Tensor, hist_lengths: torch.Tensor,
                 cand_items: torch.Tensor, cand_categories: torch.Tensor | None
                 ) -> dict[str, torch.Tensor]:
         """Each feature's embedded values, (n, dim): ``hist_item``, ``cand_item`` and
         ``cand_category`` (when the model has categories)."""
-        if not self.training and type(self.embeddings) is EmbeddingCollection:
+        if self._serving_tables:
             # Serving (unsharded tables): index the tables directly. Packing a one-request
             # KeyedJaggedTensor cost more than the look-up itself (the serving profile's top
             # entry); the values are the same rows of the same tables.
@@ -250,8 +256,8 @@ class TwoTower(nn.Module):
 
     def _history_items(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The item vectors of right-aligned histories, (B, L, dim), zero where padded."""
-        if not self.training and type(self.embeddings) is EmbeddingCollection:
-            # Serving (unsharded table): the (B, L) grid indexed at once, padding masked after.
+        if self._serving_tables:
+            # The (B, L) grid indexed at once, padding masked after.
             weight = self.embeddings.embeddings["item"].weight
             return weight[items] * mask.unsqueeze(-1)
         flat = self._lookup(items[mask], mask.sum(1), torch.zeros(0, dtype=torch.long),

@@ -284,7 +284,7 @@ def test_served_batches_are_as_wide_as_their_longest_history_where_padding_is_ig
     assert model.ignores_padding == trims
     hist = fold_histories(p)
     assert hist.lengths.max() < model.cfg.history_len   # padding left of every history
-    batch = rec._batch(hist)
+    batch, _ = rec._encode(hist)
     assert batch.inputs.items.shape[1] == (hist.lengths.max() if trims else 10)
     full = history_batch(hist, model.cfg.history_len)
     with torch.no_grad():
