@@ -180,13 +180,15 @@ demo: $(STAMP) ## train a small model on the embedded shop, serve it, send examp
 # Benchmarks (BENCHMARKS.md, benchmarks/results/*.json, MLflow experiment tailor-benchmarks).
 # Each part runs on its own; ARGS passes flags to it (ARGS=--help lists them). The benchmarks are
 # not part of the installed package (no console commands): they run from the checkout.
-.PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-index bench-serve \
+.PHONY: bench bench-quality bench-cold bench-merch bench-events bench-train bench-train-step \
+	bench-index bench-serve \
 	bench-campaign bench-large bench-soak bench-plots
 bench: ## every benchmark part: quality, new items, training, index, serving (over an hour on 2 cores)
 	$(MAKE) --no-print-directory bench-quality
 	$(MAKE) --no-print-directory bench-cold
 	$(MAKE) --no-print-directory bench-merch
 	$(MAKE) --no-print-directory bench-train
+	$(MAKE) --no-print-directory bench-train-step
 	$(MAKE) --no-print-directory bench-index
 	$(MAKE) --no-print-directory bench-serve
 	$(MAKE) --no-print-directory bench-large
@@ -222,6 +224,9 @@ bench-campaign: $(BENCH_STAMP) ## make campaign's time and peak memory: every Sp
 
 bench-train: $(BENCH_STAMP) ## training wall time, examples/s, peak memory: 1 process vs NPROC=2
 	@$(PY) -m benchmarks.train $(ARGS)
+
+bench-train-step: $(BENCH_STAMP) ## one training step: bfloat16 logits + fused AdamW vs float32 + AdamW, side by side
+	@$(PY) -m benchmarks.train_step $(ARGS)
 
 bench-index: $(BENCH_STAMP) ## Flat / HNSW / IVF: build time, memory, recall@10, QPS (1M items)
 	@$(PY) -m benchmarks.index $(ARGS)

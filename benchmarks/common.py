@@ -38,8 +38,8 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 BENCH_MD = ROOT / "BENCHMARKS.md"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 EXPERIMENT = "benchmarks"   # MLflow experiment tailor-benchmarks
-PARTS = ("quality", "cold", "merch", "train", "index", "serve", "large", "soak", "events",
-         "campaign")
+PARTS = ("quality", "cold", "merch", "train", "train-step", "index", "serve", "large", "soak",
+         "events", "campaign")
 PACKAGES = ("torch", "torchrec", "faiss-cpu", "bentoml", "mlflow", "implicit")
 
 
@@ -212,7 +212,8 @@ def publish(part: str, *, command: str, settings: dict[str, Any], results: dict[
 
 
 TITLES = {"quality": "Quality", "cold": "New items", "merch": "Merchandising",
-          "train": "Training", "index": "Index", "serve": "Serving", "events": "Live events",
+          "train": "Training", "train-step": "Training step", "index": "Index",
+          "serve": "Serving", "events": "Live events",
           "campaign": "Campaigns", "large": "Large catalogs", "soak": "Soak"}
 PREAMBLE = """# Benchmarks
 

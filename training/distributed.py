@@ -48,6 +48,7 @@ from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from models.two_tower import TwoTower
+from training.kernels import adamw
 
 BACKEND = "gloo"                           # CPU collectives
 TABLE_OPTIMIZER = EmbOptimType.EXACT_ROWWISE_ADAGRAD  # one accumulator per row
@@ -164,7 +165,7 @@ class Group:
                     static_graph=uses_all, find_unused_parameters=not uses_all))
         _start_from(dmp, model)
         dense = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
-        return dmp, torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)
+        return dmp, adamw(dense, lr, weight_decay)
 
     def gather(self, dmp: DistributedModelParallel, into: nn.Module) -> nn.Module:
         """Copy the current weights, sharded tables gathered whole, into the plain ``into`` on

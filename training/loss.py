@@ -14,7 +14,8 @@ from training.data import WindowBatch
 def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: WindowBatch,
                item_table: ItemTable, target_weights: torch.Tensor,
                sampler_probs: torch.Tensor | None, n_negatives: int,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None,
+               matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Weighted mean cross-entropy over the batch's target positions.
 
     ``model`` is a ``TwoTower`` or the ``DistributedModelParallel`` wrapping one: only its
@@ -23,7 +24,7 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
     sampler_probs None: full softmax over every item. Otherwise ``n_negatives`` items are drawn
     from ``sampler_probs`` and, with the batch's targets and history items, form the candidate
     set; each candidate's logit is corrected by -log(expected draws) so the estimate stays
-    unbiased towards popular items.
+    unbiased towards popular items. ``matmul_dtype``: of the logits' matmul (``score_matrix``).
     """
     cfg = model_config
     if sampler_probs is None:
@@ -45,7 +46,7 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
         *batch.inputs, *candidates,
         batch.pair_query, pair_items, batch.pair_events, batch.pair_steps, batch.pair_age_days)
     users = users.reshape(-1, users.shape[-1])[batch.position]
-    logits = score_matrix(users, items, cfg, interest)
+    logits = score_matrix(users, items, cfg, interest, matmul_dtype)
     if logq is not None:
         logits = logits - logq
     weights = target_weights[batch.target_events]

@@ -52,6 +52,7 @@ from training.evaluate import (
     format_table,
 )
 from training.fit import FitResult, TrainConfig, fit, sized_for
+from training.kernels import LOGITS_DTYPES
 from training.promotion import promote
 from training.refit import Refit, refit, reserve_for_refit
 from training.run_summary import (
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
     add_feature_args(parser)
     add_config_args(parser, TwoTowerConfig, title="model", skip=MODEL_FROM_DATA)
-    add_config_args(parser, TrainConfig, title="training",
+    add_config_args(parser, TrainConfig, title="training", choices={"logits_dtype": LOGITS_DTYPES},
                     flags={"seed": "train-seed"})  # --seed is the feature stage's split seed
     add_config_args(parser, BlendConfig, title="ranking stack",
                     flags={"sources": "stack-sources", "grid": "stack-grid",
@@ -185,7 +186,8 @@ def bundle_info(configs: dict, result: FitResult, table: pd.DataFrame) -> dict:
     return {"train": configs["train"], "stack": configs["stack"],
             "fit": {"best_epoch": result.best_epoch, "best_valid_score": result.best_score,
                     "epochs": len(result.history), "examples": result.examples,
-                    "seconds": round(result.seconds, 3), "history": result.history},
+                    "seconds": round(result.seconds, 3), "logits_dtype": result.logits_dtype,
+                    "history": result.history},
             "metrics": {"test": table.to_dict(orient="index")},
             "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "git": {"commit": git["git.commit"], "dirty": git["git.dirty"]}}
@@ -270,7 +272,7 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
                      reserve_minutes=reserve)
         say(f"trained   best epoch {result.best_epoch} of {len(result.history)} "
             f"(valid score {result.best_score:.4f}), {result.examples:,} examples "
-            f"in {result.seconds:.1f} s")
+            f"in {result.seconds:.1f} s ({result.logits_dtype} logits)")
 
         blend = tune_blend(result.model, prepared, features_at_valid_cut(prepared), blend_cfg,
                            seed=train_cfg.seed)

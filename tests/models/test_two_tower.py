@@ -38,8 +38,10 @@ from training.data import collate, make_windows
 from training.fit import TrainConfig, fit, sized_for
 from training.loss import batch_loss
 
-# Tiny on purpose: 12 items, dim 16, one layer, six epochs take well under a second.
-TRAIN = TrainConfig(epochs=6, batch_tokens=320, lr=1e-2, seed=0, threads=1, progress=False)
+# Tiny on purpose: 12 items, dim 16, one layer, six epochs take well under a second. float32
+# logits whatever the CPU (``auto`` would pick bfloat16 on some); bfloat16 has its own class.
+TRAIN = TrainConfig(epochs=6, batch_tokens=320, lr=1e-2, seed=0, threads=1, progress=False,
+                    logits_dtype="float32")
 
 
 def tiny_config(prepared: Prepared, **overrides: object) -> TwoTowerConfig:
@@ -48,12 +50,12 @@ def tiny_config(prepared: Prepared, **overrides: object) -> TwoTowerConfig:
     return TwoTowerConfig(**{**settings, **overrides})
 
 
-def train(prepared: Prepared, **overrides: object) -> TwoTower:
+def train(prepared: Prepared, train_cfg: TrainConfig = TRAIN, **overrides: object) -> TwoTower:
     # fit sets torch's thread count for the run (one thread: on a small model more threads only
     # contend); put it back so later tests in the process are not affected.
     threads = torch.get_num_threads()
     try:
-        return fit(prepared, tiny_config(prepared, **overrides), TRAIN).model
+        return fit(prepared, tiny_config(prepared, **overrides), train_cfg).model
     finally:
         torch.set_num_threads(threads)
 
@@ -75,6 +77,15 @@ class TestTransformerTwoTower(TestTwoTower):
 
     def make_recommender(self, prepared: Prepared) -> Recommender:
         return recommender_for(train(prepared, encoder="transformer"), prepared.item_features)
+
+
+class TestBfloat16LogitsTwoTower(TestTwoTower):
+    """The same contract and planted answers trained with bfloat16 logits (``training.kernels``),
+    on any CPU: slow where it is emulated, but the same answers."""
+
+    def make_recommender(self, prepared: Prepared) -> Recommender:
+        model = train(prepared, replace(TRAIN, logits_dtype="bfloat16"))
+        return recommender_for(model, prepared.item_features)
 
 
 @pytest.fixture(scope="module")
