@@ -85,22 +85,26 @@ def choose_weights(towers: TwoTowerRecommender, sources: dict[str, Baseline], hi
     k = min(cfg.k, n_items)
     weights = {name: 0.0 for name in sources}
 
-    def total(w: dict[str, float]) -> float:
+    def others(name: str) -> torch.Tensor:
+        """The stack's scores with every source but ``name`` at its current weight."""
         scores = base.clone()
-        for name, value in w.items():
-            if value:
-                scores += value * parts[name]
-        return _ndcg(scores, target_mask, n_targets, k)
+        for other, value in weights.items():
+            if value and other != name:
+                scores.add_(parts[other], alpha=value)
+        return scores
 
-    towers_only = best = total(weights)
+    towers_only = best = _ndcg(base, target_mask, n_targets, k)
     for _ in range(cfg.rounds):
         changed = False
         for name in sources:
+            # One pass over the (users, items) scores per trial: the other sources are summed
+            # once per source, not once per trial.
+            rest = others(name)
             for value in cfg.grid:
-                trial = {**weights, name: float(value)}
-                score = total(trial)
+                trial = torch.add(rest, parts[name], alpha=value) if value else rest
+                score = _ndcg(trial, target_mask, n_targets, k)
                 if score > best + 1e-9:
-                    best, weights, changed = score, trial, True
+                    best, weights, changed = score, {**weights, name: float(value)}, True
         if not changed:
             break
     return BlendWeights(weights, scales, best, towers_only)
