@@ -45,7 +45,7 @@ from training.data import (
     timeline_order,
 )
 from training.fit import TrainConfig, sized_for
-from training.kernels import adamw, logits_dtype
+from training.kernels import adamw, dtype_name, logits_dtype
 from training.loss import batch_loss
 from training.tracking import metric_key
 
@@ -97,8 +97,7 @@ def time_steps(model_cfg: TwoTowerConfig, batches: list[WindowBatch], item_table
     opt = adamw(model.parameters(), train_cfg.lr, train_cfg.weight_decay) if variant.fused \
         else torch.optim.AdamW(model.parameters(), lr=train_cfg.lr,
                                weight_decay=train_cfg.weight_decay)
-    weights = torch.tensor([train_cfg.view_weight, train_cfg.cart_weight,
-                            train_cfg.purchase_weight])
+    weights = train_cfg.target_weights()
     examples, started, loss = 0, 0.0, torch.zeros(())
     for step, batch in enumerate(batches):
         if step == WARMUP:
@@ -121,14 +120,15 @@ def measure(name: str, spec: str, encoder: str, cfg: StepBenchConfig) -> dict[st
                          "benchmark times the full one")
     batches = step_batches(prepared, model_cfg, WARMUP + cfg.steps, cfg.seed)
     item_table = ItemTable.from_features(prepared.item_features)
-    runs: dict[str, list[tuple[float, float]]] = {}
+    old, new = variants()
+    runs: dict[str, list[tuple[float, float]]] = {old.name: [], new.name: []}
     for _ in range(cfg.repeats):
-        for variant in variants():
-            runs.setdefault(variant.name, []).append(
+        for variant in (old, new):
+            runs[variant.name].append(
                 time_steps(model_cfg, batches, item_table, variant, cfg.seed))
-    before, after = (runs[v.name] for v in variants())
+    before, after = runs[old.name], runs[new.name]
     row = {"data": name, "items": model_cfg.n_items, "encoder": encoder,
-           "logits": str(variants()[1].logits).removeprefix("torch."),
+           "logits": dtype_name(new.logits),
            "before_ex_s": median(r[0] for r in before), "after_ex_s": median(r[0] for r in after),
            "before_loss": before[-1][1], "after_loss": after[-1][1],
            "runs": {key: [r[0] for r in value] for key, value in runs.items()}}

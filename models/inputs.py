@@ -131,8 +131,7 @@ def history_batch(hist: Histories, history_len: int, *, trim: bool = False) -> H
         np.arange(lengths.sum())
     rows = np.repeat(np.arange(n), lengths)
     cols = width - np.repeat(lengths, lengths) + (np.arange(lengths.sum()) -
-                                                         np.repeat(np.cumsum(lengths) - lengths,
-                                                                   lengths))
+                                                  np.repeat(np.cumsum(lengths) - lengths, lengths))
     shape = (n, width)
     items = np.full(shape, -1, dtype=np.int64)
     events = np.zeros(shape, dtype=np.int64)

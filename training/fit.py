@@ -25,7 +25,7 @@ from training.data import (
     timeline_order,
 )
 from training.distributed import Group, batch_share
-from training.kernels import adamw, logits_dtype
+from training.kernels import adamw, dtype_name, logits_dtype
 from training.loss import batch_loss
 
 
@@ -64,6 +64,10 @@ class TrainConfig:
         "seed of training (initialization, order, sampling) and of the validation sample")
     threads: int = setting(0, "torch CPU threads (0: every core)")
     progress: bool = setting(True, "show a progress bar per epoch")
+
+    def target_weights(self) -> torch.Tensor:
+        """The loss weight of a view, cart and purchase target, indexed by event code."""
+        return torch.tensor([self.view_weight, self.cart_weight, self.purchase_weight])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +122,7 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
     ordered = prepared.ordered
     train = prepared.split.fold("train")
     item_table = ItemTable.from_features(prepared.item_features)
-    weights = torch.tensor([cfg.view_weight, cfg.cart_weight, cfg.purchase_weight])
+    weights = cfg.target_weights()
     sampler = None
     if model_cfg.n_items > cfg.full_softmax_max_items:
         counts = np.bincount(prepared.item_vocab.lookup(train["item_id"]),
@@ -137,7 +141,7 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
 
         matmul_dtype = logits_dtype(cfg.logits_dtype)
         best = FitResult(copy.deepcopy(model), 0, -math.inf,
-                         logits_dtype=str(matmul_dtype).removeprefix("torch."))
+                         logits_dtype=dtype_name(matmul_dtype))
         started = time.perf_counter()
         stale = 0
         for epoch in range(1, cfg.epochs + 1):

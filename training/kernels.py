@@ -46,6 +46,11 @@ def logits_dtype(setting: str) -> torch.dtype:
     return getattr(torch, setting)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``bfloat16``: the names ``LOGITS_DTYPES`` and the bundle use."""
+    return str(dtype).removeprefix("torch.")
+
+
 def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float
           ) -> torch.optim.AdamW:
     """AdamW over ``params`` with the fused kernel (same update, one pass over all tensors)."""
