@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from features.event_store import EventStore
 from serving.api import RecommendRequest
-from serving.engine import Engine
+from serving.engine import RAMEN_IMPRESSIONS, Engine, load_engine
 from serving.process import free_port, served
 from serving.recommend import recommend
 
@@ -194,16 +196,32 @@ def test_bad_input_is_a_4xx_naming_the_field(server: httpx.Client, route: str, b
         assert field in payload["detail"][0]["loc"], payload
 
 
-def test_server_keeps_answering_the_same_after_bad_input(server: httpx.Client,
-                                                         engine: Engine) -> None:
-    user = sorted(engine.known_users)[0]
+def test_server_keeps_answering_the_same_after_bad_input(server: httpx.Client, engine: Engine,
+                                                         bundle_dir: Path,
+                                                         own_event_store: str) -> None:
+    # A shopper no other test here asks for: the answers below are the only impressions of
+    # theirs, and every answer's impression counts towards the "ramen" demotion (an item shown
+    # RAMEN_SHOWS times without a click drops). The server writes impressions off the request
+    # path, so the library's answer is taken from the same store once they have all landed.
+    user = sorted(engine.known_users)[-1]
+    answered = 0
     for _ in range(3):
-        post(server, "/recommend", {"user_id": user, "k": "x"})
-        server.post("/recommend", content=b"\x00garbage")
-        post(server, "/recommend", {"user_id": user, "k": 5, "recent_events": [
+        assert post(server, "/recommend", {"user_id": user, "k": "x"}).status_code == 400
+        assert server.post("/recommend", content=b"\x00garbage").status_code == 400
+        unknown = post(server, "/recommend", {"user_id": user, "k": 5, "recent_events": [
             {"item_id": "no-such-item", "event": "purchase"}]})
+        answered += unknown.status_code == 200
+    store = EventStore(own_event_store)
+    try:
+        deadline = time.monotonic() + 30
+        while len(store.shopper(user, None, 0, shown_limit=RAMEN_IMPRESSIONS).shown) < answered:
+            assert time.monotonic() < deadline, "the server's impressions never reached the store"
+            time.sleep(0.1)
+        reading = load_engine(str(bundle_dir), store=store)
+        local = [i.item_id for i in recommend(reading, RecommendRequest(user_id=user, k=5)).items]
+    finally:
+        store.close()
     again = post(server, "/recommend", {"user_id": user, "k": 5})
     assert again.status_code == 200
-    local = [i.item_id for i in recommend(engine, RecommendRequest(user_id=user, k=5)).items]
     assert [i["item_id"] for i in again.json()["items"]] == local
     assert server.get("/readyz").status_code == 200
