@@ -42,7 +42,7 @@ from models.two_tower import TwoTower, TwoTowerConfig
 BUNDLE_VERSION = 2
 # Model settings added after bundles were already saved, with the behaviour those bundles were
 # trained with (a bundle that lacks the key predates the setting).
-TRAINED_BEFORE = {"mask_padding": False}
+TRAINED_BEFORE = {"mask_padding": False, "newest": False}
 FILES = ("bundle.json", "model.pt", "item_vocab.parquet", "items.parquet", "item_vectors.npy",
          "bought_together.parquet", "histories.parquet")
 

@@ -64,6 +64,11 @@ class TwoTowerConfig:
         True,
         "transformer: keep the padding left of a short history out of attention (bundles "
         "saved before this setting load with it off, as they were trained)")
+    newest: bool = setting(
+        True,
+        "pooling: train with the newest event's vector added to the pooled history; the served "
+        "user vector adds it with the weight validation chooses (0, 1 or 1.5; bundles saved before "
+        "this setting load with it off)")
     dropout: float = setting(0.2, "dropout in the user tower")
     temperature: float = setting(0.05, "softmax temperature over cosine scores")
     interest: bool = setting(
@@ -136,6 +141,10 @@ class TwoTower(nn.Module):
         elif cfg.encoder == "pooling":
             self.encoder = None
             self.pool_score = nn.Linear(d, 1)  # attention-weighted pooling over the history
+            if cfg.newest:
+                # The newest event's weight outside training: a buffer, so that it is saved with
+                # the weights and validation can set it (``training.fit.validate_newest``).
+                self.register_buffer("newest_weight", torch.tensor(1.0))
         else:
             raise ValueError(f"encoder must be 'transformer' or 'pooling', got {cfg.encoder!r}")
         if not 0.0 <= cfg.item_id_dropout < 1.0:
@@ -291,15 +300,26 @@ class TwoTower(nn.Module):
     def _pool(self, x: torch.Tensor, mask: torch.Tensor, all_positions: bool) -> torch.Tensor:
         """Attention-weighted mean of the events up to each position (causal, like the encoder):
         (B, L, dim) for every position, else (B, dim) for the last, which is the same softmax
-        over the whole history without the running sums."""
+        over the whole history without the running sums. With ``newest``, plus the vector of
+        the position's own (newest) event."""
         logits = self.pool_score(x).squeeze(-1).masked_fill(~mask, -1e9)
         if not all_positions:
             weights = torch.softmax(logits, dim=1)   # padding: exp(-1e9) is exactly 0
-            return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
-        weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * mask
-        num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
-        den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)
-        return num / den
+            pooled = torch.bmm(weights.unsqueeze(1), x).squeeze(1)
+        else:
+            weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * mask
+            num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
+            den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)
+            pooled = num / den
+        if not self.cfg.newest:
+            return pooled
+        # A mean weighs the newest event like any other wherever it stands in the window (the
+        # positions count from the window's right end, not the prefix's); its own vector says
+        # which item just came, the strongest single cue in next-item data. Where the shopper's
+        # whole history matters more (what they cart in the coming days), validation turns it
+        # down at serving; training with it helps the pooled part there too.
+        newest = x if all_positions else x[:, -1]
+        return pooled + (newest if self.training else self.newest_weight * newest)
 
     def interest(self, hist_items: torch.Tensor, hist_events: torch.Tensor,
                  steps_back: torch.Tensor, age_days: torch.Tensor, query: torch.Tensor

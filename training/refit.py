@@ -24,7 +24,7 @@ from features.spec import DataSpec
 from models.baselines import Baseline
 from models.blend import BlendWeights, fit_source
 from models.two_tower import TwoTowerConfig
-from training.fit import FitResult, TrainConfig, fit, sized_for
+from training.fit import FitResult, TrainConfig, fit, newest_weight, sized_for
 
 
 @dataclass(frozen=True)
@@ -94,5 +94,8 @@ def refit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
                         max_minutes=max(minutes_left, 0.0))
     result = fit(full, sized_for(model_cfg, full), refit_cfg, None, on_epoch=on_epoch,
                  keep_last=True)
+    chosen = newest_weight(evaluation.model)   # chosen on validation, as the epochs were
+    if chosen is not None:
+        result.model.newest_weight.fill_(chosen)
     sources = {name: fit_source(name, full, "test") for name in blend.active}
     return Refit(full, result, plan, sources)

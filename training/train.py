@@ -51,7 +51,7 @@ from training.evaluate import (
     evaluate_task,
     format_table,
 )
-from training.fit import FitResult, TrainConfig, fit, sized_for
+from training.fit import FitResult, TrainConfig, fit, newest_weight, sized_for
 from training.kernels import LOGITS_DTYPES
 from training.promotion import promote
 from training.refit import Refit, refit, reserve_for_refit
@@ -187,7 +187,7 @@ def bundle_info(configs: dict, result: FitResult, table: pd.DataFrame) -> dict:
             "fit": {"best_epoch": result.best_epoch, "best_valid_score": result.best_score,
                     "epochs": len(result.history), "examples": result.examples,
                     "seconds": round(result.seconds, 3), "logits_dtype": result.logits_dtype,
-                    "history": result.history},
+                    "newest_weight": newest_weight(result.model), "history": result.history},
             "metrics": {"test": table.to_dict(orient="index")},
             "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "git": {"commit": git["git.commit"], "dirty": git["git.dirty"]}}
@@ -272,7 +272,9 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
                      reserve_minutes=reserve)
         say(f"trained   best epoch {result.best_epoch} of {len(result.history)} "
             f"(valid score {result.best_score:.4f}), {result.examples:,} examples "
-            f"in {result.seconds:.1f} s ({result.logits_dtype} logits)")
+            f"in {result.seconds:.1f} s ({result.logits_dtype} logits"
+            + (f", newest event weighs {newest_weight(result.model):g}"
+               if newest_weight(result.model) is not None else "") + ")")
 
         blend = tune_blend(result.model, prepared, features_at_valid_cut(prepared), blend_cfg,
                            seed=train_cfg.seed)

@@ -35,7 +35,7 @@ from tests.models.recommender_contract import (
     query,
 )
 from training.data import collate, make_windows
-from training.fit import TrainConfig, fit, sized_for
+from training.fit import NEWEST_WEIGHTS, TrainConfig, fit, newest_weight, sized_for, validate_newest
 from training.loss import batch_loss
 
 # Tiny on purpose: 12 items, dim 16, one layer, six epochs take well under a second. float32
@@ -110,6 +110,62 @@ def test_training_beats_an_untrained_model_on_the_planted_pairs(trained) -> None
     untrained = recommender_for(TwoTower(tiny_config(p)), p.item_features)
     assert (firsts(trained_rec) == want).sum() >= 5
     assert (firsts(untrained) == want).sum() <= 2
+
+
+def test_the_newest_event_leads_the_pooled_history_it_ends() -> None:
+    """Known answer: after a_k comes b_k, whatever came before. Four other pairs ahead of a_k
+    blur a mean of the history; the pooling tower with ``newest`` (the default) still puts b_k
+    first for every k, and does better than without it (the interest term off: the towers
+    alone)."""
+    p = pairs_prepared()
+    rng = np.random.default_rng(3)
+    cases = []
+    for k in range(6):
+        others = rng.choice([j for j in range(6) if j != k], size=4, replace=False)
+        events = tuple(e for j in others for e in ((f"a{j}", "view"), (f"b{j}", "addtocart")))
+        cases.append((query(p, (*events, (f"a{k}", "view"))), p.item_vocab.lookup([f"b{k}"])[0]))
+
+    def hits(newest: bool) -> int:
+        rec = recommender_for(train(p, newest=newest, interest=False), p.item_features)
+        return sum(int(rec.recommend(h, 1)[0][0, 0] == want) for h, want in cases)
+
+    assert TwoTowerConfig(n_items=1).newest
+    with_newest, without = hits(True), hits(False)
+    assert with_newest == len(cases) and with_newest > without, (with_newest, without)
+
+
+def test_validation_chooses_the_served_weight_of_the_newest_event() -> None:
+    """Known answer: a validation that peaks at weight 1.5 leaves the model at 1.5, and the
+    served user vector is the pool plus 1.5 times the newest event (training adds it once);
+    a tower without the path (the transformer) is validated once, as it is."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=20, dim=16, history_len=6, dropout=0.0)).eval()
+    tried = []
+
+    def peaks_at_one_and_a_half(m: TwoTower) -> float:
+        tried.append(float(m.newest_weight))
+        return 1.0 - abs(float(m.newest_weight) - 1.5)
+
+    assert validate_newest(model, peaks_at_one_and_a_half) == 1.0
+    assert tried == list(NEWEST_WEIGHTS) and newest_weight(model) == 1.5
+    items = torch.tensor([[0, 0, 3, 5, 9, 2]])
+    mask = items > 0
+    inputs = (items, torch.zeros_like(items), torch.full(items.shape, float("nan")), mask)
+
+    def served(weight: float) -> torch.Tensor:
+        model.newest_weight.fill_(weight)
+        with torch.no_grad():
+            return model.user_embed(*inputs)
+
+    whole, more = served(1.0), served(1.5)
+    assert not torch.allclose(more, served(0.0)) and not torch.allclose(more, whole)
+    model.train()   # training adds the newest event whole, whatever the served weight
+    with torch.no_grad():
+        torch.testing.assert_close(model.user_embed(*inputs, all_positions=True)[:, -1], whole)
+    transformer = TwoTower(TwoTowerConfig(n_items=20, dim=16, encoder="transformer")).eval()
+    tried.clear()
+    assert validate_newest(transformer, lambda m: tried.append(1) or 0.3) == 0.3
+    assert tried == [1] and newest_weight(transformer) is None
 
 
 def test_user_vectors_are_unit_length_and_zero_for_empty_histories(trained) -> None:
@@ -305,12 +361,16 @@ def test_served_batches_are_as_wide_as_their_longest_history_where_padding_is_ig
     np.testing.assert_allclose(rec.score_items(hist, rows), rec.score(hist)[:, rows], atol=1e-5)
 
 
-def test_a_bundle_saved_before_mask_padding_loads_with_it_off(tiny_bundle: Path,
-                                                             tmp_path: Path) -> None:
-    assert Bundle.load(tiny_bundle).model.cfg.mask_padding   # saved now: on
+@pytest.mark.parametrize("setting", ["mask_padding", "newest"])
+def test_a_bundle_saved_before_a_setting_loads_with_it_off(tiny_bundle: Path, tmp_path: Path,
+                                                           setting: str) -> None:
+    assert getattr(Bundle.load(tiny_bundle).model.cfg, setting)   # saved now: on
     old = tmp_path / "before"
     shutil.copytree(tiny_bundle, old)
     info = json.loads((old / "bundle.json").read_text())
-    del info["model"]["mask_padding"]
+    del info["model"][setting]
     (old / "bundle.json").write_text(json.dumps(info))
-    assert not Bundle.load(old).model.cfg.mask_padding
+    state = torch.load(old / "model.pt", weights_only=True)
+    if setting == "newest" and state.pop("newest_weight", None) is not None:   # nor its buffer
+        torch.save(state, old / "model.pt")
+    assert not getattr(Bundle.load(old).model.cfg, setting)

@@ -16,7 +16,7 @@ from features.pipeline import prepare
 from features.spec import parse_spec
 from models.bundle import Bundle
 from tests.conftest import TINY
-from training.fit import FitResult
+from training.fit import NEWEST_WEIGHTS, FitResult
 from training.refit import plan_refit, refit_data
 
 
@@ -83,5 +83,9 @@ def test_served_bundle_is_refitted_on_all_data(tmp_path: Path,
     assert "refit" not in plain.info
     # the stack's weights were chosen once, on validation, and are the same in both
     assert refitted.blend.weights == plain.blend.weights
+    # so was the newest event's weight in the served user vector
+    chosen = plain.info["fit"]["newest_weight"]
+    assert chosen in NEWEST_WEIGHTS and refitted.info["fit"]["newest_weight"] == chosen
+    assert float(plain.model.newest_weight) == float(refitted.model.newest_weight) == chosen
     assert set(refitted.sources) == set(plain.sources)
     assert re.search(r"^refit\s+\d+ epochs \(planned \d+\)", out.getvalue(), re.M)
