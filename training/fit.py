@@ -105,19 +105,21 @@ def sized_for(model_cfg: TwoTowerConfig, prepared: Prepared) -> TwoTowerConfig:
 NEWEST_WEIGHTS = (0.0, 1.0, 1.5)
 
 
-def validate_newest(model: TwoTower, validate: Callable[[TwoTower], float]) -> float:
+def validate_newest(model: TwoTower, validate: Callable[[TwoTower], float]
+                    ) -> tuple[float, dict[float, float]]:
     """``validate(model)`` at each of ``NEWEST_WEIGHTS`` where the model has the newest-event
-    path; the model keeps the best weight (the smallest on a tie) and that score is returned."""
+    path; the model keeps the best weight (the smallest on a tie). Returns that score and the
+    score of every weight tried (none without the path)."""
     weight = getattr(model, "newest_weight", None)
     if weight is None:
-        return validate(model)
+        return validate(model), {}
     scores = {}
     for candidate in NEWEST_WEIGHTS:
         weight.fill_(candidate)
         scores[candidate] = validate(model)
     chosen = max(scores, key=scores.__getitem__)
     weight.fill_(chosen)
-    return scores[chosen]
+    return scores[chosen], scores
 
 
 def newest_weight(model: TwoTower) -> float | None:
@@ -214,9 +216,12 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
                 record["rank_examples"] = [int(n) for n in rank_seen]
                 group.gather(trained, into=model)
             validating = group is None or group.is_main
-            score = (validate_newest(model, validate) if validate else -record["loss"]) \
-                if validating else math.nan
-            if validating and newest_weight(model) is not None:
+            score, by_weight = math.nan, {}
+            if validating:
+                score, by_weight = validate_newest(model, validate) if validate \
+                    else (-record["loss"], {})
+            if by_weight:   # every weight's score (MLflow plots them per epoch), the one kept
+                record |= {f"valid_at_newest_{w:g}": v for w, v in by_weight.items()}
                 record["newest_weight"] = newest_weight(model)
             if group is not None:  # rank 0's score: every rank keeps the same best epoch
                 (score,) = group.from_main(score)

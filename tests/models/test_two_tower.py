@@ -146,7 +146,8 @@ def test_validation_chooses_the_served_weight_of_the_newest_event() -> None:
         tried.append(float(m.newest_weight))
         return 1.0 - abs(float(m.newest_weight) - 1.5)
 
-    assert validate_newest(model, peaks_at_one_and_a_half) == 1.0
+    score, by_weight = validate_newest(model, peaks_at_one_and_a_half)
+    assert score == 1.0 and by_weight == {0.0: -0.5, 1.0: 0.5, 1.5: 1.0}
     assert tried == list(NEWEST_WEIGHTS) and newest_weight(model) == 1.5
     items = torch.tensor([[0, 0, 3, 5, 9, 2]])
     mask = items > 0
@@ -164,7 +165,7 @@ def test_validation_chooses_the_served_weight_of_the_newest_event() -> None:
         torch.testing.assert_close(model.user_embed(*inputs, all_positions=True)[:, -1], whole)
     transformer = TwoTower(TwoTowerConfig(n_items=20, dim=16, encoder="transformer")).eval()
     tried.clear()
-    assert validate_newest(transformer, lambda m: tried.append(1) or 0.3) == 0.3
+    assert validate_newest(transformer, lambda m: tried.append(1) or 0.3) == (0.3, {})
     assert tried == [1] and newest_weight(transformer) is None
 
 
