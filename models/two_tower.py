@@ -64,11 +64,12 @@ class TwoTowerConfig:
         True,
         "transformer: keep the padding left of a short history out of attention (bundles "
         "saved before this setting load with it off, as they were trained)")
+    # Off by default: it lifts the towers on next-item data, but new items (attributes only)
+    # land in their family less often (BENCHMARKS.md, "The newest event in the pooling tower").
     newest: bool = setting(
-        True,
+        False,
         "pooling: train with the newest event's vector added to the pooled history; the served "
-        "user vector adds it with the weight validation chooses (0, 1 or 1.5; bundles saved before "
-        "this setting load with it off)")
+        "user vector adds it with the weight validation chooses (0, 1 or 1.5)")
     dropout: float = setting(0.2, "dropout in the user tower")
     temperature: float = setting(0.05, "softmax temperature over cosine scores")
     interest: bool = setting(

@@ -114,7 +114,7 @@ def test_training_beats_an_untrained_model_on_the_planted_pairs(trained) -> None
 
 def test_the_newest_event_leads_the_pooled_history_it_ends() -> None:
     """Known answer: after a_k comes b_k, whatever came before. Four other pairs ahead of a_k
-    blur a mean of the history; the pooling tower with ``newest`` (the default) still puts b_k
+    blur a mean of the history; the pooling tower with ``newest`` (``--newest``) still puts b_k
     first for every k, and does better than without it (the interest term off: the towers
     alone)."""
     p = pairs_prepared()
@@ -129,7 +129,6 @@ def test_the_newest_event_leads_the_pooled_history_it_ends() -> None:
         rec = recommender_for(train(p, newest=newest, interest=False), p.item_features)
         return sum(int(rec.recommend(h, 1)[0][0, 0] == want) for h, want in cases)
 
-    assert TwoTowerConfig(n_items=1).newest
     with_newest, without = hits(True), hits(False)
     assert with_newest == len(cases) and with_newest > without, (with_newest, without)
 
@@ -139,7 +138,8 @@ def test_validation_chooses_the_served_weight_of_the_newest_event() -> None:
     served user vector is the pool plus 1.5 times the newest event (training adds it once);
     a tower without the path (the transformer) is validated once, as it is."""
     torch.manual_seed(0)
-    model = TwoTower(TwoTowerConfig(n_items=20, dim=16, history_len=6, dropout=0.0)).eval()
+    model = TwoTower(TwoTowerConfig(n_items=20, dim=16, history_len=6, dropout=0.0,
+                                    newest=True)).eval()
     tried = []
 
     def peaks_at_one_and_a_half(m: TwoTower) -> float:
@@ -362,7 +362,7 @@ def test_served_batches_are_as_wide_as_their_longest_history_where_padding_is_ig
     np.testing.assert_allclose(rec.score_items(hist, rows), rec.score(hist)[:, rows], atol=1e-5)
 
 
-@pytest.mark.parametrize("setting", ["mask_padding", "newest"])
+@pytest.mark.parametrize("setting", ["mask_padding"])
 def test_a_bundle_saved_before_a_setting_loads_with_it_off(tiny_bundle: Path, tmp_path: Path,
                                                            setting: str) -> None:
     assert getattr(Bundle.load(tiny_bundle).model.cfg, setting)   # saved now: on
@@ -371,7 +371,4 @@ def test_a_bundle_saved_before_a_setting_loads_with_it_off(tiny_bundle: Path, tm
     info = json.loads((old / "bundle.json").read_text())
     del info["model"][setting]
     (old / "bundle.json").write_text(json.dumps(info))
-    state = torch.load(old / "model.pt", weights_only=True)
-    if setting == "newest" and state.pop("newest_weight", None) is not None:   # nor its buffer
-        torch.save(state, old / "model.pt")
     assert not getattr(Bundle.load(old).model.cfg, setting)
