@@ -270,11 +270,11 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
         result = fit(prepared, model_cfg, train_cfg, validate,
                      on_epoch=log.log_epoch if log is not None else None,
                      reserve_minutes=reserve)
+        newest = newest_weight(result.model)
         say(f"trained   best epoch {result.best_epoch} of {len(result.history)} "
             f"(valid score {result.best_score:.4f}), {result.examples:,} examples "
             f"in {result.seconds:.1f} s ({result.logits_dtype} logits"
-            + (f", newest event weighs {newest_weight(result.model):g}"
-               if newest_weight(result.model) is not None else "") + ")")
+            + ("" if newest is None else f", newest event weighs {newest:g}") + ")")
 
         blend = tune_blend(result.model, prepared, features_at_valid_cut(prepared), blend_cfg,
                            seed=train_cfg.seed)

@@ -34,23 +34,24 @@ def post(client: httpx.Client, route: str, body: object) -> httpx.Response:
 
 
 @pytest.fixture(scope="module")
-def store(own_event_store: str) -> Iterator[EventStore]:
-    """The store the server reads and writes (the test session's)."""
-    opened = EventStore(own_event_store)
-    yield opened
-    opened.close()
+def reading(bundle_dir: Path, own_event_store: str) -> Iterator[Engine]:
+    """The library's engine of the served bundle, reading the store the server reads and
+    writes (the test session's)."""
+    store = EventStore(own_event_store)
+    yield load_engine(str(bundle_dir), store=store)
+    store.close()
 
 
-def library_answer(store: EventStore, bundle_dir: Path, user: str, answered: int) -> list[str]:
+def library_answer(reading: Engine, user: str, answered: int) -> list[str]:
     """What the library answers ``user`` (5 items) reading the server's store, once the
     impressions of the ``answered`` answers the server gave them have landed: every answer's
     impression counts towards the "ramen" demotion (an item shown RAMEN_SHOWS times without a
     click drops), and the server writes them off the request path."""
     deadline = time.monotonic() + 30
-    while len(store.shopper(user, None, 0, shown_limit=RAMEN_IMPRESSIONS).shown) < answered:
+    while len(reading.store.shopper(user, None, 0, shown_limit=RAMEN_IMPRESSIONS).shown) \
+            < answered:
         assert time.monotonic() < deadline, "the server's impressions never reached the store"
         time.sleep(0.1)
-    reading = load_engine(str(bundle_dir), store=store)
     return [i.item_id for i in recommend(reading, RecommendRequest(user_id=user, k=5)).items]
 
 
@@ -131,7 +132,7 @@ def test_merchandising_cart_completion_and_explanations(server: httpx.Client, en
 
 
 def test_posted_events_change_the_next_answer_and_forget_acts_at_once(
-        server: httpx.Client, engine: Engine, bundle_dir: Path, store: EventStore) -> None:
+        server: httpx.Client, engine: Engine, reading: Engine) -> None:
     user = "e2e-live-visitor"
     before = post(server, "/recommend", {"user_id": user, "k": 5}).json()
     assert before["strategy"] == "popular"
@@ -148,10 +149,10 @@ def test_posted_events_change_the_next_answer_and_forget_acts_at_once(
     assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
     # every worker reads the store (the events, and the impressions of the answers so far)
     for answered in range(2, 8):
-        expected = library_answer(store, bundle_dir, user, answered)
+        expected = library_answer(reading, user, answered)
         again = post(server, "/recommend", {"user_id": user, "k": 5}).json()
         assert [i["item_id"] for i in again["items"]] == expected
-    library_answer(store, bundle_dir, user, 8)   # nothing of theirs is written after the forget
+    library_answer(reading, user, 8)   # nothing of theirs is written after the forget
     gone = post(server, "/admin/forget", {"user_id": user, "by": "e2e"})
     assert gone.status_code == 200 and gone.json()["events_deleted"] == 3
     assert post(server, "/recommend", {"user_id": user, "k": 5}).json()["items"] == \
@@ -220,8 +221,7 @@ def test_bad_input_is_a_4xx_naming_the_field(server: httpx.Client, route: str, b
 
 
 def test_server_keeps_answering_the_same_after_bad_input(server: httpx.Client, engine: Engine,
-                                                         bundle_dir: Path,
-                                                         store: EventStore) -> None:
+                                                         reading: Engine) -> None:
     user = sorted(engine.known_users)[-1]   # a shopper no other test here asks for
     answered = 0
     for _ in range(3):
@@ -230,7 +230,7 @@ def test_server_keeps_answering_the_same_after_bad_input(server: httpx.Client, e
         unknown = post(server, "/recommend", {"user_id": user, "k": 5, "recent_events": [
             {"item_id": "no-such-item", "event": "purchase"}]})
         answered += unknown.status_code == 200
-    local = library_answer(store, bundle_dir, user, answered)
+    local = library_answer(reading, user, answered)
     again = post(server, "/recommend", {"user_id": user, "k": 5})
     assert again.status_code == 200
     assert [i["item_id"] for i in again.json()["items"]] == local
