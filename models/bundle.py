@@ -42,7 +42,11 @@ from models.two_tower import TwoTower, TwoTowerConfig
 BUNDLE_VERSION = 2
 # Model settings added after bundles were already saved, with the behaviour those bundles were
 # trained with (a bundle that lacks the key predates the setting).
-TRAINED_BEFORE = {"mask_padding": False, "newest": False}
+TRAINED_BEFORE = {"mask_padding": False, "newest_item": False}
+# Model settings since removed: a bundle trained with the first value is served as it was trained
+# only by the release that had it. (``newest``: the pooling tower added the newest event's id row
+# to the pooled history, replaced by ``newest_item`` on 2026-12-03.)
+REMOVED = {"newest": False}
 FILES = ("bundle.json", "model.pt", "item_vocab.parquet", "items.parquet", "item_vectors.npy",
          "bought_together.parquet", "histories.parquet")
 
@@ -112,8 +116,7 @@ class Bundle:
             raise DataError(f"not a Tailor bundle (missing {', '.join(missing)})",
                             path=str(folder))
         info = json.loads((folder / "bundle.json").read_text())
-        # Settings added since a bundle was saved take the value it was trained with.
-        model = TwoTower(TwoTowerConfig(**{**TRAINED_BEFORE, **info["model"]}))
+        model = TwoTower(model_config(info["model"], folder))
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
         model.eval()
         vocab = Vocabulary.from_frame(pd.read_parquet(folder / "item_vocab.parquet"))
@@ -128,6 +131,19 @@ class Bundle:
                    bought_together=pd.read_parquet(folder / "bought_together.parquet"),
                    histories=histories, now_ms=now_ms, sources=sources, blend=blend,
                    info=info, path=folder)
+
+
+def model_config(saved: dict, folder: Path) -> TwoTowerConfig:
+    """The model settings a bundle was trained with: settings added since it was saved take the
+    value it was trained with; one it used and this release no longer has is refused."""
+    saved = dict(saved)
+    for name, harmless in REMOVED.items():
+        value = saved.pop(name, harmless)
+        if value != harmless:
+            raise DataError(f"the model was trained with the setting '{name}' = {value!r}, which "
+                            "this release no longer has: retrain it (make train)",
+                            path=str(folder / "bundle.json"))
+    return TwoTowerConfig(**{**TRAINED_BEFORE, **saved})
 
 
 def build_bundle(prepared: Prepared, model: TwoTower, info: dict | None = None,

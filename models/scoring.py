@@ -70,7 +70,10 @@ class TwoTowerRecommender(Recommender):
         batch = history_batch(histories, self.model.cfg.history_len,
                               trim=self.model.ignores_padding)
         users = self.model.user_embed(*batch.inputs)
-        return batch, users * batch.inputs.mask.any(dim=1, keepdim=True)
+        inputs = batch.inputs   # right-aligned: the last column is the newest event, if any
+        users = self.model.with_newest_item(users, self._items_t[inputs.items[:, -1]],
+                                            inputs.mask[:, -1])
+        return batch, users * inputs.mask.any(dim=1, keepdim=True)
 
     @torch.inference_mode()
     def user_vectors(self, histories: Histories) -> np.ndarray:

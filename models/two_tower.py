@@ -64,12 +64,11 @@ class TwoTowerConfig:
         True,
         "transformer: keep the padding left of a short history out of attention (bundles "
         "saved before this setting load with it off, as they were trained)")
-    # Off by default: it lifts the towers on next-item data, but new items (attributes only)
-    # land in their family less often (BENCHMARKS.md, "The newest event in the pooling tower").
-    newest: bool = setting(
-        False,
-        "pooling: train with the newest event's vector added to the pooled history; the served "
-        "user vector adds it with the weight validation chooses (0, 1 or 1.5)")
+    newest_item: bool = setting(
+        True,
+        "add the newest event's item vector (the item tower's: id, category and attributes, as "
+        "the index holds it) to the user vector; training adds it whole, the served weight is "
+        "chosen on validation (0, 1 or 1.5)")
     dropout: float = setting(0.2, "dropout in the user tower")
     temperature: float = setting(0.05, "softmax temperature over cosine scores")
     interest: bool = setting(
@@ -142,12 +141,12 @@ class TwoTower(nn.Module):
         elif cfg.encoder == "pooling":
             self.encoder = None
             self.pool_score = nn.Linear(d, 1)  # attention-weighted pooling over the history
-            if cfg.newest:
-                # The newest event's weight outside training: a buffer, so that it is saved with
-                # the weights and validation can set it (``training.fit.validate_newest``).
-                self.register_buffer("newest_weight", torch.tensor(1.0))
         else:
             raise ValueError(f"encoder must be 'transformer' or 'pooling', got {cfg.encoder!r}")
+        if cfg.newest_item:
+            # The newest item's weight outside training: a buffer, so that it is saved with the
+            # weights and validation can set it (``training.fit.validate_newest``).
+            self.register_buffer("newest_weight", torch.tensor(1.0))
         if not 0.0 <= cfg.item_id_dropout < 1.0:
             raise ValueError(f"item_id_dropout must be in [0, 1), got {cfg.item_id_dropout}")
         self.user_out = nn.Linear(d, d)
@@ -206,12 +205,15 @@ class TwoTower(nn.Module):
                 mask: torch.Tensor, cand_items: torch.Tensor, cand_categories: torch.Tensor,
                 cand_attribute_values: torch.Tensor, cand_attribute_lengths: torch.Tensor,
                 pair_query: torch.Tensor, pair_items: torch.Tensor, pair_events: torch.Tensor,
-                pair_steps: torch.Tensor, pair_age_days: torch.Tensor):
+                pair_steps: torch.Tensor, pair_age_days: torch.Tensor, hist_cand: torch.Tensor):
         """Training pass (what ``DistributedModelParallel`` wraps): user vectors at every
-        position (B, L, dim), candidate item vectors (C, dim) and the interest triples."""
+        position (B, L, dim), candidate item vectors (C, dim) and the interest triples.
+        ``hist_cand`` (B, L): each history event's position among the candidates, which hold
+        every history item (``training.loss``), for ``with_newest_item``."""
         users = self.user_embed(items, events, gaps, mask, all_positions=True)
         cands = self.item_embed(cand_items, cand_categories, cand_attribute_values,
                                 cand_attribute_lengths)
+        users = self.with_newest_item(users, cands[hist_cand], mask)
         interest = self.interest(pair_items, pair_events, pair_steps, pair_age_days, pair_query)
         return users, cands, interest
 
@@ -301,26 +303,34 @@ class TwoTower(nn.Module):
     def _pool(self, x: torch.Tensor, mask: torch.Tensor, all_positions: bool) -> torch.Tensor:
         """Attention-weighted mean of the events up to each position (causal, like the encoder):
         (B, L, dim) for every position, else (B, dim) for the last, which is the same softmax
-        over the whole history without the running sums. With ``newest``, plus the vector of
-        the position's own (newest) event."""
+        over the whole history without the running sums."""
         logits = self.pool_score(x).squeeze(-1).masked_fill(~mask, -1e9)
         if not all_positions:
             weights = torch.softmax(logits, dim=1)   # padding: exp(-1e9) is exactly 0
-            pooled = torch.bmm(weights.unsqueeze(1), x).squeeze(1)
-        else:
-            weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * mask
-            num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
-            den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)
-            pooled = num / den
-        if not self.cfg.newest:
-            return pooled
-        # A mean weighs the newest event like any other wherever it stands in the window (the
-        # positions count from the window's right end, not the prefix's); its own vector says
-        # which item just came, the strongest single cue in next-item data. Where the shopper's
-        # whole history matters more (what they cart in the coming days), validation turns it
-        # down at serving; training with it helps the pooled part there too.
-        newest = x if all_positions else x[:, -1]
-        return pooled + (newest if self.training else self.newest_weight * newest)
+            return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
+        weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * mask
+        num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
+        den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)
+        return num / den
+
+    def with_newest_item(self, users: torch.Tensor, newest_items: torch.Tensor,
+                         present: torch.Tensor) -> torch.Tensor:
+        """The user vectors (..., dim) plus the item vectors of each history's newest event
+        (``item_embed``'s, as the index holds them), normalized again; ``present`` (...) is
+        False where there is no event, and those stay zero. Training adds the item whole,
+        serving with ``newest_weight`` (chosen on validation).
+
+        A history's summary weighs the event that just happened like the others; the item's
+        own vector says what came last, the strongest single cue in next-item data. It is the
+        item tower's vector, not the history's id row, so it carries the item's category and
+        attributes: the items a new one resembles rank high after it, and new items (attributes
+        only) find their place. Where the whole history matters more (what a shopper carts over
+        the coming days), validation turns it down."""
+        if not self.cfg.newest_item:
+            return users
+        weight = 1.0 if self.training else self.newest_weight
+        present = present.unsqueeze(-1)
+        return F.normalize(users + weight * newest_items * present, dim=-1) * present
 
     def interest(self, hist_items: torch.Tensor, hist_events: torch.Tensor,
                  steps_back: torch.Tensor, age_days: torch.Tensor, query: torch.Tensor

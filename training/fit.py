@@ -95,13 +95,13 @@ def sized_for(model_cfg: TwoTowerConfig, prepared: Prepared) -> TwoTowerConfig:
                    n_attributes=n_attributes, history_len=prepared.config.history_len)
 
 
-# Weights of the newest event in the served user vector (``TwoTowerConfig.newest``) that
-# validation tries after every epoch (training adds it at 1). Next-item data wants it whole or
-# more (valid NDCG@10 at 0 / 1 / 1.5: Toys 0.046 / 0.077 / 0.074, Sports 0.028 / 0.038 / 0.036,
-# Tmall 0.109 / 0.136 / 0.140); data judged on what shoppers cart in the coming days wants the
-# pool alone (Taobao 0.427 at 0, 0.368 at 1; the embedded shop 0.350 / 0.335). A finer grid
-# chases the validation sample's noise: Sports scored 0.039 at 0.5, whose towers then reached
-# test HR@10 0.0505 against 0.0559 at 1.
+# Weights of the newest item's vector in the served user vector (``TwoTowerConfig.newest_item``)
+# that validation tries after every epoch (training adds it at 1). Next-item data wants it whole
+# (valid NDCG@10 at 0 / 1 / 1.5: Sports 0.025 / 0.041 / 0.039); data judged on what shoppers cart
+# over the coming days may want the history alone (the embedded shop chose 0). A finer grid
+# chases the validation sample's noise: with the pooling tower's earlier newest-event path
+# Sports scored best at 0.5 on validation, and its towers then reached test HR@10 0.0505
+# against 0.0559 at 1.
 NEWEST_WEIGHTS = (0.0, 1.0, 1.5)
 
 
@@ -126,6 +126,18 @@ def newest_weight(model: TwoTower) -> float | None:
     """The served weight of the newest event, None where the model has no such path."""
     weight = getattr(model, "newest_weight", None)
     return None if weight is None else float(weight)
+
+
+def share_newest_weight(model: TwoTower, by_weight: dict[float, float], group: Group
+                        ) -> dict[float, float]:
+    """Rank 0 validates: every rank takes its chosen newest-item weight (so all save and serve
+    the same model) and its score per weight (so all keep the same epoch records)."""
+    if newest_weight(model) is None:
+        return by_weight
+    shared = group.from_main(newest_weight(model),
+                             *(by_weight.get(w, math.nan) for w in NEWEST_WEIGHTS))
+    model.newest_weight.fill_(shared[0])
+    return dict(zip(NEWEST_WEIGHTS, shared[1:], strict=True))
 
 
 def seed_everything(seed: int) -> None:
@@ -220,11 +232,12 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
             if validating:
                 score, by_weight = validate_newest(model, validate) if validate \
                     else (-record["loss"], {})
+            if group is not None:  # rank 0's score: every rank keeps the same best epoch
+                (score,) = group.from_main(score)
+                by_weight = share_newest_weight(model, by_weight, group)
             if by_weight:   # every weight's score (MLflow plots them per epoch), the one kept
                 record |= {f"valid_at_newest_{w:g}": v for w, v in by_weight.items()}
                 record["newest_weight"] = newest_weight(model)
-            if group is not None:  # rank 0's score: every rank keeps the same best epoch
-                (score,) = group.from_main(score)
             record["valid_score"] = score
             best.history.append(record)
             best.examples += seen

@@ -27,24 +27,20 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
     unbiased towards popular items. ``matmul_dtype``: of the logits' matmul (``score_matrix``).
     """
     cfg = model_config
-    if sampler_probs is None:
+    if sampler_probs is None:   # every item is a candidate, at its own row
         candidates = item_table.all
-        targets = batch.targets
-        pair_items = batch.pair_items
+        targets, pair_items, hist_cand = batch.targets, batch.pair_items, batch.inputs.items
         logq = None
     else:
         negatives = torch.multinomial(sampler_probs, n_negatives, replacement=True,
                                       generator=generator)
-        rows, inverse = torch.unique(
-            torch.cat([batch.targets, batch.pair_items, negatives]), return_inverse=True)
-        n_t, n_p = batch.targets.numel(), batch.pair_items.numel()
-        targets = inverse[:n_t]
-        pair_items = inverse[n_t:n_t + n_p]  # interest is indexed by candidate position
+        rows, targets, pair_items, hist_cand = sampled_candidates(batch, negatives)
         logq = torch.log(1.0 - (1.0 - sampler_probs[rows]) ** n_negatives + 1e-12)
         candidates = item_table.take(rows.numpy())
     users, items, interest = model(
         *batch.inputs, *candidates,
-        batch.pair_query, pair_items, batch.pair_events, batch.pair_steps, batch.pair_age_days)
+        batch.pair_query, pair_items, batch.pair_events, batch.pair_steps, batch.pair_age_days,
+        hist_cand)
     users = users.reshape(-1, users.shape[-1])[batch.position]
     logits = score_matrix(users, items, cfg, interest, matmul_dtype)
     if logq is not None:
@@ -52,3 +48,20 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
     weights = target_weights[batch.target_events]
     losses = F.cross_entropy(logits, targets, reduction="none")
     return (losses * weights).sum() / weights.sum().clamp(min=1e-9)
+
+
+def sampled_candidates(batch: WindowBatch, negatives: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A sampled softmax's candidate item rows (sorted, unique): the batch's targets, its
+    history items and ``negatives``. Returns them with the candidate position of each target,
+    of each interest pair's item and of each history event ((B, L), 0 where padded): the newest
+    event's item vector is part of each position's user vector (``TwoTower.with_newest_item``)."""
+    items, present = batch.inputs.items, batch.inputs.mask
+    rows, inverse = torch.unique(
+        torch.cat([batch.targets, batch.pair_items, items[present], negatives]),
+        return_inverse=True)
+    n_t, n_p = batch.targets.numel(), batch.pair_items.numel()
+    hist_cand = torch.zeros_like(items)
+    hist_cand[present] = inverse[n_t + n_p:n_t + n_p + int(present.sum())]
+    # the interest term is indexed by candidate position
+    return rows, inverse[:n_t], inverse[n_t:n_t + n_p], hist_cand

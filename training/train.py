@@ -274,7 +274,7 @@ def lead_run(args: argparse.Namespace, prepared: Prepared, model_cfg: TwoTowerCo
         say(f"trained   best epoch {result.best_epoch} of {len(result.history)} "
             f"(valid score {result.best_score:.4f}), {result.examples:,} examples "
             f"in {result.seconds:.1f} s ({result.logits_dtype} logits"
-            + ("" if newest is None else f", newest event weighs {newest:g}") + ")")
+            + ("" if newest is None else f", newest item weighs {newest:g}") + ")")
 
         blend = tune_blend(result.model, prepared, features_at_valid_cut(prepared), blend_cfg,
                            seed=train_cfg.seed)

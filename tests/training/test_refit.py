@@ -64,8 +64,8 @@ def test_served_bundle_is_refitted_on_all_data(tmp_path: Path,
     monkeypatch.delenv("RANK", raising=False)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert train.main([*TINY, "--newest", "--out", str(tmp_path / "refit")]) == 0
-        assert train.main([*TINY, "--newest", "--no-refit", "--out", str(tmp_path / "plain")]) == 0
+        assert train.main([*TINY, "--out", str(tmp_path / "refit")]) == 0
+        assert train.main([*TINY, "--no-refit", "--out", str(tmp_path / "plain")]) == 0
     refitted, plain = Bundle.load(tmp_path / "refit"), Bundle.load(tmp_path / "plain")
     evaluated = prepare(parse_spec("synthetic"), FeatureConfig())
     # the refit knows every item of the data; the evaluation's model only the training fold's
@@ -83,7 +83,7 @@ def test_served_bundle_is_refitted_on_all_data(tmp_path: Path,
     assert "refit" not in plain.info
     # the stack's weights were chosen once, on validation, and are the same in both
     assert refitted.blend.weights == plain.blend.weights
-    # so was the newest event's weight in the served user vector
+    # so was the newest item's weight in the served user vector (the default model has the path)
     chosen = plain.info["fit"]["newest_weight"]
     assert chosen in NEWEST_WEIGHTS and refitted.info["fit"]["newest_weight"] == chosen
     assert float(plain.model.newest_weight) == float(refitted.model.newest_weight) == chosen

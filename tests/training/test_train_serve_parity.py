@@ -16,6 +16,7 @@ from features.spec import parse_spec
 from features.split import sort_events
 from features.vocab import Vocabulary
 from models.inputs import history_batch
+from models.scoring import TwoTowerRecommender
 from models.two_tower import TwoTower, TwoTowerConfig
 from training.data import collate, make_windows
 
@@ -39,11 +40,16 @@ def shoppers(events: pd.DataFrame, n: int = 25) -> list[str]:
 @pytest.mark.parametrize("encoder", ["pooling", "transformer"])
 def test_training_and_serving_encode_a_history_alike(shop, encoder: str) -> None:
     """The same tensors, and the same user vector: training's at the window's last position
-    (every position encoded), serving's of the last position alone."""
+    (every position encoded, the newest item's vector added as the training pass adds it),
+    serving's of the last position alone, as the service and the index builder get it."""
     events, vocab = shop
     torch.manual_seed(0)
     model = TwoTower(TwoTowerConfig(n_items=len(vocab), dim=16, history_len=L,
                                     encoder=encoder)).eval()
+    assert model.cfg.newest_item   # the default: the newest item's vector is part of both
+    with torch.no_grad():
+        item_vectors = model.item_embed(torch.arange(len(vocab)))
+    towers = TwoTowerRecommender(model, item_vectors.numpy())
     checked = 0
     for user in shoppers(events):
         mine = events[events["user_id"] == user]
@@ -63,8 +69,10 @@ def test_training_and_serving_encode_a_history_alike(shop, encoder: str) -> None
         assert not served.mask[:, :-width].any()
         assert torch.isfinite(served.gaps[served.mask]).all()
         with torch.no_grad():
-            at_training = model.user_embed(*trained, all_positions=True)[0, -1]
-            at_serving = model.user_embed(*served)[0]
+            at_training = model.with_newest_item(
+                model.user_embed(*trained, all_positions=True), item_vectors[trained.items],
+                trained.mask)[0, -1]
+        at_serving = torch.from_numpy(towers.user_vectors(history)[0])
         torch.testing.assert_close(at_serving, at_training, rtol=1e-5, atol=1e-5)
         checked += 1
     assert checked >= 25
