@@ -6,8 +6,9 @@ A new item gets the next item row. Its vector comes from its category and attrib
 for with item-id dropout); it goes into a copy of the FAISS index, so ``/similar_items`` finds it
 and the towers can rank it. The sparse signals know nothing of it yet (no co-occurrence, no
 popularity): their tables grow by empty rows and columns. The user tower reads trained items
-only, so a history that holds a new item is ranked from its other events
-(``TwoTowerRecommender``); the shopper's own-items signals ("repeat") do count it.
+only, but when a new item is a shopper's newest event its vector joins the user vector
+(``TwoTower.with_newest_item``), so items like it rank higher next; the shopper's own-items
+signals ("repeat") count it too.
 The next training run learns it like any other item.
 """
 

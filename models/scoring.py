@@ -66,26 +66,31 @@ class TwoTowerRecommender(Recommender):
         return histories.keep(~added) if added.any() else histories
 
     def _encode(self, histories: Histories) -> tuple[HistoryBatch, torch.Tensor]:
-        """The histories' batch and their user vectors (zero for an empty history)."""
-        batch = history_batch(histories, self.model.cfg.history_len,
+        """The batch of the histories' trained items and their user vectors (zero for an empty
+        history). The newest item's vector (``TwoTower.with_newest_item``) is its row of the
+        item vectors, so an item added after training (attributes only) that a shopper has
+        just looked at counts too."""
+        lengths = histories.lengths
+        last = np.maximum(histories.offsets[1:] - 1, 0)
+        newest = histories.item_idx[last] if len(histories.item_idx) else np.zeros_like(last)
+        present = torch.from_numpy(lengths > 0)
+        batch = history_batch(self._trained_items(histories), self.model.cfg.history_len,
                               trim=self.model.ignores_padding)
         users = self.model.user_embed(*batch.inputs)
-        inputs = batch.inputs   # right-aligned: the last column is the newest event, if any
-        users = self.model.with_newest_item(users, self._items_t[inputs.items[:, -1]],
-                                            inputs.mask[:, -1])
-        return batch, users * inputs.mask.any(dim=1, keepdim=True)
+        users = users * batch.inputs.mask.any(dim=1, keepdim=True)
+        users = self.model.with_newest_item(users, self._items_t[torch.from_numpy(newest)],
+                                            present)
+        return batch, users
 
     @torch.inference_mode()
     def user_vectors(self, histories: Histories) -> np.ndarray:
         """Normalized user vectors (n, dim); empty histories give zero vectors."""
-        histories = self._trained_items(histories)
         if len(histories) == 0:  # TorchRec cannot split a KeyedJaggedTensor of batch size 0
             return np.zeros((0, self.model.cfg.dim), dtype=np.float32)
         return self._encode(histories)[1].numpy().astype(np.float32)
 
     @torch.inference_mode()
     def score(self, histories: Histories) -> np.ndarray:
-        histories = self._trained_items(histories)
         if len(histories) == 0:
             return np.zeros((0, self.n_items), dtype=np.float32)
         batch, users = self._encode(histories)
@@ -97,7 +102,6 @@ class TwoTowerRecommender(Recommender):
     @torch.inference_mode()
     def score_items(self, histories: Histories, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        histories = self._trained_items(histories)
         if len(histories) == 0 or not len(rows):
             return np.zeros((len(histories), len(rows)), dtype=np.float32)
         batch, users = self._encode(histories)

@@ -95,9 +95,21 @@ def test_a_history_holding_a_new_item_is_ranked(bundle: Bundle) -> None:
     with_new = grown.recommender.score(history(np.r_[known_rows, n]))
     without = grown.recommender.score(history(known_rows))
     assert with_new.shape == (1, n + 1)
-    # the user tower reads trained items only: the towers' part is the same with or without it
+    # The user tower reads trained items only; the new item, the newest event, joins the user
+    # vector through its own vector (attributes only) at the newest item's weight.
     towers = getattr(grown.recommender, "towers", grown.recommender)
-    np.testing.assert_allclose(towers.score(history(np.r_[known_rows, n])),
-                               towers.score(history(known_rows)), rtol=1e-5, atol=1e-5)
+    weight = towers.model.newest_weight
+    chosen = float(weight)
+    try:
+        weight.fill_(0.0)   # off: the towers' part is the other events' alone
+        off = towers.score(history(np.r_[known_rows, n]))
+        np.testing.assert_allclose(off, towers.score(history(known_rows)), rtol=1e-5, atol=1e-5)
+        weight.fill_(1.0)   # on: the user vector turns towards the new item
+        on = towers.score(history(np.r_[known_rows, n]))
+        assert on[0, n] > off[0, n]
+        only_new = towers.user_vectors(history(np.array([n])))
+        np.testing.assert_allclose(only_new[0], grown.item_vectors[n], rtol=1e-5, atol=1e-6)
+    finally:
+        weight.fill_(chosen)
     if grown.sources:   # the shopper's own-item signals count the new item
         assert with_new[0, n] > without[0, n]
