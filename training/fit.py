@@ -37,6 +37,10 @@ class TrainConfig:
         256,
         "history positions per training step (windows of similar length batched together)")
     lr: float = setting(5e-3, "AdamW learning rate")
+    label_smoothing: float = setting(
+        0.3,
+        "share of each target's loss spread evenly over the catalog (full softmax only), so the "
+        "model stops pushing its top items ever further apart; 0 turns it off")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     view_weight: float = setting(1.0, "loss weight of a view target")
     cart_weight: float = setting(2.0, "loss weight of an add-to-cart target")
@@ -207,7 +211,8 @@ def fit(prepared: Prepared, model_cfg: TwoTowerConfig, cfg: TrainConfig,
                 if batch.targets.numel() == 0 and group is None:  # ranks all take each step
                     continue
                 loss = batch_loss(trained, model_cfg, batch, item_table, weights,
-                                  sampler, cfg.n_negatives, generator, matmul_dtype)
+                                  sampler, cfg.n_negatives, generator, matmul_dtype,
+                                  cfg.label_smoothing)
                 if not counts:  # a stand-in window: in the collectives, not in the gradient
                     loss = loss * 0.0
                 opt.zero_grad(set_to_none=True)

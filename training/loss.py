@@ -15,7 +15,8 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
                item_table: ItemTable, target_weights: torch.Tensor,
                sampler_probs: torch.Tensor | None, n_negatives: int,
                generator: torch.Generator | None = None,
-               matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               matmul_dtype: torch.dtype = torch.float32,
+               label_smoothing: float = 0.0) -> torch.Tensor:
     """Weighted mean cross-entropy over the batch's target positions.
 
     ``model`` is a ``TwoTower`` or the ``DistributedModelParallel`` wrapping one: only its
@@ -25,6 +26,8 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
     from ``sampler_probs`` and, with the batch's targets and history items, form the candidate
     set; each candidate's logit is corrected by -log(expected draws) so the estimate stays
     unbiased towards popular items. ``matmul_dtype``: of the logits' matmul (``score_matrix``).
+    ``label_smoothing``: the target's share of the loss spread over every item, full softmax
+    only: over a sampled set it would go to the popular items the sampler draws most.
     """
     cfg = model_config
     if sampler_probs is None:   # every item is a candidate, at its own row
@@ -46,7 +49,8 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
     if logq is not None:
         logits = logits - logq
     weights = target_weights[batch.target_events]
-    losses = F.cross_entropy(logits, targets, reduction="none")
+    smoothing = label_smoothing if logq is None else 0.0
+    losses = F.cross_entropy(logits, targets, reduction="none", label_smoothing=smoothing)
     return (losses * weights).sum() / weights.sum().clamp(min=1e-9)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from models.inputs import ItemTable
-from models.two_tower import TwoTower, TwoTowerConfig
+from models.two_tower import TwoTower, TwoTowerConfig, score_matrix
 from tests.models.recommender_contract import pairs_prepared
 from training.data import collate, make_windows
 from training.loss import batch_loss, sampled_candidates
@@ -75,3 +75,32 @@ def test_the_sampled_loss_trains() -> None:
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
+
+
+def test_label_smoothing_spreads_the_target_share_over_the_whole_catalog() -> None:
+    """Known answer: the smoothed loss is (1 - eps) x cross-entropy + eps x the mean over every
+    item of -log p(item), from the same logits; the sampled softmax ignores it."""
+    p, batch = batch_of_pairs()
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=len(p.item_vocab), dim=16, history_len=10)).eval()
+    table = ItemTable.from_features(p.item_features)
+    weights = torch.ones(3)
+    with torch.no_grad():
+        plain = batch_loss(model, model.cfg, batch, table, weights, None, 0)
+        smoothed = batch_loss(model, model.cfg, batch, table, weights, None, 0,
+                              label_smoothing=0.3)
+        users, items, interest = model(
+            *batch.inputs, *table.all, batch.pair_query, batch.pair_items, batch.pair_events,
+            batch.pair_steps, batch.pair_age_days, batch.inputs.items)
+        users = users.reshape(-1, users.shape[-1])[batch.position]
+        log_p = torch.log_softmax(score_matrix(users, items, model.cfg, interest), dim=-1)
+    uniform = -log_p.mean(dim=-1).mean()
+    torch.testing.assert_close(smoothed, 0.7 * plain + 0.3 * uniform)
+    assert not torch.isclose(smoothed, plain)
+    probs = torch.full((len(p.item_vocab),), 1.0 / len(p.item_vocab))
+
+    def sampled(eps: float) -> torch.Tensor:
+        with torch.no_grad():
+            return batch_loss(model, model.cfg, batch, table, weights, probs, 4,
+                              torch.Generator().manual_seed(0), label_smoothing=eps)
+    torch.testing.assert_close(sampled(0.3), sampled(0.0))
