@@ -49,8 +49,13 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
     if logq is not None:
         logits = logits - logq
     weights = target_weights[batch.target_events]
-    smoothing = label_smoothing if logq is None else 0.0
-    losses = F.cross_entropy(logits, targets, reduction="none", label_smoothing=smoothing)
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    if label_smoothing and logq is None:
+        # -mean over items of log p(item) = logsumexp - mean logit. Written out rather than
+        # F.cross_entropy(label_smoothing=): that kernel's backward gave runs of the same seed
+        # different models.
+        spread = torch.logsumexp(logits, dim=-1) - logits.mean(dim=-1)
+        losses = (1.0 - label_smoothing) * losses + label_smoothing * spread
     return (losses * weights).sum() / weights.sum().clamp(min=1e-9)
 
 
