@@ -103,7 +103,7 @@ def time_steps(model_cfg: TwoTowerConfig, batches: list[WindowBatch], item_table
         if step == WARMUP:
             started = time.perf_counter()
         loss = batch_loss(model, model_cfg, batch, item_table, weights, None, 0,
-                          matmul_dtype=variant.logits)
+                          matmul_dtype=variant.logits, label_smoothing=train_cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

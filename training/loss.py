@@ -49,13 +49,10 @@ def batch_loss(model: torch.nn.Module, model_config: TwoTowerConfig, batch: Wind
     if logq is not None:
         logits = logits - logq
     weights = target_weights[batch.target_events]
-    losses = F.cross_entropy(logits, targets, reduction="none")
     if label_smoothing and logq is None:
-        # -mean over items of log p(item) = logsumexp - mean logit. Written out rather than
-        # F.cross_entropy(label_smoothing=): that kernel's backward gave runs of the same seed
-        # different models.
-        spread = torch.logsumexp(logits, dim=-1) - logits.mean(dim=-1)
-        losses = (1.0 - label_smoothing) * losses + label_smoothing * spread
+        losses = SmoothedCrossEntropy.apply(logits, targets, label_smoothing)
+    else:
+        losses = F.cross_entropy(logits, targets, reduction="none")
     return (losses * weights).sum() / weights.sum().clamp(min=1e-9)
 
 
@@ -74,3 +71,30 @@ def sampled_candidates(batch: WindowBatch, negatives: torch.Tensor
     hist_cand[present] = inverse[n_t + n_p:n_t + n_p + int(present.sum())]
     # the interest term is indexed by candidate position
     return rows, inverse[:n_t], inverse[n_t:n_t + n_p], hist_cand
+
+
+class SmoothedCrossEntropy(torch.autograd.Function):
+    """Per-row (1 - eps) x cross-entropy + eps x the mean over every item of -log p(item).
+
+    One pass each way: the gradient is softmax - (1 - eps) x onehot - eps / items, written
+    straight from the saved log-probabilities. Composed from log_softmax, gather and mean it
+    made a Sports step 20% slower than plain cross-entropy (45% as logsumexp - mean logit), and
+    F.cross_entropy(label_smoothing=) gave two runs of one seed different models.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+        log_p = torch.log_softmax(logits, dim=-1)
+        losses = -(1.0 - eps) * log_p.gather(1, targets.unsqueeze(1)).squeeze(1) \
+            - eps * log_p.mean(dim=-1)
+        ctx.save_for_backward(log_p, targets)
+        ctx.eps = eps
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        log_p, targets = ctx.saved_tensors
+        grad = log_p.exp().sub_(ctx.eps / log_p.shape[1])
+        grad[torch.arange(len(targets)), targets] -= 1.0 - ctx.eps
+        return grad.mul_(grad_losses.unsqueeze(1)), None, None
+

@@ -7,12 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.inputs import ItemTable
 from models.two_tower import TwoTower, TwoTowerConfig, score_matrix
 from tests.models.recommender_contract import pairs_prepared
 from training.data import collate, make_windows
-from training.loss import batch_loss, sampled_candidates
+from training.loss import SmoothedCrossEntropy, batch_loss, sampled_candidates
 
 
 def batch_of_pairs(history_len: int = 10):
@@ -104,3 +105,18 @@ def test_label_smoothing_spreads_the_target_share_over_the_whole_catalog() -> No
             return batch_loss(model, model.cfg, batch, table, weights, probs, 4,
                               torch.Generator().manual_seed(0), label_smoothing=eps)
     torch.testing.assert_close(sampled(0.3), sampled(0.0))
+
+
+def test_the_smoothed_loss_and_its_gradient_are_pytorchs() -> None:
+    """The one-pass kernel gives F.cross_entropy(label_smoothing=)'s losses and gradients."""
+    torch.manual_seed(0)
+    logits = (torch.randn(7, 50, dtype=torch.float64) * 5).requires_grad_()
+    targets = torch.randint(0, 50, (7,))
+    row_weights = torch.rand(7, dtype=torch.float64)
+    ours = SmoothedCrossEntropy.apply(logits, targets, 0.3)
+    (ours * row_weights).sum().backward()
+    grad, logits.grad = logits.grad, None
+    theirs = F.cross_entropy(logits, targets, reduction="none", label_smoothing=0.3)
+    (theirs * row_weights).sum().backward()
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(grad, logits.grad)
