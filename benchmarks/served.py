@@ -18,11 +18,13 @@ here, from the raw events and the batch CSV.
   is given: held out by its evaluation, trained on by its refit, like any other train row.
 
 The baselines (``models.baselines``) are fitted on exactly the data the model was given and
-ranked with the same exclusions, so every row of the table is the same measurement.
+ranked with the same exclusions from the same last events per shopper (the bundle's
+``history_len``), so every row of the table is the same measurement.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -150,8 +152,14 @@ def train_and_recommend(held: HoldOut, folder: Path, train_args: list[str] = (),
     return bundle, pd.read_csv(recs, dtype={"user_id": str, "item_id": str})
 
 
-def baseline_recs(held: HoldOut, k: int = K_LIST, history_len: int = 50) -> dict[str, pd.DataFrame]:
-    """Every baseline fitted on the data the model saw, ranked like the batch (purchases out)."""
+def bundle_history_len(bundle: Path) -> int:
+    """Events per shopper history the bundle ranks from (what the batch reads)."""
+    return int(json.loads((bundle / "bundle.json").read_text())["model"]["history_len"])
+
+
+def baseline_recs(held: HoldOut, history_len: int, k: int = K_LIST) -> dict[str, pd.DataFrame]:
+    """Every baseline fitted on the data the model saw, ranked like the batch (purchases out),
+    from the same ``history_len`` last events per shopper as the served bundle."""
     seen = held.seen
     vocab = Vocabulary.fit(seen["item_id"])
     feats = item_features(seen, held.items, vocab, popularity_days=7.0)
@@ -196,7 +204,8 @@ def measure_served(spec: DataSpec, folder: Path, train_args: list[str] = (),
     held = hold_out(spec, folder, days)
     bundle, recs = train_and_recommend(held, folder, list(train_args))
     rows = {SERVED: score(recs, held.targets)}
-    rows |= {name: score(r, held.targets) for name, r in baseline_recs(held).items()}
+    rows |= {name: score(r, held.targets)
+             for name, r in baseline_recs(held, bundle_history_len(bundle)).items()}
     new = set(held.new_items)
     return {"protocol": held.protocol, "cut": held.cut, "spec": held.spec,
             "target_users": int(held.targets["user_id"].nunique()),

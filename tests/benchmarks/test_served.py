@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks.served import SERVED, hold_out, measure_served, score
+from benchmarks.served import SERVED, baseline_recs, hold_out, measure_served, score
 from features.spec import parse_spec
 from models.bundle import Bundle
 
@@ -74,3 +74,27 @@ def test_a_predefined_split_holds_its_test_purchases_out(tmp_path: Path) -> None
     # the predefined protocol on it
     test_rows = written[written["split"] == "test"]
     assert len(test_rows) == 20 and set(test_rows["event"]) == {"purchase"}
+
+
+def test_baselines_read_as_many_events_per_shopper_as_the_bundle(tmp_path: Path) -> None:
+    # u0 carted x, then looked at six other items; after the cut they buy x. Ranked from the
+    # last 3 events (as a bundle with history_len 3 would be), repeat no longer knows x.
+    day = pd.Timestamp("2026-01-01")
+    rows = [("u0", "x", "addtocart", day)]
+    rows += [("u0", f"v{j}", "view", day + pd.Timedelta(hours=j + 1)) for j in range(6)]
+    rows += [(f"u{u}", f"v{(u + j) % 6}", "view", day + pd.Timedelta(hours=j))
+             for u in range(1, 8) for j in range(3)]
+    rows += [("u0", "x", "purchase", day + pd.Timedelta(days=5))]
+    path = tmp_path / "shop.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "event", "timestamp"]).to_csv(path,
+                                                                                     index=False)
+    held = hold_out(parse_spec(f"events:{path}"), tmp_path / "out", days=2)
+    assert held.targets.to_dict("records") == [{"user_id": "u0", "item_id": "x"}]
+
+    def rank_of_x(history_len: int) -> int | None:
+        recs = baseline_recs(held, history_len, k=5)["repeat"]
+        mine = recs[(recs["user_id"] == "u0") & (recs["item_id"] == "x")]
+        return int(mine["rank"].iloc[0]) if len(mine) else None
+
+    assert rank_of_x(10) == 1
+    assert rank_of_x(3) != 1

@@ -173,7 +173,7 @@ def test_run_records_settings_fingerprint_metrics_and_artifacts(logged: dict[str
     client: MlflowClient = logged["client"]
     run = client.get_run(logged["run_id"])
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    assert params["features.history_len"] == "50"
+    assert params["features.history_len"] == "200"
     assert params["model.dim"] == "16" and params["train.epochs"] == "2"
     assert params["data.hash"] == "x" and params["data.spec"] == "synthetic"
     assert params["data.protocol"] == "temporal" and params["data.test_start"].startswith("20")

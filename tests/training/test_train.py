@@ -182,7 +182,7 @@ def test_run_logs_settings_epochs_and_test_metrics(first: dict[str, Any]) -> Non
     run = first["run"]
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     assert params["model.dim"] == "16" and params["model.encoder"] == "pooling"
-    assert params["model.history_len"] == params["features.history_len"] == "50"
+    assert params["model.history_len"] == params["features.history_len"] == "200"
     assert int(params["model.n_items"]) > 1000
     assert params["train.epochs"] == "2" and params["train.valid_users"] == "2000"
     assert params["data.spec"] == "synthetic" and params["data.protocol"] == "temporal"
@@ -306,7 +306,10 @@ def test_saved_bundle_round_trips(first: dict[str, Any], prepared: Prepared) -> 
     assert list(loaded.items.item_id) == list(loaded.item_vocab.ids)
     # every shopper, test window included, with their last L events, as of the end of the data
     assert set(loaded.histories.user_ids) == set(prepared.events.user_id)
-    assert loaded.histories.lengths.max() == 50
+    per_shopper = prepared.events.groupby("user_id", observed=True).size()
+    assert (loaded.histories.lengths == np.minimum(
+        per_shopper.reindex(loaded.histories.user_ids).to_numpy(),
+        loaded.model.cfg.history_len)).all()
     assert loaded.now == prepared.events.timestamp.max() + pd.Timedelta(milliseconds=1)
     users = sorted(loaded.histories.user_ids)[:200]
     for name in ("offsets", "item_idx", "event_code", "age_days", "steps_back", "ts_ms"):
