@@ -42,6 +42,7 @@ from features.spec import DataSpec
 from features.split import auto_window_days, sort_events
 from features.vocab import Vocabulary
 from models.baselines import BASELINES
+from models.bundle import model_config
 from serving.batch import seen_items
 
 K_LIST = 50
@@ -153,8 +154,10 @@ def train_and_recommend(held: HoldOut, folder: Path, train_args: list[str] = (),
 
 
 def bundle_history_len(bundle: Path) -> int:
-    """Events per shopper history the bundle ranks from (what the batch reads)."""
-    return int(json.loads((bundle / "bundle.json").read_text())["model"]["history_len"])
+    """Events per shopper history the bundle ranks from (what the batch reads), read through
+    the bundle's own interpretation of its saved model settings."""
+    info = json.loads((bundle / "bundle.json").read_text())
+    return model_config(info["model"], bundle).history_len
 
 
 def baseline_recs(held: HoldOut, history_len: int, k: int = K_LIST) -> dict[str, pd.DataFrame]:

@@ -39,7 +39,7 @@ class FeatureConfig:
     # User histories: the most recent L events feed the user tower, the ranking stack's sparse
     # signals and the service. 200, not 50: on view-heavy logs a shopper's carts and the items
     # they keep coming back to sit more than 50 events back (served Tmall NDCG@10 +13%, Taobao
-    # +3%; leave-one-out files, whose histories are short, unchanged; BENCHMARKS.md).
+    # +2%; Toys' own test fold -4%: BENCHMARKS.md, "History length").
     history_len: int = setting(200, "events kept per user history (L)")
     # Item popularity: events in this many days before the cut (all events for data without time).
     popularity_days: float = setting(7.0, "window in days for recent item popularity")
