@@ -45,6 +45,7 @@ N_EVENT_TYPES = 3
 GAP_BUCKETS = 12      # log2 buckets of hours to the next event; the last one means "no time"
 STEP_BUCKETS = 8      # 0, 1, 2, 3-4, 5-8, 9-16, 17-32, 33+
 AGE_BUCKETS = 10      # log2 buckets of days; the last one means "no time"
+RECENCY_BUCKETS = 10  # the pooling's steps back: 0, 1, 2, 3-4, ..., 65-128, 129+
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,12 @@ class TwoTowerConfig:
     interest: bool = setting(
         True,
         "learn the 'comes back to what they looked at' term next to the tower score")
+    recency: bool = setting(
+        True,
+        "pooling: weigh each event also by how many events back it lies from the position "
+        "being predicted (a learned bias per log2 bucket), instead of position vectors counted "
+        "from the end of the training window (bundles saved before this setting load with it "
+        "off, as they were trained)")
 
     item_id_dropout: float = setting(
         0.0,
@@ -88,10 +95,10 @@ class TwoTowerConfig:
         return asdict(self)
 
 
-def step_bucket(steps: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2, 3-4, 5-8, ... as bucket ids."""
+def step_bucket(steps: torch.Tensor, n_buckets: int = STEP_BUCKETS) -> torch.Tensor:
+    """0, 1, 2, 3-4, 5-8, ... as bucket ids, the last one holding everything further back."""
     b = torch.ceil(torch.log2(steps.clamp(min=1).float())).long() + 1
-    return torch.where(steps <= 0, torch.zeros_like(b), b).clamp(max=STEP_BUCKETS - 1)
+    return torch.where(steps <= 0, torch.zeros_like(b), b).clamp(max=n_buckets - 1)
 
 
 def log_bucket(values: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -126,11 +133,13 @@ class TwoTower(nn.Module):
                 nn.init.normal_(table.weight, std=1.0 / math.sqrt(d))
         self.event_emb = nn.Embedding(N_EVENT_TYPES, d)
         self.gap_emb = nn.Embedding(GAP_BUCKETS, d)
-        self.pos_emb = nn.Embedding(cfg.history_len, d)
+        # The relative pooling weighs events by steps back instead (``_pool_relative``).
+        self.pos_emb = None if self._relative_pooling else nn.Embedding(cfg.history_len, d)
         # Small side embeddings: at N(0, 1) they would drown the item vectors (norm ~1) and the
         # towers would spend their first epochs learning to ignore them.
         for side in (self.event_emb, self.gap_emb, self.pos_emb):
-            nn.init.normal_(side.weight, std=0.02)
+            if side is not None:
+                nn.init.normal_(side.weight, std=0.02)
         self.input_norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.encoder == "transformer":
@@ -141,6 +150,10 @@ class TwoTower(nn.Module):
         elif cfg.encoder == "pooling":
             self.encoder = None
             self.pool_score = nn.Linear(d, 1)  # attention-weighted pooling over the history
+            if cfg.recency:
+                # Log-weight of an event by its steps back from the predicted position; starts
+                # flat, so the content score decides until training finds a use for recency.
+                self.pool_recency = nn.Parameter(torch.zeros(RECENCY_BUCKETS))
         else:
             raise ValueError(f"encoder must be 'transformer' or 'pooling', got {cfg.encoder!r}")
         if cfg.newest_item:
@@ -254,8 +267,9 @@ class TwoTower(nn.Module):
         length = items.shape[1]
         x = self._history_items(items, mask)
         x = x + self.event_emb(events.clamp(min=0)) + self.gap_emb(log_bucket(gaps, GAP_BUCKETS))
-        # Positions are counted from the right: the newest event is always the last id.
-        x = x + self.pos_emb.weight[self.cfg.history_len - length:]
+        if not self._relative_pooling:
+            # Positions are counted from the right: the newest event is always the last id.
+            x = x + self.pos_emb.weight[self.cfg.history_len - length:]
         x = self.dropout(self.input_norm(x)) * mask.unsqueeze(-1)
         if self.encoder is not None:
             h = self.encoder(x, mask=self._attention_mask(mask))
@@ -300,11 +314,17 @@ class TwoTower(nn.Module):
         blocked &= ~torch.eye(length, dtype=torch.bool).unsqueeze(0)
         return blocked.repeat_interleave(self.cfg.n_heads, dim=0)
 
+    @property
+    def _relative_pooling(self) -> bool:
+        return self.cfg.encoder == "pooling" and self.cfg.recency
+
     def _pool(self, x: torch.Tensor, mask: torch.Tensor, all_positions: bool) -> torch.Tensor:
         """Attention-weighted mean of the events up to each position (causal, like the encoder):
         (B, L, dim) for every position, else (B, dim) for the last, which is the same softmax
         over the whole history without the running sums."""
         logits = self.pool_score(x).squeeze(-1).masked_fill(~mask, -1e9)
+        if self._relative_pooling:
+            return self._pool_relative(x, logits, all_positions)
         if not all_positions:
             weights = torch.softmax(logits, dim=1)   # padding: exp(-1e9) is exactly 0
             return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
@@ -312,6 +332,26 @@ class TwoTower(nn.Module):
         num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
         den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)
         return num / den
+
+    def _pool_relative(self, x: torch.Tensor, logits: torch.Tensor, all_positions: bool
+                       ) -> torch.Tensor:
+        """The pooling with each event's weight also set by its steps back from the position
+        predicted. A training window's positions each see a different prefix, so a position
+        vector counted from the window's end says nothing consistent about how recent an event
+        is to that prefix (serving only ever sees the last position); steps back mean the same
+        in training and serving. The weights of position t over j <= t no longer factor into
+        running sums: a (B, L, L) softmax, small beside the catalog's logits."""
+        length = x.shape[1]
+        if not all_positions:
+            steps = torch.arange(length - 1, -1, -1)
+            weights = torch.softmax(logits + self.pool_recency[step_bucket(steps, RECENCY_BUCKETS)],
+                                    dim=1)
+            return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
+        steps = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)  # t - j
+        bias = self.pool_recency[step_bucket(steps, RECENCY_BUCKETS)].masked_fill(steps < 0, -1e9)
+        # A padded position t sees only padding: its row is uniform and masked out after.
+        weights = torch.softmax(logits.unsqueeze(1) + bias, dim=2)
+        return torch.bmm(weights, x)
 
     def with_newest_item(self, users: torch.Tensor, newest_items: torch.Tensor,
                          present: torch.Tensor) -> torch.Tensor:

@@ -46,13 +46,14 @@ from training.data import collate, make_windows
 from training.fit import NEWEST_WEIGHTS, TrainConfig, fit, newest_weight, sized_for, validate_newest
 from training.loss import batch_loss
 
-# Tiny on purpose: 12 items, dim 16, one layer, six epochs take well under a second. float32
+# Tiny on purpose: 12 items, dim 16, one layer, eight epochs take about a second (six left the
+# pooling's recency weights, learned from flat, short of the rarest planted pairs). float32
 # logits whatever the CPU (``auto`` would pick bfloat16 on some); bfloat16 has its own class.
 # No label smoothing: on these 12-item catalogs 0.3 of each target spread over the catalog is
 # 0.025 an item, enough to cap the target's margin at log(29) and blur the planted answers that
 # these tests are about; on a real catalog it is 0.3 / 10,000 an item (tests/training/test_loss.py
 # checks the smoothing itself).
-TRAIN = TrainConfig(epochs=6, batch_tokens=320, lr=1e-2, seed=0, threads=1, progress=False,
+TRAIN = TrainConfig(epochs=8, batch_tokens=320, lr=1e-2, seed=0, threads=1, progress=False,
                     logits_dtype="float32", label_smoothing=0.0)
 
 
@@ -460,3 +461,77 @@ def test_bundles_saved_before_newest_item_load_as_they_were_trained(tiny_bundle:
     pool = saved_with("pool-on", {"newest": True})
     with pytest.raises(DataError, match=r"bundle\.json.*'newest' = True.*retrain"):
         Bundle.load(pool)
+
+
+def prefix_vectors(model: TwoTower, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training's user vectors at every position of right-aligned histories ``items`` (B, L;
+    0 = padding), and serving's vector of each prefix ending there (the prefix right-aligned
+    alone), both (B, L, dim) at the real positions."""
+    mask = items > 0
+    events = torch.zeros_like(items)
+    gaps = torch.full(items.shape, float("nan"))
+    with torch.no_grad():
+        every = model.user_embed(items, events, gaps, mask, all_positions=True)
+        served = torch.zeros_like(every)
+        for t in range(items.shape[1]):
+            served[:, t] = model.user_embed(items[:, :t + 1], events[:, :t + 1],
+                                            gaps[:, :t + 1], mask[:, :t + 1])
+    return every * mask.unsqueeze(-1), served * mask.unsqueeze(-1)
+
+
+@pytest.mark.parametrize("recency", [True, False])
+def test_each_training_position_pools_its_prefix_as_serving_would(recency: bool) -> None:
+    """Training scores every position of a window at once; each must get the vector serving
+    gives that position's prefix, or the model learns weights it is not served with. With
+    ``recency`` (the default) the pool weighs events by steps back from the position, the same
+    in both. Position vectors counted from the window's end (bundles from before the setting)
+    give the newest event of a prefix another position id than serving does."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=30, dim=16, history_len=8, recency=recency)).eval()
+    if recency:
+        with torch.no_grad():   # a decay steep enough to matter, as training would learn
+            model.pool_recency.copy_(-torch.arange(10, dtype=torch.float32))
+    items = torch.tensor([[3, 9, 4, 4, 12, 7, 25, 1], [0, 0, 0, 5, 18, 2, 2, 29]])
+    every, served = prefix_vectors(model, items)
+    assert torch.allclose(every, served, atol=1e-5) == recency
+
+
+def test_recency_weighs_the_events_by_steps_back_from_the_newest() -> None:
+    """Known answer: with the content score flat, a pooled history is the mean of its event
+    vectors weighted by exp(bias of steps back): 0, 1, 2, 3-4 back in their own buckets."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=30, dim=16, history_len=8, newest_item=False,
+                                    dropout=0.0)).eval()
+    bias = torch.tensor([0.0, -1.0, -2.0, -3.0, 0, 0, 0, 0, 0, 0])
+    with torch.no_grad():
+        model.pool_score.weight.zero_()
+        model.pool_score.bias.zero_()
+        model.pool_recency.copy_(bias)
+    x = torch.randn(1, 5, 16)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    # Steps back of the 5 events, oldest first: 4, 3, 2, 1, 0 -> buckets 3, 3, 2, 1, 0.
+    weights = torch.softmax(torch.tensor([-3.0, -3.0, -2.0, -1.0, 0.0]), dim=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model._pool(x, mask, all_positions=False)[0], weights @ x[0])
+        torch.testing.assert_close(model._pool(x, mask, all_positions=True)[0, -1],
+                                   weights @ x[0])
+
+
+def test_bundles_saved_before_recency_load_as_they_were_trained(tiny_bundle: Path,
+                                                                 tmp_path: Path) -> None:
+    """A bundle from before ``recency`` holds position vectors and no recency weights: it loads
+    with the setting off and serves the vectors it was trained with."""
+    assert Bundle.load(tiny_bundle).model.cfg.recency   # saved now: on
+    old = tmp_path / "before"
+    shutil.copytree(tiny_bundle, old)
+    info = json.loads((old / "bundle.json").read_text())
+    del info["model"]["recency"]
+    (old / "bundle.json").write_text(json.dumps(info))
+    weights = torch.load(old / "model.pt", weights_only=True)
+    del weights["pool_recency"]
+    cfg = info["model"]
+    weights["pos_emb.weight"] = torch.full((cfg["history_len"], cfg["dim"]), 0.5)
+    torch.save(weights, old / "model.pt")
+    model = Bundle.load(old).model
+    assert not model.cfg.recency and not hasattr(model, "pool_recency")
+    assert torch.equal(model.pos_emb.weight, weights["pos_emb.weight"])
