@@ -425,15 +425,21 @@ def test_served_batches_are_as_wide_as_their_longest_history_where_padding_is_ig
     np.testing.assert_allclose(rec.score_items(hist, rows), rec.score(hist)[:, rows], atol=1e-5)
 
 
+def saved_before(bundle: Path, folder: Path, setting: str) -> dict:
+    """A copy of ``bundle`` in ``folder`` whose bundle.json lacks the model ``setting``, as a
+    bundle saved before the setting existed; returns its bundle.json."""
+    shutil.copytree(bundle, folder)
+    info = json.loads((folder / "bundle.json").read_text())
+    del info["model"][setting]
+    (folder / "bundle.json").write_text(json.dumps(info))
+    return info
+
+
 def test_a_bundle_saved_before_mask_padding_loads_with_it_off(tiny_bundle: Path,
                                                              tmp_path: Path) -> None:
     assert Bundle.load(tiny_bundle).model.cfg.mask_padding   # saved now: on
-    old = tmp_path / "before"
-    shutil.copytree(tiny_bundle, old)
-    info = json.loads((old / "bundle.json").read_text())
-    del info["model"]["mask_padding"]
-    (old / "bundle.json").write_text(json.dumps(info))
-    assert not Bundle.load(old).model.cfg.mask_padding
+    saved_before(tiny_bundle, tmp_path / "before", "mask_padding")
+    assert not Bundle.load(tmp_path / "before").model.cfg.mask_padding
 
 
 def test_bundles_saved_before_newest_item_load_as_they_were_trained(tiny_bundle: Path,
@@ -523,10 +529,7 @@ def test_bundles_saved_before_recency_load_as_they_were_trained(tiny_bundle: Pat
     with the setting off and serves the vectors it was trained with."""
     assert Bundle.load(tiny_bundle).model.cfg.recency   # saved now: on
     old = tmp_path / "before"
-    shutil.copytree(tiny_bundle, old)
-    info = json.loads((old / "bundle.json").read_text())
-    del info["model"]["recency"]
-    (old / "bundle.json").write_text(json.dumps(info))
+    info = saved_before(tiny_bundle, old, "recency")
     weights = torch.load(old / "model.pt", weights_only=True)
     del weights["pool_recency"]
     cfg = info["model"]
