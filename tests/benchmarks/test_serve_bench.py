@@ -173,6 +173,9 @@ def test_serve_benchmark_end_to_end(tiny_bundle: Path, tmp_path: Path,
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     with socket.socket() as sock:
+        # As a server binds (uvicorn sets SO_REUSEADDR): the benchmark's closed connections may
+        # still be in TIME_WAIT on the port, which is no process holding it; a listener is.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
 
 
