@@ -36,16 +36,14 @@ from torchrec import (
 )
 
 from features.config import setting
+from models.buckets import AGE_BUCKETS, GAP_BUCKETS, STEP_BUCKETS, log_bucket, step_bucket
+from models.pooling import RECENCY_BUCKETS, recency_pool, running_pool, weighted_mean
 
 # TorchRec's EmbeddingBagCollection calls torch.fx's is_fx_tracing, which logs a notice meant for
 # TorchRec's authors into every training run; it says nothing about this model.
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 N_EVENT_TYPES = 3
-GAP_BUCKETS = 12      # log2 buckets of hours to the next event; the last one means "no time"
-STEP_BUCKETS = 8      # 0, 1, 2, 3-4, 5-8, 9-16, 17-32, 33+
-AGE_BUCKETS = 10      # log2 buckets of days; the last one means "no time"
-RECENCY_BUCKETS = 10  # the pooling's steps back: 0, 1, 2, 3-4, ..., 65-128, 129+
 
 
 @dataclass(frozen=True)
@@ -93,18 +91,6 @@ class TwoTowerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def step_bucket(steps: torch.Tensor, n_buckets: int = STEP_BUCKETS) -> torch.Tensor:
-    """0, 1, 2, 3-4, 5-8, ... as bucket ids, the last one holding everything further back."""
-    b = torch.ceil(torch.log2(steps.clamp(min=1).float())).long() + 1
-    return torch.where(steps <= 0, torch.zeros_like(b), b).clamp(max=n_buckets - 1)
-
-
-def log_bucket(values: torch.Tensor, n_buckets: int) -> torch.Tensor:
-    """log2 buckets of a non-negative quantity; NaN (no time) gets the last bucket."""
-    b = torch.floor(torch.log2(values.clamp(min=0) + 1.0)).long().clamp(max=n_buckets - 2)
-    return torch.where(torch.isnan(values), torch.full_like(b, n_buckets - 1), b)
 
 
 class TwoTower(nn.Module):
@@ -319,39 +305,14 @@ class TwoTower(nn.Module):
         return self.cfg.encoder == "pooling" and self.cfg.recency
 
     def _pool(self, x: torch.Tensor, mask: torch.Tensor, all_positions: bool) -> torch.Tensor:
-        """Attention-weighted mean of the events up to each position (causal, like the encoder):
-        (B, L, dim) for every position, else (B, dim) for the last, which is the same softmax
-        over the whole history without the running sums."""
+        """Attention-weighted mean of the events up to each position (``models.pooling``):
+        (B, L, dim) for every position, else (B, dim) for the last."""
         logits = self.pool_score(x).squeeze(-1).masked_fill(~mask, -1e9)
         if self._relative_pooling:
-            return self._pool_relative(x, logits, all_positions)
+            return recency_pool(x, logits, self.pool_recency, all_positions)
         if not all_positions:
-            weights = torch.softmax(logits, dim=1)   # padding: exp(-1e9) is exactly 0
-            return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
-        weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * mask
-        num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
-        den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)
-        return num / den
-
-    def _pool_relative(self, x: torch.Tensor, logits: torch.Tensor, all_positions: bool
-                       ) -> torch.Tensor:
-        """The pooling with each event's weight also set by its steps back from the position
-        predicted. A training window's positions each see a different prefix, so a position
-        vector counted from the window's end says nothing consistent about how recent an event
-        is to that prefix (serving only ever sees the last position); steps back mean the same
-        in training and serving. The weights of position t over j <= t no longer factor into
-        running sums: a (B, L, L) softmax, small beside the catalog's logits."""
-        length = x.shape[1]
-        if not all_positions:
-            steps = torch.arange(length - 1, -1, -1)
-            weights = torch.softmax(logits + self.pool_recency[step_bucket(steps, RECENCY_BUCKETS)],
-                                    dim=1)
-            return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
-        steps = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)  # t - j
-        bias = self.pool_recency[step_bucket(steps, RECENCY_BUCKETS)].masked_fill(steps < 0, -1e9)
-        # A padded position t sees only padding: its row is uniform and masked out after.
-        weights = torch.softmax(logits.unsqueeze(1) + bias, dim=2)
-        return torch.bmm(weights, x)
+            return weighted_mean(x, logits)   # padding: exp(-1e9) is exactly 0
+        return running_pool(x, logits, mask)
 
     def with_newest_item(self, users: torch.Tensor, newest_items: torch.Tensor,
                          present: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""The pooling user tower's summary of a history: an attention-weighted mean of its events.
+
+Pure functions over the tower's tensors (the learned scores and recency weights stay in
+``models.two_tower.TwoTower``). Each position t pools the events up to it (causal, like the
+transformer encoder); serving only ever needs the last position.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from models.buckets import step_bucket
+
+RECENCY_BUCKETS = 10  # steps back from the predicted position: 0, 1, 2, 3-4, ..., 65-128, 129+
+_BLOCKED = -1e9       # a logit whose exp is exactly 0 beside any real one
+
+
+def weighted_mean(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """softmax(logits) over the last axis, applied to x (B, L, dim): (B, dim) for logits
+    (B, L), or (B, T, dim) for logits (B, T, L), one weighting per row."""
+    weights = torch.softmax(logits, dim=-1)
+    if weights.dim() == 2:
+        return torch.bmm(weights.unsqueeze(1), x).squeeze(1)
+    return torch.bmm(weights, x)
+
+
+def running_pool(x: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Every position's softmax-weighted mean of the events up to it, (B, L, dim), as running
+    sums: the weights of position t over j <= t are those of the whole history, renormalised."""
+    weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * mask
+    num = torch.cumsum(weights.unsqueeze(-1) * x, dim=1)
+    den = torch.cumsum(weights, dim=1).clamp(min=1e-9).unsqueeze(-1)
+    return num / den
+
+
+@lru_cache(maxsize=64)
+def _steps_back(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (L, L) recency bucket of event j seen from position t, and where j lies after t.
+    Depends on the width alone, so it is built once per width rather than on every pass;
+    built outside inference mode, because a tensor made in it could never enter training's
+    autograd graph later."""
+    with torch.inference_mode(False):
+        steps = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)  # t - j
+        return step_bucket(steps, RECENCY_BUCKETS), steps < 0
+
+
+def recency_pool(x: torch.Tensor, logits: torch.Tensor, recency: torch.Tensor,
+                 all_positions: bool) -> torch.Tensor:
+    """The pooling with each event's weight also set by its steps back from the position
+    predicted: ``recency`` (RECENCY_BUCKETS,) holds a log-weight per bucket.
+
+    A training window's positions each see a different prefix, so a position vector counted
+    from the window's end says nothing consistent about how recent an event is to that prefix
+    (serving only ever sees the last position); steps back mean the same in training and
+    serving. The weights of position t over j <= t no longer factor into running sums: a
+    (B, L, L) softmax, small beside the catalog's logits. A padded position t sees only
+    padding: its row is uniform, and the tower masks it out after."""
+    buckets, future = _steps_back(x.shape[1])
+    buckets, future = buckets.to(recency.device), future.to(recency.device)
+    if not all_positions:
+        return weighted_mean(x, logits + recency[buckets[-1]])
+    bias = recency[buckets].masked_fill(future, _BLOCKED)
+    return weighted_mean(x, logits.unsqueeze(1) + bias)
