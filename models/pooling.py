@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 
 from models.buckets import step_bucket
+from models.take import take
 
 RECENCY_BUCKETS = 10  # steps back from the predicted position: 0, 1, 2, 3-4, ..., 65-128, 129+
 _BLOCKED = -1e9       # a logit whose exp is exactly 0 beside any real one
@@ -60,6 +61,6 @@ def recency_pool(x: torch.Tensor, logits: torch.Tensor, recency: torch.Tensor,
     buckets, future = _steps_back(x.shape[1])
     buckets, future = buckets.to(recency.device), future.to(recency.device)
     if not all_positions:
-        return weighted_mean(x, logits + recency[buckets[-1]])
-    bias = recency[buckets].masked_fill(future, _BLOCKED)
+        return weighted_mean(x, logits + take(recency, buckets[-1]))
+    bias = take(recency, buckets).masked_fill(future, _BLOCKED)
     return weighted_mean(x, logits.unsqueeze(1) + bias)

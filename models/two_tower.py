@@ -38,6 +38,7 @@ from torchrec import (
 from features.config import setting
 from models.buckets import AGE_BUCKETS, GAP_BUCKETS, STEP_BUCKETS, log_bucket, step_bucket
 from models.pooling import RECENCY_BUCKETS, recency_pool, running_pool, weighted_mean
+from models.take import take
 
 # TorchRec's EmbeddingBagCollection calls torch.fx's is_fx_tracing, which logs a notice meant for
 # TorchRec's authors into every training run; it says nothing about this model.
@@ -212,7 +213,7 @@ class TwoTower(nn.Module):
         users = self.user_embed(items, events, gaps, mask, all_positions=True)
         cands = self.item_embed(cand_items, cand_categories, cand_attribute_values,
                                 cand_attribute_lengths)
-        users = self.with_newest_item(users, cands[hist_cand], mask)
+        users = self.with_newest_item(users, take(cands, hist_cand), mask)
         interest = self.interest(pair_items, pair_events, pair_steps, pair_age_days, pair_query)
         return users, cands, interest
 
@@ -342,9 +343,9 @@ class TwoTower(nn.Module):
         interest mass m; the boost is scale * log(1 + m), so repeats saturate. Callers add it to
         the tower logits (``logits.index_put_((query, item), boost, accumulate=True)``).
         """
-        log_w = (self.interest_event[hist_events.clamp(min=0)]
-                 + self.interest_step[step_bucket(steps_back)]
-                 + self.interest_age[log_bucket(age_days, AGE_BUCKETS)])
+        log_w = (take(self.interest_event, hist_events.clamp(min=0))
+                 + take(self.interest_step, step_bucket(steps_back))
+                 + take(self.interest_age, log_bucket(age_days, AGE_BUCKETS)))
         n_items = self.cfg.n_items
         keys, inverse = torch.unique(query * n_items + hist_items, return_inverse=True)
         mass = torch.zeros(keys.numel(), dtype=log_w.dtype).index_add(0, inverse, torch.exp(log_w))

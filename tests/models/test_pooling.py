@@ -49,3 +49,22 @@ def test_the_grid_cached_while_serving_still_trains() -> None:
         recency_pool(x, logits, recency.detach(), all_positions=True)
     recency_pool(x, logits, recency, all_positions=True).pow(2).sum().backward()
     assert recency.grad is not None and recency.grad.abs().sum() > 0
+
+
+def test_a_long_windows_gradient_is_the_same_on_every_pass() -> None:
+    """A 200-event window's steps-back grid repeats each of the few recency weights thousands of
+    times. Plain indexing summed those repeats with atomic adds across threads, in an order that
+    changed from pass to pass: two runs of one seed trained different models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)   # the race needs two threads, whatever the machine has
+    try:
+        x, logits = history(length=200)
+        upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+        grads = set()
+        for _ in range(20):
+            recency = torch.zeros(RECENCY_BUCKETS, requires_grad=True)
+            (recency_pool(x, logits, recency, all_positions=True) * upstream).sum().backward()
+            grads.add(recency.grad.numpy().tobytes())
+        assert len(grads) == 1
+    finally:
+        torch.set_num_threads(threads)
