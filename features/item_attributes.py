@@ -17,6 +17,7 @@ rows the model reads. Both are pure, so serving rebuilds the table from the bund
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -116,6 +117,26 @@ class AttributeTable:
         first = np.r_[0, np.cumsum(lengths)[:-1]]
         take = np.repeat(starts - first, lengths) + np.arange(total)
         return self.values[take], lengths
+
+    def take_sets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distinct attribute sets of the items ``rows`` as (values, lengths), concatenated,
+        and the set of each of ``rows``. Items of one brand and one category path hold the same
+        set (Sports: 18,284 items, 6,071 sets), so a tower pools each set's rows once."""
+        set_of_item, first_item = self._sets
+        sets, set_of_row = np.unique(set_of_item[np.asarray(rows, dtype=np.int64)],
+                                     return_inverse=True)
+        values, lengths = self.take(first_item[sets])
+        return values, lengths, set_of_row.astype(np.int64)
+
+    @cached_property
+    def _sets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each item's set id (sets numbered as first held) and the first item holding each."""
+        keys = pd.Series([self.values[a:b].tobytes()
+                          for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)],
+                         dtype=object)
+        set_of_item = pd.factorize(keys)[0].astype(np.int64)
+        first_item = np.unique(set_of_item, return_index=True)[1]
+        return set_of_item, first_item
 
 
 class SharedValues:

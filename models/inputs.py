@@ -43,15 +43,18 @@ class TowerInputs:
 @dataclass(frozen=True)
 class ItemInputs:
     """Inputs of ``TwoTower.item_embed`` for some items, in its argument order: item rows,
-    category rows (-1 unknown) and their attribute bags (values, and a length per item)."""
+    category rows (-1 unknown), the distinct attribute bags among them (values, and a length per
+    bag) and each item's bag."""
 
     items: torch.Tensor
     categories: torch.Tensor
     attribute_values: torch.Tensor
     attribute_lengths: torch.Tensor
+    attribute_sets: torch.Tensor
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter((self.items, self.categories, self.attribute_values, self.attribute_lengths))
+        return iter((self.items, self.categories, self.attribute_values, self.attribute_lengths,
+                     self.attribute_sets))
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,10 @@ class ItemTable:
         """The inputs of items ``rows`` (every item when None)."""
         rows = np.arange(len(self), dtype=np.int64) if rows is None else \
             np.asarray(rows, dtype=np.int64)
-        values, lengths = self.attributes.take(rows)
+        values, lengths, sets = self.attributes.take_sets(rows)
         return ItemInputs(torch.from_numpy(rows.copy()), torch.from_numpy(self.categories[rows]),
-                          torch.from_numpy(values), torch.from_numpy(lengths))
+                          torch.from_numpy(values), torch.from_numpy(lengths),
+                          torch.from_numpy(sets))
 
 
 def encode_positions(items: np.ndarray, events: np.ndarray, times_ms: np.ndarray,

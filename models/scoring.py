@@ -6,6 +6,8 @@ adds the interest term for full-catalog ranking in evaluation and batch scoring.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import torch
@@ -40,8 +42,7 @@ def new_item_vectors(model: TwoTower, known: pd.DataFrame, new: pd.DataFrame) ->
     table = ItemTable(cats, AttributeTable.from_features(known).encode(rows[TOKENS_COLUMN]))
     inputs = table.take()
     unknown_rows = torch.full((len(new),), -1, dtype=torch.long)
-    return model.item_embed(unknown_rows, inputs.categories, inputs.attribute_values,
-                            inputs.attribute_lengths).numpy().astype(np.float32)
+    return model.item_embed(*replace(inputs, items=unknown_rows)).numpy().astype(np.float32)
 
 
 class TwoTowerRecommender(Recommender):

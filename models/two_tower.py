@@ -204,6 +204,7 @@ class TwoTower(nn.Module):
     def forward(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,
                 mask: torch.Tensor, cand_items: torch.Tensor, cand_categories: torch.Tensor,
                 cand_attribute_values: torch.Tensor, cand_attribute_lengths: torch.Tensor,
+                cand_attribute_sets: torch.Tensor,
                 pair_query: torch.Tensor, pair_items: torch.Tensor, pair_events: torch.Tensor,
                 pair_steps: torch.Tensor, pair_age_days: torch.Tensor, hist_cand: torch.Tensor):
         """Training pass (what ``DistributedModelParallel`` wraps): user vectors at every
@@ -212,17 +213,19 @@ class TwoTower(nn.Module):
         every history item (``training.loss``), for ``with_newest_item``."""
         users = self.user_embed(items, events, gaps, mask, all_positions=True)
         cands = self.item_embed(cand_items, cand_categories, cand_attribute_values,
-                                cand_attribute_lengths)
+                                cand_attribute_lengths, cand_attribute_sets)
         users = self.with_newest_item(users, take(cands, hist_cand), mask)
         interest = self.interest(pair_items, pair_events, pair_steps, pair_age_days, pair_query)
         return users, cands, interest
 
     def item_embed(self, item_idx: torch.Tensor, category_idx: torch.Tensor | None = None,
                    attribute_values: torch.Tensor | None = None,
-                   attribute_lengths: torch.Tensor | None = None) -> torch.Tensor:
+                   attribute_lengths: torch.Tensor | None = None,
+                   attribute_sets: torch.Tensor | None = None) -> torch.Tensor:
         """Normalized item vectors, shape (n, dim). category_idx -1 means unknown; the
-        attributes are each item's attribute rows, concatenated, with one length per item
-        (``models.inputs.ItemTable.take`` builds all three).
+        attributes are attribute rows, concatenated, with one length per bag: each item's own
+        bag, or with ``attribute_sets`` (each item's bag) the distinct bags among the items, so
+        that items sharing one are pooled once (``models.inputs.ItemTable.take`` builds them).
 
         An item row outside the id table (-1, or one added after training) has no id vector:
         it is its category and attributes. Training drops the id vector of a share
@@ -243,7 +246,8 @@ class TwoTower(nn.Module):
         if self.cfg.n_categories:
             vec = vec + out["cand_category"] * known_cat.unsqueeze(1)
         if self.attribute_bags is not None and attribute_lengths is not None:
-            vec = vec + self._attribute_vectors(attribute_values, attribute_lengths)
+            bags = self._attribute_vectors(attribute_values, attribute_lengths)
+            vec = vec + (bags if attribute_sets is None else take(bags, attribute_sets))
         return F.normalize(self.item_out(vec) + vec, dim=-1)
 
     def user_embed(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,

@@ -62,6 +62,18 @@ def test_table_rows_and_take() -> None:
     assert values.tolist() == [0, 1, 0, 1, 0]
 
 
+def test_take_sets_lists_each_distinct_set_once() -> None:
+    """Items 0 and 2 hold the same set, 1 and 3 none: two bags for the four."""
+    feats = pd.DataFrame({TOKENS_COLUMN: pd.array(["a=2 b=1", "", "a=2 b=1", pd.NA],
+                                                  dtype="string")})
+    table = AttributeTable.from_features(feats)
+    values, lengths, sets = table.take_sets(np.array([3, 2, 0, 1]))
+    assert lengths.tolist() == [2, 0] and values.tolist() == [0, 1]   # sets as first held
+    assert sets.tolist() == [1, 0, 0, 1]
+    values, lengths, sets = table.take_sets(np.array([1]))
+    assert lengths.tolist() == [0] and values.size == 0 and sets.tolist() == [0]
+
+
 def test_encode_maps_other_items_onto_the_vocabulary() -> None:
     feats = pd.DataFrame({TOKENS_COLUMN: pd.array(["b=1 a=2", "a=2"], dtype="string")})
     table = AttributeTable.from_features(feats)

@@ -308,6 +308,28 @@ def test_with_blank_id_rows_an_item_is_the_mean_of_its_attributes() -> None:
     torch.testing.assert_close(blank[3], expected)
 
 
+def test_items_sharing_a_bag_get_the_vectors_of_their_own_bags() -> None:
+    """``ItemTable`` pools each distinct attribute set once; the vectors, and the gradient a
+    training step gives the attribute rows, are those of one bag per item."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=6, n_attributes=3, dim=16))
+    items = attribute_table(6, [[0, 1], [2], [0, 1], [], [2], [0, 1]], 3)
+    shared = items.all
+    assert shared.attribute_lengths.tolist() == [2, 1, 0]
+    per_item = (shared.items, shared.categories,
+                *(torch.from_numpy(a) for a in items.attributes.take(np.arange(6))))
+    upstream = torch.randn(6, 16)
+    vectors, grads = [], []
+    for inputs in (shared, per_item):
+        model.zero_grad()
+        vec = model.item_embed(*inputs)
+        (vec * upstream).sum().backward()
+        vectors.append(vec.detach())
+        grads.append(model.attribute_bags.embedding_bags["attribute"].weight.grad.clone())
+    torch.testing.assert_close(vectors[0], vectors[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 def test_training_moves_the_attribute_rows_of_the_candidates() -> None:
     p = pairs_prepared()
     n = len(p.item_vocab)
