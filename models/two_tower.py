@@ -120,7 +120,7 @@ class TwoTower(nn.Module):
                 nn.init.normal_(table.weight, std=1.0 / math.sqrt(d))
         self.event_emb = nn.Embedding(N_EVENT_TYPES, d)
         self.gap_emb = nn.Embedding(GAP_BUCKETS, d)
-        # The relative pooling weighs events by steps back instead (``_pool_relative``).
+        # The relative pooling weighs events by steps back instead (``models.pooling``).
         self.pos_emb = None if self._relative_pooling else nn.Embedding(cfg.history_len, d)
         # Small side embeddings: at N(0, 1) they would drown the item vectors (norm ~1) and the
         # towers would spend their first epochs learning to ignore them.
