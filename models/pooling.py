@@ -7,7 +7,7 @@ transformer encoder); serving only ever needs the last position.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -36,15 +36,24 @@ def running_pool(x: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> t
     return num / den
 
 
-@lru_cache(maxsize=64)
-def _steps_back(length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (L, L) recency bucket of event j seen from position t, and where j lies after t.
-    Depends on the width alone, so it is built once per width rather than on every pass;
-    built outside inference mode, because a tensor made in it could never enter training's
+@cache
+def _grid(width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (W, W) recency bucket of event j seen from position t, and where j lies after t.
+    Built outside inference mode, because a tensor made in it could never enter training's
     autograd graph later."""
     with torch.inference_mode(False):
-        steps = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)  # t - j
+        steps = torch.arange(width).unsqueeze(1) - torch.arange(width).unsqueeze(0)  # t - j
         return step_bucket(steps, RECENCY_BUCKETS), steps < 0
+
+
+def _steps_back(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_grid`` for ``length`` positions: its bottom-right (L, L) corner, where t - j is the
+    same. Grids are built for powers of two only, so the few hundred widths that training
+    windows and trimmed serving batches take share a handful of cached grids."""
+    width = 1 << max(length - 1, 0).bit_length()
+    buckets, future = _grid(width)
+    corner = width - length
+    return buckets[corner:, corner:], future[corner:, corner:]
 
 
 def recency_pool(x: torch.Tensor, logits: torch.Tensor, recency: torch.Tensor,

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from models.pooling import RECENCY_BUCKETS, _steps_back, recency_pool, running_pool, weighted_mean
+from models.buckets import step_bucket
+from models.pooling import (
+    RECENCY_BUCKETS,
+    _grid,
+    _steps_back,
+    recency_pool,
+    running_pool,
+    weighted_mean,
+)
 
 
 def history(seed: int = 0, batch: int = 3, length: int = 6, dim: int = 4):
@@ -39,10 +47,19 @@ def test_a_strong_bias_for_the_newest_bucket_pools_each_positions_own_event() ->
     assert torch.allclose(recency_pool(x, logits, newest_only, all_positions=True), x, atol=1e-5)
 
 
+def test_every_width_reads_the_steps_back_of_its_own_grid() -> None:
+    """Widths share the grids of powers of two; each gets the buckets of t - j and the future."""
+    for length in (0, 1, 2, 5, 8, 9, 200):
+        steps = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)
+        buckets, future = _steps_back(length)
+        assert torch.equal(buckets, step_bucket(steps, RECENCY_BUCKETS))
+        assert torch.equal(future, steps < 0)
+
+
 def test_the_grid_cached_while_serving_still_trains() -> None:
     """The steps-back grid is cached per width; built first under inference mode (serving), it
     must still enter autograd when training uses the same width."""
-    _steps_back.cache_clear()
+    _grid.cache_clear()
     x, logits = history(length=7)
     recency = torch.zeros(RECENCY_BUCKETS, requires_grad=True)
     with torch.inference_mode():
@@ -51,20 +68,15 @@ def test_the_grid_cached_while_serving_still_trains() -> None:
     assert recency.grad is not None and recency.grad.abs().sum() > 0
 
 
-def test_a_long_windows_gradient_is_the_same_on_every_pass() -> None:
+def test_a_long_windows_gradient_is_the_same_on_every_pass(two_threads: None) -> None:
     """A 200-event window's steps-back grid repeats each of the few recency weights thousands of
     times. Plain indexing summed those repeats with atomic adds across threads, in an order that
     changed from pass to pass: two runs of one seed trained different models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)   # the race needs two threads, whatever the machine has
-    try:
-        x, logits = history(length=200)
-        upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-        grads = set()
-        for _ in range(20):
-            recency = torch.zeros(RECENCY_BUCKETS, requires_grad=True)
-            (recency_pool(x, logits, recency, all_positions=True) * upstream).sum().backward()
-            grads.add(recency.grad.numpy().tobytes())
-        assert len(grads) == 1
-    finally:
-        torch.set_num_threads(threads)
+    x, logits = history(length=200)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    grads = set()
+    for _ in range(20):
+        recency = torch.zeros(RECENCY_BUCKETS, requires_grad=True)
+        (recency_pool(x, logits, recency, all_positions=True) * upstream).sum().backward()
+        grads.add(recency.grad.numpy().tobytes())
+    assert len(grads) == 1

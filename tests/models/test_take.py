@@ -14,23 +14,17 @@ def test_take_is_indexing_for_any_index_shape() -> None:
     assert torch.equal(take(table[:, 0], index), table[:, 0][index])
 
 
-def test_repeated_rows_sum_their_gradients_in_a_fixed_order() -> None:
+def test_repeated_rows_sum_their_gradients_in_a_fixed_order(two_threads: None) -> None:
     """Many repeats of few rows, as the padding's item row gets in a training batch: the
     gradient is the sum of each row's repeats, and the same bits on every pass."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        gen = torch.Generator().manual_seed(0)
-        index = torch.randint(0, 8, (4096,), generator=gen)
-        upstream = torch.randn(4096, 16, generator=gen)
-        expected = torch.zeros(8, 16, dtype=torch.float64).index_add_(
-            0, index, upstream.double())
-        grads = set()
-        for _ in range(20):
-            table = torch.zeros(8, 16, requires_grad=True)
-            (take(table, index) * upstream).sum().backward()
-            grads.add(table.grad.numpy().tobytes())
-        assert len(grads) == 1
-        assert torch.allclose(table.grad.double(), expected, atol=1e-4)
-    finally:
-        torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 8, (4096,), generator=gen)
+    upstream = torch.randn(4096, 16, generator=gen)
+    expected = torch.zeros(8, 16, dtype=torch.float64).index_add_(0, index, upstream.double())
+    grads = set()
+    for _ in range(20):
+        table = torch.zeros(8, 16, requires_grad=True)
+        (take(table, index) * upstream).sum().backward()
+        grads.add(table.grad.numpy().tobytes())
+    assert len(grads) == 1
+    assert torch.allclose(table.grad.double(), expected, atol=1e-4)
