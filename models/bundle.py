@@ -42,7 +42,8 @@ from models.two_tower import TwoTower, TwoTowerConfig
 BUNDLE_VERSION = 2
 # Model settings added after bundles were already saved, with the behaviour those bundles were
 # trained with (a bundle that lacks the key predates the setting).
-TRAINED_BEFORE = {"mask_padding": False, "newest_item": False, "recency": False}
+TRAINED_BEFORE = {"mask_padding": False, "newest_item": False, "recency": False,
+                  "attention_recency": False}
 # Model settings since removed: a bundle trained with the first value is served as it was trained
 # only by the release that had it. (``newest``: the pooling tower added the newest event's id row
 # to the pooled history, replaced by ``newest_item`` on 2026-12-03.)

@@ -7,15 +7,12 @@ transformer encoder); serving only ever needs the last position.
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 
-from models.buckets import step_bucket
+from models.buckets import steps_back
 from models.take import take
 
-RECENCY_BUCKETS = 10  # steps back from the predicted position: 0, 1, 2, 3-4, ..., 65-128, 129+
-_BLOCKED = -1e9       # a logit whose exp is exactly 0 beside any real one
+BLOCKED = -1e9       # a logit whose exp is exactly 0 beside any real one
 
 
 def weighted_mean(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -36,30 +33,10 @@ def running_pool(x: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> t
     return num / den
 
 
-@cache
-def _grid(width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (W, W) recency bucket of event j seen from position t, and where j lies after t.
-    Built outside inference mode, because a tensor made in it could never enter training's
-    autograd graph later."""
-    with torch.inference_mode(False):
-        steps = torch.arange(width).unsqueeze(1) - torch.arange(width).unsqueeze(0)  # t - j
-        return step_bucket(steps, RECENCY_BUCKETS), steps < 0
-
-
-def _steps_back(length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_grid`` for ``length`` positions: its bottom-right (L, L) corner, where t - j is the
-    same. Grids are built for powers of two only, so the few hundred widths that training
-    windows and trimmed serving batches take share a handful of cached grids."""
-    width = 1 << max(length - 1, 0).bit_length()
-    buckets, future = _grid(width)
-    corner = width - length
-    return buckets[corner:, corner:], future[corner:, corner:]
-
-
 def recency_pool(x: torch.Tensor, logits: torch.Tensor, recency: torch.Tensor,
                  all_positions: bool) -> torch.Tensor:
     """The pooling with each event's weight also set by its steps back from the position
-    predicted: ``recency`` (RECENCY_BUCKETS,) holds a log-weight per bucket.
+    predicted: ``recency`` (``models.buckets.RECENCY_BUCKETS``,) holds a log-weight per bucket.
 
     A training window's positions each see a different prefix, so a position vector counted
     from the window's end says nothing consistent about how recent an event is to that prefix
@@ -67,9 +44,9 @@ def recency_pool(x: torch.Tensor, logits: torch.Tensor, recency: torch.Tensor,
     serving. The weights of position t over j <= t no longer factor into running sums: a
     (B, L, L) softmax, small beside the catalog's logits. A padded position t sees only
     padding: its row is uniform, and the tower masks it out after."""
-    buckets, future = _steps_back(x.shape[1])
+    buckets, future = steps_back(x.shape[1])
     buckets, future = buckets.to(recency.device), future.to(recency.device)
     if not all_positions:
         return weighted_mean(x, logits + take(recency, buckets[-1]))
-    bias = take(recency, buckets).masked_fill(future, _BLOCKED)
+    bias = take(recency, buckets).masked_fill(future, BLOCKED)
     return weighted_mean(x, logits.unsqueeze(1) + bias)

@@ -36,8 +36,16 @@ from torchrec import (
 )
 
 from features.config import setting
-from models.buckets import AGE_BUCKETS, GAP_BUCKETS, STEP_BUCKETS, log_bucket, step_bucket
-from models.pooling import RECENCY_BUCKETS, recency_pool, running_pool, weighted_mean
+from models.buckets import (
+    AGE_BUCKETS,
+    GAP_BUCKETS,
+    RECENCY_BUCKETS,
+    STEP_BUCKETS,
+    log_bucket,
+    step_bucket,
+    steps_back,
+)
+from models.pooling import BLOCKED, recency_pool, running_pool, weighted_mean
 from models.take import take
 
 # TorchRec's EmbeddingBagCollection calls torch.fx's is_fx_tracing, which logs a notice meant for
@@ -80,6 +88,12 @@ class TwoTowerConfig:
         "being predicted (a learned bias per log2 bucket), instead of position vectors counted "
         "from the end of the training window (bundles saved before this setting load with it "
         "off, as they were trained)")
+    attention_recency: bool = setting(
+        True,
+        "transformer: bias each head's attention by how many events back the key lies from "
+        "the query (a learned bias per log2 bucket, shared by the layers), instead of position "
+        "vectors counted from the end of the training window (bundles saved before this "
+        "setting load with it off, as they were trained)")
 
     item_id_dropout: float = setting(
         0.0,
@@ -120,8 +134,8 @@ class TwoTower(nn.Module):
                 nn.init.normal_(table.weight, std=1.0 / math.sqrt(d))
         self.event_emb = nn.Embedding(N_EVENT_TYPES, d)
         self.gap_emb = nn.Embedding(GAP_BUCKETS, d)
-        # The relative pooling weighs events by steps back instead (``models.pooling``).
-        self.pos_emb = None if self._relative_pooling else nn.Embedding(cfg.history_len, d)
+        # The recency settings weigh events by steps back instead (pooling or attention).
+        self.pos_emb = None if self._steps_back_recency else nn.Embedding(cfg.history_len, d)
         # Small side embeddings: at N(0, 1) they would drown the item vectors (norm ~1) and the
         # towers would spend their first epochs learning to ignore them.
         for side in (self.event_emb, self.gap_emb, self.pos_emb):
@@ -134,6 +148,14 @@ class TwoTower(nn.Module):
                                                dropout=cfg.dropout, batch_first=True,
                                                norm_first=True)
             self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+            if cfg.attention_recency:
+                # Attention bias per steps-back bucket and head; starts flat, as the pool's.
+                self.attention_recency = nn.Parameter(torch.zeros(RECENCY_BUCKETS, cfg.n_heads))
+                # The layers' fused inference path (eval, no grad) reads a float mask as
+                # blocked wherever it is not 0 (torch 2.13: every row blocked, NaN vectors); a
+                # hook keeps serving on the path training takes.
+                for encoder_layer in self.encoder.layers:
+                    encoder_layer.register_forward_pre_hook(_no_op)
         elif cfg.encoder == "pooling":
             self.encoder = None
             self.pool_score = nn.Linear(d, 1)  # attention-weighted pooling over the history
@@ -258,7 +280,7 @@ class TwoTower(nn.Module):
         length = items.shape[1]
         x = self._history_items(items, mask)
         x = x + self.event_emb(events.clamp(min=0)) + self.gap_emb(log_bucket(gaps, GAP_BUCKETS))
-        if not self._relative_pooling:
+        if not self._steps_back_recency:
             # Positions are counted from the right: the newest event is always the last id.
             x = x + self.pos_emb.weight[self.cfg.history_len - length:]
         x = self.dropout(self.input_norm(x)) * mask.unsqueeze(-1)
@@ -292,28 +314,42 @@ class TwoTower(nn.Module):
         return self.encoder is None or self.cfg.mask_padding
 
     def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """Blocked (True) query/key pairs: later positions (causal), (L, L); with
-        ``mask_padding`` also the padding left of a short history, (B * heads, L, L). Unmasked,
-        the padding's identical keys took a share of attention that grew with the number of
-        pads, so the shorter the history, the less its own events counted. Each position still
-        sees itself, so a padding row is never empty."""
+        """What the encoder adds to each head's attention scores. Blocked (True, or -inf)
+        query/key pairs: later positions (causal), (L, L); with ``mask_padding`` also the
+        padding left of a short history, (B * heads, L, L). Unmasked, the padding's identical
+        keys took a share of attention that grew with the number of pads, so the shorter the
+        history, the less its own events counted. Each position still sees itself, so a padding
+        row is never empty. With ``attention_recency`` the open pairs carry each head's learned
+        bias for the key's steps back from the query, (B * heads, L, L) floats: a training
+        window's positions each see a different prefix, and steps back mean the same to every
+        one of them and to serving, where position vectors counted from the window's end do
+        not."""
         length = mask.shape[1]
-        causal = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
-        if not self.cfg.mask_padding:   # bundles saved before the setting
-            return causal
-        blocked = causal.unsqueeze(0) | ~mask.unsqueeze(1)
-        blocked &= ~torch.eye(length, dtype=torch.bool).unsqueeze(0)
-        return blocked.repeat_interleave(self.cfg.n_heads, dim=0)
+        buckets, blocked = steps_back(length)
+        if self.cfg.mask_padding:
+            blocked = blocked.unsqueeze(0) | ~mask.unsqueeze(1)
+            blocked &= ~torch.eye(length, dtype=torch.bool).unsqueeze(0)
+        elif not self.cfg.attention_recency:   # bundles saved before either setting
+            return blocked
+        if not self.cfg.attention_recency:
+            return blocked.repeat_interleave(self.cfg.n_heads, dim=0)
+        bias = take(self.attention_recency, buckets).permute(2, 0, 1)   # (heads, L, L)
+        bias = torch.where(blocked.view(-1, 1, length, length), BLOCKED, bias)
+        return bias.expand(mask.shape[0], -1, -1, -1).reshape(-1, length, length)
 
     @property
-    def _relative_pooling(self) -> bool:
-        return self.cfg.encoder == "pooling" and self.cfg.recency
+    def _steps_back_recency(self) -> bool:
+        """Events are placed by steps back from the position predicted, not by position
+        vectors: ``recency`` for pooling, ``attention_recency`` for the transformer."""
+        if self.cfg.encoder == "pooling":
+            return self.cfg.recency
+        return self.cfg.attention_recency
 
     def _pool(self, x: torch.Tensor, mask: torch.Tensor, all_positions: bool) -> torch.Tensor:
         """Attention-weighted mean of the events up to each position (``models.pooling``):
         (B, L, dim) for every position, else (B, dim) for the last."""
         logits = self.pool_score(x).squeeze(-1).masked_fill(~mask, -1e9)
-        if self._relative_pooling:
+        if self.cfg.recency:
             return recency_pool(x, logits, self.pool_recency, all_positions)
         if not all_positions:
             return weighted_mean(x, logits)   # padding: exp(-1e9) is exactly 0
@@ -354,6 +390,10 @@ class TwoTower(nn.Module):
         keys, inverse = torch.unique(query * n_items + hist_items, return_inverse=True)
         mass = torch.zeros(keys.numel(), dtype=log_w.dtype).index_add(0, inverse, torch.exp(log_w))
         return keys // n_items, keys % n_items, self.interest_scale * torch.log1p(mass)
+
+
+def _no_op(*_) -> None:
+    return None
 
 
 def score_matrix(users: torch.Tensor, items: torch.Tensor, cfg: TwoTowerConfig,

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.buckets import step_bucket
-from models.pooling import (
-    RECENCY_BUCKETS,
-    _grid,
-    _steps_back,
-    recency_pool,
-    running_pool,
-    weighted_mean,
-)
+from models.buckets import RECENCY_BUCKETS, _grid, step_bucket, steps_back
+from models.pooling import recency_pool, running_pool, weighted_mean
 
 
 def history(seed: int = 0, batch: int = 3, length: int = 6, dim: int = 4):
@@ -51,7 +44,7 @@ def test_every_width_reads_the_steps_back_of_its_own_grid() -> None:
     """Widths share the grids of powers of two; each gets the buckets of t - j and the future."""
     for length in (0, 1, 2, 5, 8, 9, 200):
         steps = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)
-        buckets, future = _steps_back(length)
+        buckets, future = steps_back(length)
         assert torch.equal(buckets, step_bucket(steps, RECENCY_BUCKETS))
         assert torch.equal(future, steps < 0)
 

@@ -22,7 +22,7 @@ from features.pipeline import Prepared, build
 from features.schema import EventData
 from features.spec import DataSpec
 from models.base import Recommender
-from models.bundle import Bundle
+from models.bundle import Bundle, model_config
 from models.inputs import ItemTable, history_batch
 from models.scoring import (
     TwoTowerRecommender,
@@ -507,21 +507,48 @@ def prefix_vectors(model: TwoTower, items: torch.Tensor) -> tuple[torch.Tensor, 
     return every * mask.unsqueeze(-1), served * mask.unsqueeze(-1)
 
 
+@pytest.mark.parametrize("encoder", ["pooling", "transformer"])
 @pytest.mark.parametrize("recency", [True, False])
-def test_each_training_position_pools_its_prefix_as_serving_would(recency: bool) -> None:
+def test_each_training_position_encodes_its_prefix_as_serving_would(encoder: str,
+                                                                     recency: bool) -> None:
     """Training scores every position of a window at once; each must get the vector serving
     gives that position's prefix, or the model learns weights it is not served with. With
-    ``recency`` (the default) the pool weighs events by steps back from the position, the same
-    in both. Position vectors counted from the window's end (bundles from before the setting)
-    give the newest event of a prefix another position id than serving does."""
+    ``recency`` / ``attention_recency`` (the defaults) the pool or the attention weighs events
+    by steps back from the position, the same in both. Position vectors counted from the
+    window's end (bundles from before the settings) give the newest event of a prefix another
+    position id than serving does."""
     torch.manual_seed(0)
-    model = TwoTower(TwoTowerConfig(n_items=30, dim=16, history_len=8, recency=recency)).eval()
+    model = TwoTower(TwoTowerConfig(n_items=30, dim=16, history_len=8, encoder=encoder,
+                                    recency=recency, attention_recency=recency)).eval()
     if recency:
-        with torch.no_grad():   # a decay steep enough to matter, as training would learn
-            model.pool_recency.copy_(-torch.arange(10, dtype=torch.float32))
+        decay = -torch.arange(10, dtype=torch.float32)  # steep enough to matter, as learned
+        with torch.no_grad():
+            if encoder == "pooling":
+                model.pool_recency.copy_(decay)
+            else:   # one steep head, one mild
+                model.attention_recency.copy_(torch.stack([decay, 0.3 * decay], dim=1))
     items = torch.tensor([[3, 9, 4, 4, 12, 7, 25, 1], [0, 0, 0, 5, 18, 2, 2, 29]])
     every, served = prefix_vectors(model, items)
     assert torch.allclose(every, served, atol=1e-5) == recency
+
+
+def test_an_attention_bias_for_steps_back_zero_alone_encodes_each_event_on_its_own() -> None:
+    """Known answer: when every head's bias blocks all but the newest key, each position
+    attends to its own event only, so its vector is that of a history holding that one event
+    (at every position in training, and at the last in serving)."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=30, dim=16, history_len=8, encoder="transformer",
+                                    newest_item=False)).eval()
+    with torch.no_grad():
+        model.attention_recency.fill_(-1e4)
+        model.attention_recency[0] = 0.0
+    items = torch.tensor([[3, 9, 4, 4, 12, 7, 25, 1]])
+    every, _ = prefix_vectors(model, items)
+    alone, _ = prefix_vectors(model, items.T)   # each event as a history of its own
+    torch.testing.assert_close(every[0], alone[:, 0], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        model.attention_recency.zero_()   # flat: the later positions attend to the earlier
+    assert not torch.allclose(prefix_vectors(model, items)[0][0, 1:], alone[1:, 0], atol=1e-3)
 
 
 def test_recency_weighs_the_events_by_steps_back_from_the_newest() -> None:
@@ -543,6 +570,22 @@ def test_recency_weighs_the_events_by_steps_back_from_the_newest() -> None:
         torch.testing.assert_close(model._pool(x, mask, all_positions=False)[0], weights @ x[0])
         torch.testing.assert_close(model._pool(x, mask, all_positions=True)[0, -1],
                                    weights @ x[0])
+
+
+def test_transformers_saved_before_attention_recency_load_with_their_position_vectors(
+        tmp_path: Path) -> None:
+    """A transformer bundle from before ``attention_recency`` was trained with position
+    vectors and no attention bias: its settings load with the bias off, and its weights fit."""
+    old = TwoTowerConfig(n_items=30, dim=16, history_len=8, encoder="transformer",
+                         attention_recency=False)
+    saved = old.to_dict()
+    del saved["attention_recency"]
+    cfg = model_config(saved, tmp_path)
+    assert cfg == old
+    model = TwoTower(cfg)
+    model.load_state_dict(TwoTower(old).state_dict())
+    assert model.pos_emb is not None and not hasattr(model, "attention_recency")
+    assert TwoTower(replace(old, attention_recency=True)).pos_emb is None
 
 
 def test_bundles_saved_before_recency_load_as_they_were_trained(tiny_bundle: Path,
