@@ -314,7 +314,7 @@ class TwoTower(nn.Module):
         return self.encoder is None or self.cfg.mask_padding
 
     def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """What the encoder adds to each head's attention scores. Blocked (True, or -inf)
+        """What the encoder adds to each head's attention scores. Blocked (True, or -1e9)
         query/key pairs: later positions (causal), (L, L); with ``mask_padding`` also the
         padding left of a short history, (B * heads, L, L). Unmasked, the padding's identical
         keys took a share of attention that grew with the number of pads, so the shorter the
@@ -325,13 +325,13 @@ class TwoTower(nn.Module):
         one of them and to serving, where position vectors counted from the window's end do
         not."""
         length = mask.shape[1]
-        buckets, blocked = steps_back(length)
+        buckets, blocked = steps_back(length)   # blocked: the future (causal)
         if self.cfg.mask_padding:
             blocked = blocked.unsqueeze(0) | ~mask.unsqueeze(1)
             blocked &= ~torch.eye(length, dtype=torch.bool).unsqueeze(0)
-        elif not self.cfg.attention_recency:   # bundles saved before either setting
-            return blocked
-        if not self.cfg.attention_recency:
+        if not self.cfg.attention_recency:   # bundles saved before the setting
+            if not self.cfg.mask_padding:
+                return blocked
             return blocked.repeat_interleave(self.cfg.n_heads, dim=0)
         bias = take(self.attention_recency, buckets).permute(2, 0, 1)   # (heads, L, L)
         bias = torch.where(blocked.view(-1, 1, length, length), BLOCKED, bias)
