@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.buckets import RECENCY_BUCKETS, _grid, step_bucket, steps_back
+from models.buckets import RECENCY_BUCKETS, _grid
 from models.pooling import recency_pool, running_pool, weighted_mean
 
 
@@ -38,15 +38,6 @@ def test_a_strong_bias_for_the_newest_bucket_pools_each_positions_own_event() ->
     newest_only = torch.full((RECENCY_BUCKETS,), -50.0)
     newest_only[0] = 0.0
     assert torch.allclose(recency_pool(x, logits, newest_only, all_positions=True), x, atol=1e-5)
-
-
-def test_every_width_reads_the_steps_back_of_its_own_grid() -> None:
-    """Widths share the grids of powers of two; each gets the buckets of t - j and the future."""
-    for length in (0, 1, 2, 5, 8, 9, 200):
-        steps = torch.arange(length).unsqueeze(1) - torch.arange(length).unsqueeze(0)
-        buckets, future = steps_back(length)
-        assert torch.equal(buckets, step_bucket(steps, RECENCY_BUCKETS))
-        assert torch.equal(future, steps < 0)
 
 
 def test_the_grid_cached_while_serving_still_trains() -> None:
