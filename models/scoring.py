@@ -77,7 +77,10 @@ class TwoTowerRecommender(Recommender):
         present = torch.from_numpy(lengths > 0)
         batch = history_batch(self._trained_items(histories), self.model.cfg.history_len,
                               trim=self.model.ignores_padding)
-        users = self.model.user_embed(*batch.inputs)
+        vectors = None
+        if self.model.cfg.history_item_tower:
+            vectors = self._items_t[batch.inputs.items] * batch.inputs.mask.unsqueeze(-1)
+        users = self.model.user_embed(*batch.inputs, history_vectors=vectors)
         users = users * batch.inputs.mask.any(dim=1, keepdim=True)
         users = self.model.with_newest_item(users, self._items_t[torch.from_numpy(newest)],
                                             present)

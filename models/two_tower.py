@@ -95,6 +95,12 @@ class TwoTowerConfig:
         "vectors counted from the end of the training window (bundles saved before this "
         "setting load with it off, as they were trained)")
 
+    history_item_tower: bool = setting(
+        False,
+        "the user tower reads each history event's item as the item tower encodes it (id, "
+        "category and attributes, the vectors the index holds) instead of its id row; off by "
+        "default: on Toys, Sports and Tmall its towers gained on the test folds while "
+        "validation split (BENCHMARKS.md, 'Tried on the pooling towers')")
     item_id_dropout: float = setting(
         0.0,
         "share of candidate items whose id vector training drops, so category and attributes "
@@ -233,10 +239,12 @@ class TwoTower(nn.Module):
         position (B, L, dim), candidate item vectors (C, dim) and the interest triples.
         ``hist_cand`` (B, L): each history event's position among the candidates, which hold
         every history item (``training.loss``), for ``with_newest_item``."""
-        users = self.user_embed(items, events, gaps, mask, all_positions=True)
         cands = self.item_embed(cand_items, cand_categories, cand_attribute_values,
                                 cand_attribute_lengths, cand_attribute_sets)
-        users = self.with_newest_item(users, take(cands, hist_cand), mask)
+        hist_vectors = take(cands, hist_cand)
+        users = self.user_embed(items, events, gaps, mask, all_positions=True,
+                                history_vectors=hist_vectors)
+        users = self.with_newest_item(users, hist_vectors, mask)
         interest = self.interest(pair_items, pair_events, pair_steps, pair_age_days, pair_query)
         return users, cands, interest
 
@@ -273,12 +281,21 @@ class TwoTower(nn.Module):
         return F.normalize(self.item_out(vec) + vec, dim=-1)
 
     def user_embed(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,
-                   mask: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+                   mask: torch.Tensor, all_positions: bool = False,
+                   history_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Encode right-aligned histories (B, L): item rows, event codes, hours to the next
         event (NaN without time) and a validity mask. Returns normalized (B, dim) vectors of the
-        last position, or (B, L, dim) for every position when ``all_positions`` (training)."""
+        last position, or (B, L, dim) for every position when ``all_positions`` (training).
+        With ``history_item_tower`` the events' items are ``history_vectors`` (B, L, dim), their
+        ``item_embed`` vectors, instead of the id rows of ``items``."""
         length = items.shape[1]
-        x = self._history_items(items, mask)
+        if self.cfg.history_item_tower:
+            if history_vectors is None:
+                raise ValueError("history_item_tower: pass the item vectors of the history's "
+                                 "events (history_vectors)")
+            x = history_vectors * mask.unsqueeze(-1)
+        else:
+            x = self._history_items(items, mask)
         x = x + self.event_emb(events.clamp(min=0)) + self.gap_emb(log_bucket(gaps, GAP_BUCKETS))
         if not self._steps_back_recency:
             # Positions are counted from the right: the newest event is always the last id.

@@ -92,6 +92,13 @@ class TestTransformerTwoTower(TestTwoTower):
         return recommender_for(train(prepared, encoder="transformer"), prepared.item_features)
 
 
+class TestHistoryItemTowerTwoTower(TestTwoTower):
+    """The same contract and planted answers with the history read through the item tower."""
+
+    def make_recommender(self, prepared: Prepared) -> Recommender:
+        return recommender_for(train(prepared, history_item_tower=True), prepared.item_features)
+
+
 class TestBfloat16LogitsTwoTower(TestTwoTower):
     """The same contract and planted answers trained with bfloat16 logits (``training.kernels``),
     on any CPU: slow where it is emulated, but the same answers."""
@@ -530,6 +537,34 @@ def test_each_training_position_encodes_its_prefix_as_serving_would(encoder: str
     items = torch.tensor([[3, 9, 4, 4, 12, 7, 25, 1], [0, 0, 0, 5, 18, 2, 2, 29]])
     every, served = prefix_vectors(model, items)
     assert torch.allclose(every, served, atol=1e-5) == recency
+
+
+def test_the_history_through_the_item_tower_reads_the_vectors_it_is_given() -> None:
+    """With ``history_item_tower`` the user tower encodes the item vectors it is handed (those
+    of the index when serving, the candidates' in training), so every training position still
+    gets the vector serving gives its prefix; without them it refuses rather than guess."""
+    torch.manual_seed(0)
+    model = TwoTower(TwoTowerConfig(n_items=30, dim=16, history_len=8,
+                                    history_item_tower=True)).eval()
+    with torch.no_grad():
+        model.pool_recency.copy_(-torch.arange(10, dtype=torch.float32))
+        vectors = model.item_embed(torch.arange(30))
+    items = torch.tensor([[3, 9, 4, 4, 12, 7, 25, 1], [0, 0, 0, 5, 18, 2, 2, 29]])
+    mask, events = items > 0, torch.zeros_like(items)
+    gaps = torch.full(items.shape, float("nan"))
+    with torch.no_grad():
+        every = model.user_embed(items, events, gaps, mask, all_positions=True,
+                                 history_vectors=vectors[items])
+        for t in range(items.shape[1]):
+            served = model.user_embed(items[:, :t + 1], events[:, :t + 1], gaps[:, :t + 1],
+                                      mask[:, :t + 1], history_vectors=vectors[items[:, :t + 1]])
+            real = mask[:, t]
+            torch.testing.assert_close(every[real, t], served[real], atol=1e-5, rtol=1e-5)
+        other = model.user_embed(items, events, gaps, mask,
+                                 history_vectors=torch.randn(*items.shape, 16))
+    assert not torch.allclose(other, every[:, -1], atol=1e-3)   # the vectors are what it reads
+    with pytest.raises(ValueError, match="history_vectors"):
+        model.user_embed(items, events, gaps, mask)
 
 
 def test_an_attention_bias_for_steps_back_zero_alone_encodes_each_event_on_its_own() -> None:
