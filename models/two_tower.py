@@ -36,6 +36,7 @@ from torchrec import (
 )
 
 from features.config import setting
+from models.attention import attention_mask, keep_off_fused_path
 from models.buckets import (
     AGE_BUCKETS,
     GAP_BUCKETS,
@@ -43,9 +44,8 @@ from models.buckets import (
     STEP_BUCKETS,
     log_bucket,
     step_bucket,
-    steps_back,
 )
-from models.pooling import BLOCKED, recency_pool, running_pool, weighted_mean
+from models.pooling import recency_pool, running_pool, weighted_mean
 from models.take import take
 
 # TorchRec's EmbeddingBagCollection calls torch.fx's is_fx_tracing, which logs a notice meant for
@@ -157,11 +157,7 @@ class TwoTower(nn.Module):
             if cfg.attention_recency:
                 # Attention bias per steps-back bucket and head; starts flat, as the pool's.
                 self.attention_recency = nn.Parameter(torch.zeros(RECENCY_BUCKETS, cfg.n_heads))
-                # The layers' fused inference path (eval, no grad) reads a float mask as
-                # blocked wherever it is not 0 (torch 2.13: every row blocked, NaN vectors); a
-                # hook keeps serving on the path training takes.
-                for encoder_layer in self.encoder.layers:
-                    encoder_layer.register_forward_pre_hook(_no_op)
+                keep_off_fused_path(self.encoder)   # a float mask: see there
         elif cfg.encoder == "pooling":
             self.encoder = None
             self.pool_score = nn.Linear(d, 1)  # attention-weighted pooling over the history
@@ -302,7 +298,9 @@ class TwoTower(nn.Module):
             x = x + self.pos_emb.weight[self.cfg.history_len - length:]
         x = self.dropout(self.input_norm(x)) * mask.unsqueeze(-1)
         if self.encoder is not None:
-            h = self.encoder(x, mask=self._attention_mask(mask))
+            recency = self.attention_recency if self.cfg.attention_recency else None
+            h = self.encoder(x, mask=attention_mask(mask, self.cfg.n_heads,
+                                                    self.cfg.mask_padding, recency))
             h = h if all_positions else h[:, -1]
         else:
             h = self._pool(x, mask, all_positions)
@@ -329,30 +327,6 @@ class TwoTower(nn.Module):
         batch can be as wide as its longest history: pooling weighs padding 0, and the masked
         transformer never attends to it (the unmasked one of older bundles does)."""
         return self.encoder is None or self.cfg.mask_padding
-
-    def _attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """What the encoder adds to each head's attention scores. Blocked (True, or -1e9)
-        query/key pairs: later positions (causal), (L, L); with ``mask_padding`` also the
-        padding left of a short history, (B * heads, L, L). Unmasked, the padding's identical
-        keys took a share of attention that grew with the number of pads, so the shorter the
-        history, the less its own events counted. Each position still sees itself, so a padding
-        row is never empty. With ``attention_recency`` the open pairs carry each head's learned
-        bias for the key's steps back from the query, (B * heads, L, L) floats: a training
-        window's positions each see a different prefix, and steps back mean the same to every
-        one of them and to serving, where position vectors counted from the window's end do
-        not."""
-        length = mask.shape[1]
-        buckets, blocked = steps_back(length)   # blocked: the future (causal)
-        if self.cfg.mask_padding:
-            blocked = blocked.unsqueeze(0) | ~mask.unsqueeze(1)
-            blocked &= ~torch.eye(length, dtype=torch.bool).unsqueeze(0)
-        if not self.cfg.attention_recency:   # bundles saved before the setting
-            if not self.cfg.mask_padding:
-                return blocked
-            return blocked.repeat_interleave(self.cfg.n_heads, dim=0)
-        bias = take(self.attention_recency, buckets).permute(2, 0, 1)   # (heads, L, L)
-        bias = torch.where(blocked.view(-1, 1, length, length), BLOCKED, bias)
-        return bias.expand(mask.shape[0], -1, -1, -1).reshape(-1, length, length)
 
     @property
     def _steps_back_recency(self) -> bool:
@@ -407,10 +381,6 @@ class TwoTower(nn.Module):
         keys, inverse = torch.unique(query * n_items + hist_items, return_inverse=True)
         mass = torch.zeros(keys.numel(), dtype=log_w.dtype).index_add(0, inverse, torch.exp(log_w))
         return keys // n_items, keys % n_items, self.interest_scale * torch.log1p(mass)
-
-
-def _no_op(*_) -> None:
-    return None
 
 
 def score_matrix(users: torch.Tensor, items: torch.Tensor, cfg: TwoTowerConfig,
