@@ -17,7 +17,8 @@ from features.item_attributes import TOKENS_COLUMN, AttributeTable
 from features.item_features import new_item_rows
 from models.base import Recommender
 from models.inputs import HistoryBatch, ItemTable, history_batch
-from models.two_tower import TwoTower, score_matrix
+from models.score import score_matrix
+from models.two_tower import TwoTower
 
 
 @torch.no_grad()

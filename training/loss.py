@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from models.inputs import ItemTable
-from models.two_tower import TwoTowerConfig, score_matrix
+from models.score import score_matrix
+from models.two_tower import TwoTowerConfig
 from training.data import WindowBatch
 
 

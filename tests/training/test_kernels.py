@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.two_tower import TwoTowerConfig, score_matrix
+from models.score import score_matrix
+from models.two_tower import TwoTowerConfig
 from training.kernels import LOGITS_DTYPES, adamw, logits_dtype, native_bf16
 
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from models.inputs import ItemTable
-from models.two_tower import TwoTower, TwoTowerConfig, score_matrix
+from models.score import score_matrix
+from models.two_tower import TwoTower, TwoTowerConfig
 from tests.models.recommender_contract import pairs_prepared
 from training.data import collate, make_windows
 from training.loss import SmoothedCrossEntropy, batch_loss, sampled_candidates
