@@ -29,6 +29,8 @@ from models.base import Recommender
 from models.baselines import BASELINES, Baseline, Repeat, RepeatConfig
 from models.scoring import TwoTowerRecommender
 
+LONG_MEMORY = {"tau_days": 30.0, "tau_steps": 50.0}
+
 # The sparse signals the stack can weigh: every baseline, and the shopper's own items split by
 # event type, so validation weighs "carted it" apart from "looked at it" and "bought it" (carted
 # items tend to be bought next; bought ones are seldom bought again at once; on purchase-only
@@ -38,6 +40,11 @@ SOURCES: dict[str, tuple[type[Baseline], object | None]] = {
     "repeat-view": (Repeat, RepeatConfig(event_weights=(1.0, 0.0, 0.0))),
     "repeat-cart": (Repeat, RepeatConfig(event_weights=(0.0, 1.0, 0.0))),
     "repeat-purchase": (Repeat, RepeatConfig(event_weights=(0.0, 0.0, 1.0))),
+    # The same with a month's memory (50 events without time) beside the week's: shoppers come
+    # back to an item they are weighing over weeks, and two weighted time scales let validation
+    # draw a decay of any shape between them.
+    "repeat-view-long": (Repeat, RepeatConfig(event_weights=(1.0, 0.0, 0.0), **LONG_MEMORY)),
+    "repeat-cart-long": (Repeat, RepeatConfig(event_weights=(0.0, 1.0, 0.0), **LONG_MEMORY)),
 }
 
 
@@ -53,11 +60,12 @@ def fit_source(name: str, prepared, fold: str) -> Baseline:
 @dataclass(frozen=True)
 class BlendConfig:
     sources: tuple[str, ...] = setting(
-        ("repeat-view", "repeat-cart", "repeat-purchase", "item-knn",
-                                "seq-item-knn"),
+        ("repeat-view", "repeat-cart", "repeat-purchase", "repeat-view-long", "repeat-cart-long",
+         "item-knn", "seq-item-knn"),
         "sparse signals scored together with the towers (weights chosen on validation; 0 switches"
         " one off): repeat-view, repeat-cart, repeat-purchase (the shopper's own items by event "
-        "type), repeat (all types), item-knn, seq-item-knn, most-popular")
+        "type, a week's memory), repeat-view-long, repeat-cart-long (a month's), repeat (all "
+        "types), item-knn, seq-item-knn, most-popular")
     grid: tuple[float, ...] = setting(
         (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0),
         "candidate weights tried for each source")

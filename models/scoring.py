@@ -80,7 +80,7 @@ class TwoTowerRecommender(Recommender):
                               trim=self.model.ignores_padding)
         vectors = None
         if self.model.cfg.history_item_tower:
-            vectors = self._items_t[batch.inputs.items] * batch.inputs.mask.unsqueeze(-1)
+            vectors = self._items_t[batch.inputs.items]  # user_embed masks the padding
         users = self.model.user_embed(*batch.inputs, history_vectors=vectors)
         users = users * batch.inputs.mask.any(dim=1, keepdim=True)
         users = self.model.with_newest_item(users, self._items_t[torch.from_numpy(newest)],

@@ -73,6 +73,30 @@ def test_repeat_sources_split_by_event_type(tmp_path: Path) -> None:
                                   sources["repeat-cart"].score(hist))
 
 
+def test_long_repeat_sources_remember_older_visits() -> None:
+    """Three views of a1 20 days before the cut against one view of a3 a day before: a week's
+    memory ranks the fresh one first (3 e^(-20/7) = 0.17 < e^(-1/7) = 0.87), a month's the one
+    the shopper kept coming back to (3 e^(-20/30) = 1.54 > e^(-1/30) = 0.97)."""
+    from features.history import build_histories
+    from models.blend import fit_source
+    from tests.models.recommender_contract import DAY, HOUR, frame
+
+    prepared = pairs_prepared()
+    end = prepared.split.test_start
+    rows = [("query-user", "a1", "view", end - 20 * DAY - h * HOUR) for h in (3, 2, 1)]
+    rows.append(("query-user", "a3", "view", end - DAY))
+    hist = build_histories(frame(rows), prepared.item_vocab, max_len=50, now=end)
+    a1, a3 = prepared.item_vocab.row("a1"), prepared.item_vocab.row("a3")
+    week = fit_source("repeat-view", prepared, "test").score(hist)[0]
+    month = fit_source("repeat-view-long", prepared, "test").score(hist)[0]
+    assert week[a3] > week[a1] > 0
+    assert month[a1] > month[a3] > 0
+    ages = 20 + np.array([3, 2, 1]) / 24
+    np.testing.assert_allclose(month[[a1, a3]], [np.exp(-ages / 30).sum(), np.exp(-1 / 30)],
+                               rtol=1e-5)
+    assert fit_source("repeat-cart-long", prepared, "test").score(hist)[0][a1] < 1e-6  # views
+
+
 def test_unknown_source_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown ranking-stack source.*repeat-cart"):
         BlendConfig(sources=("repeat", "reapet"))
