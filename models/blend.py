@@ -17,7 +17,7 @@ switches a source off: on data where a signal does not help, the stack is the to
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,6 @@ from models.base import Recommender
 from models.baselines import BASELINES, Baseline, Repeat, RepeatConfig
 from models.scoring import TwoTowerRecommender
 
-LONG_MEMORY = {"tau_days": 30.0, "tau_steps": 50.0}
-
 # The sparse signals the stack can weigh: every baseline, and the shopper's own items split by
 # event type, so validation weighs "carted it" apart from "looked at it" and "bought it" (carted
 # items tend to be bought next; bought ones are seldom bought again at once; on purchase-only
@@ -40,12 +38,12 @@ SOURCES: dict[str, tuple[type[Baseline], object | None]] = {
     "repeat-view": (Repeat, RepeatConfig(event_weights=(1.0, 0.0, 0.0))),
     "repeat-cart": (Repeat, RepeatConfig(event_weights=(0.0, 1.0, 0.0))),
     "repeat-purchase": (Repeat, RepeatConfig(event_weights=(0.0, 0.0, 1.0))),
-    # The same with a month's memory (50 events without time) beside the week's: shoppers come
-    # back to an item they are weighing over weeks, and two weighted time scales let validation
-    # draw a decay of any shape between them.
-    "repeat-view-long": (Repeat, RepeatConfig(event_weights=(1.0, 0.0, 0.0), **LONG_MEMORY)),
-    "repeat-cart-long": (Repeat, RepeatConfig(event_weights=(0.0, 1.0, 0.0), **LONG_MEMORY)),
 }
+# Views and carts again with a month's memory (50 events without time) beside the week's:
+# shoppers come back to an item they are weighing over weeks, and two weighted time scales let
+# validation draw a decay of any shape between them.
+SOURCES |= {f"{name}-long": (Repeat, replace(SOURCES[name][1], tau_days=30.0, tau_steps=50.0))
+            for name in ("repeat-view", "repeat-cart")}
 
 
 def fit_source(name: str, prepared, fold: str) -> Baseline:
